@@ -1,0 +1,111 @@
+"""What can be learnt about a Hugging Face checkpoint without loading it:
+its config, its weight files and, from the safetensors headers, the shape of
+every weight. Enough to refuse, before queuing, a directory that is no
+checkpoint, a model that is already quantized, one with no linear layers to
+quantize, or a group size that does not divide a layer's input features."""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from api_client.errors import SpecError
+
+# Weights that quantizers leave in full precision.
+_SKIP = ("embed", "lm_head", "norm", "wte", "wpe", "rotary", "position")
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
+                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+
+
+@dataclass
+class CheckpointInfo:
+    path: Path
+    config: dict
+    weight_files: list[Path]
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    weight_bytes: int = 0
+
+    @property
+    def model_type(self) -> str | None:
+        return self.config.get("model_type")
+
+    def quantizable_linears(self) -> dict[str, tuple[int, int]]:
+        """2-D weights of linear layers that weight quantizers act on."""
+        out = {}
+        for name, shape in self.shapes.items():
+            if len(shape) != 2 or not name.endswith(".weight"):
+                continue
+            if any(part in name.lower() for part in _SKIP):
+                continue
+            out[name[: -len(".weight")]] = (shape[0], shape[1])
+        return out
+
+
+def read_safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise SpecError(f"{path.name} is not a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > 100 * 1024 * 1024:
+            raise SpecError(f"{path.name} is not a safetensors file")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def inspect(path: Path) -> CheckpointInfo:
+    if not path.is_dir():
+        raise SpecError(f"model path {path} is not a directory")
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise SpecError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    safetensors = sorted(path.glob("*.safetensors"))
+    bins = sorted(path.glob("pytorch_model*.bin"))
+    if not safetensors and not bins:
+        raise SpecError(f"{path} is not a Hugging Face checkpoint: it has no *.safetensors or pytorch_model*.bin weights")
+    info = CheckpointInfo(path=path, config=config, weight_files=safetensors or bins)
+    for f in safetensors:
+        try:
+            header = read_safetensors_header(f)
+        except (OSError, ValueError) as exc:
+            raise SpecError(f"cannot read {f}: {exc}") from None
+        for name, meta in header.items():
+            shape = tuple(meta["shape"])
+            info.shapes[name] = shape
+            n = 1
+            for d in shape:
+                n *= d
+            info.weight_bytes += n * _DTYPE_BYTES.get(meta["dtype"], 2)
+    if not safetensors:
+        info.weight_bytes = sum(f.stat().st_size for f in bins)
+    return info
+
+
+def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:
+    """Refuse what no method could quantize, naming the problem."""
+    qc = info.config.get("quantization_config")
+    if qc:
+        kind = qc.get("quant_method") or qc.get("format") or "unknown"
+        raise SpecError(f"{info.path} is already quantized ({kind}); submit the unquantized checkpoint")
+    if "model_type" not in info.config:
+        raise SpecError(f"{info.path}/config.json has no model_type: not a transformers checkpoint")
+    if not info.shapes:
+        return  # pytorch .bin checkpoints: shapes are only known once loaded
+    linears = info.quantizable_linears()
+    if not linears:
+        arch = ",".join(info.config.get("architectures") or [info.model_type])
+        raise SpecError(f"{arch} at {info.path} has no linear layers to quantize")
+    if group_size:
+        for name, (_out, in_features) in sorted(linears.items()):
+            if in_features >= group_size and in_features % group_size:
+                raise SpecError(
+                    f"group size {group_size} does not divide the {in_features} input features of {name}; "
+                    f"choose a group size that does (or -1 for one scale per channel)"
+                )

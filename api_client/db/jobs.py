@@ -1,0 +1,146 @@
+"""Reading and changing job rows. Every state or stage change goes through
+`transition`, which updates the row only if it is still in an expected state
+(so a cancelled job is never revived by a worker) and writes the event row in
+the same transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import func, insert, select, update
+
+from api_client.db.database import Database
+from api_client.db.models import Job, JobEvent, JobState, utcnow
+from api_client.errors import JobNotFound, SpecError
+
+MIN_PREFIX = 4
+
+
+def create(db: Database, job: Job, message: str = "submitted") -> None:
+    now = utcnow()
+    job.created_at = job.updated_at = now
+    with db.session() as s:
+        s.add(job)
+        s.flush()
+        s.add(JobEvent(job_id=job.id, at=now, state=job.state, stage=None, message=message))
+
+
+def delete(db: Database, job_id: str) -> None:
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is not None:
+            s.delete(job)
+
+
+def get(db: Database, job_ref: str) -> Job:
+    """The job whose id is `job_ref` or starts with it (at least 4 characters)."""
+    with db.session() as s:
+        job = s.get(Job, job_ref)
+        if job is not None:
+            return job
+        if len(job_ref) < MIN_PREFIX:
+            raise JobNotFound(f"no job {job_ref!r}")
+        found = s.scalars(select(Job).where(Job.id.startswith(job_ref, autoescape=True)).limit(2)).all()
+    if not found:
+        raise JobNotFound(f"no job {job_ref!r}")
+    if len(found) > 1:
+        raise SpecError(f"job id prefix {job_ref!r} is ambiguous: give more characters")
+    return found[0]
+
+
+def list_jobs(db: Database, state: str | None = None, limit: int = 50, user: str | None = None) -> list[Job]:
+    q = select(Job).order_by(Job.created_at.desc(), Job.id).limit(limit)
+    if state:
+        q = q.where(Job.state == state)
+    if user:
+        q = q.where(Job.submitted_by == user)
+    with db.session() as s:
+        return list(s.scalars(q))
+
+
+def events(db: Database, job_id: str, after_id: int = 0) -> list[JobEvent]:
+    with db.session() as s:
+        q = select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.id > after_id).order_by(JobEvent.id)
+        return list(s.scalars(q))
+
+
+def transition(
+    db: Database,
+    job_id: str,
+    *,
+    expect: Iterable[JobState],
+    state: JobState,
+    stage: str | None = None,
+    message: str | None = None,
+    expect_attempts: int | None = None,
+    **fields: Any,
+) -> bool:
+    """Move the job to `state`/`stage` if it is in one of `expect`.
+
+    Returns False, changing nothing, when the job has moved on meanwhile.
+    """
+    now = utcnow()
+    values = {"state": state.value, "stage": stage, "updated_at": now, **fields}
+    if state.terminal:
+        values.setdefault("finished_at", now)
+    cond = [Job.id == job_id, Job.state.in_([e.value for e in expect])]
+    if expect_attempts is not None:
+        cond.append(Job.attempts == expect_attempts)
+    with db.session() as s:
+        res = s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
+        if res.rowcount != 1:
+            return False
+        s.execute(insert(JobEvent).values(job_id=job_id, at=now, state=state.value, stage=stage, message=message))
+    return True
+
+
+def record(db: Database, job_id: str, **fields: Any) -> None:
+    """Store figures on a job without changing its state."""
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow(), **fields))
+
+
+def note(db: Database, job_id: str, message: str) -> None:
+    """An event that records something without a state change."""
+    with db.session() as s:
+        job = s.get(Job, job_id)
+        if job is not None:
+            s.add(JobEvent(job_id=job_id, at=utcnow(), state=job.state, stage=job.stage, message=message))
+
+
+def counts_by_state(db: Database) -> dict[str, int]:
+    with db.session() as s:
+        return dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
+
+
+def aware(dt: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; they were written in UTC."""
+    if dt is None:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
+STATUS_FIELDS = (
+    "id", "state", "stage", "method", "format", "params", "model", "calib", "eval", "weights",
+    "max_vram_bytes", "queue", "submitted_by", "created_at", "started_at", "finished_at", "attempts",
+    "worker", "gpu_index", "gpu_name", "model_bytes", "peak_vram_bytes", "peak_vram_nvml_bytes",
+    "eval_peak_vram_bytes", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline",
+    "ppl_quantized", "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "metrics",
+    "library_versions", "artifact_uri", "error",
+)
+
+
+def to_dict(job: Job) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in STATUS_FIELDS:
+        value = getattr(job, name)
+        if isinstance(value, datetime):
+            value = aware(value).isoformat()
+        out[name] = value
+    return out
+
+
+def event_dict(ev: JobEvent) -> dict[str, Any]:
+    return {"id": ev.id, "at": aware(ev.at).isoformat(), "state": ev.state, "stage": ev.stage, "message": ev.message}

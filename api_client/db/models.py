@@ -1,0 +1,103 @@
+"""Tables: `jobs` (one row a job, its spec and every figure measured) and
+`job_events` (one row for every state or stage change, with its time)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class JobState(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class Stage(str, enum.Enum):
+    LOADING = "loading"
+    CALIBRATING = "calibrating"
+    QUANTIZING = "quantizing"
+    EVALUATING = "evaluating"
+    UPLOADING = "uploading"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default=JobState.QUEUED.value)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    # What was asked for.
+    method: Mapped[str] = mapped_column(String(32), nullable=False)
+    format: Mapped[str] = mapped_column(String(32), nullable=False)
+    params: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    calib: Mapped[dict | None] = mapped_column(JSON)
+    eval: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    max_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    weights: Mapped[str] = mapped_column(String(8), nullable=False, default="auto")
+    queue: Mapped[str] = mapped_column(String(64), nullable=False)
+    submitted_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    # Lifecycle.
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    worker: Mapped[str | None] = mapped_column(String(255))
+    gpu_index: Mapped[int | None] = mapped_column(Integer)
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    # Figures.
+    model_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    peak_vram_nvml_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    eval_peak_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quantize_seconds: Mapped[float | None] = mapped_column(Float)
+    eval_seconds: Mapped[float | None] = mapped_column(Float)
+    ppl_baseline: Mapped[float | None] = mapped_column(Float)
+    ppl_quantized: Mapped[float | None] = mapped_column(Float)
+    ppl_ratio: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s_quantized: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict | None] = mapped_column(JSON)
+    library_versions: Mapped[dict | None] = mapped_column(JSON)
+    artifact_uri: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    error_traceback: Mapped[str | None] = mapped_column(Text)
+
+    events: Mapped[list["JobEvent"]] = relationship(
+        back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"
+    )
+
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    state: Mapped[str] = mapped_column(String(16), nullable=False)
+    stage: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="events")

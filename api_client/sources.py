@@ -1,0 +1,93 @@
+"""Where a model, a calibration text or an evaluation text comes from.
+
+A source is written as a string on the command line and stored as that string;
+this module says what kind it is and checks, before anything is queued, what
+can be checked from the submitting machine.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from api_client.errors import SpecError
+
+BUILTIN = "builtin"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_HF_DATASET = re.compile(r"^hf:(?P<name>[\w.\-]+(/[\w.\-]+)?)(:(?P<config>[\w.\-]+))?(@(?P<split>[\w.\-\[\]:%]+))?$")
+
+
+@dataclass(frozen=True)
+class S3Url:
+    bucket: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def parse_s3_url(url: str) -> S3Url:
+    if not url.startswith("s3://"):
+        raise SpecError(f"not an s3:// URL: {url}")
+    rest = url[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise SpecError(f"s3 URL has no bucket: {url}")
+    return S3Url(bucket, key)
+
+
+def model_source_kind(model: str) -> str:
+    """'s3', 'local' or 'hub'. A string that names an existing path, or looks
+    like one, is local; a bare `org/name` that is no path is a hub id."""
+    if model.startswith("s3://"):
+        return "s3"
+    if model.startswith(("/", "./", "../", "~", "file://")) or Path(model).expanduser().exists():
+        return "local"
+    if _HUB_ID.match(model):
+        return "hub"
+    raise SpecError(f"model {model!r} is neither a local directory, an s3:// prefix nor a Hugging Face id")
+
+
+def local_model_path(model: str) -> Path:
+    if model.startswith("file://"):
+        model = model[len("file://"):]
+    return Path(model).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class HFDataset:
+    name: str
+    config: str | None
+    split: str
+
+
+def text_source_kind(source: str) -> str:
+    """'builtin', 's3', 'hf' or 'local' for a calibration or evaluation source."""
+    if source == BUILTIN:
+        return "builtin"
+    if source.startswith("s3://"):
+        parse_s3_url(source)
+        return "s3"
+    if source.startswith("hf:"):
+        parse_hf_dataset(source)
+        return "hf"
+    return "local"
+
+
+def parse_hf_dataset(source: str) -> HFDataset:
+    m = _HF_DATASET.match(source)
+    if not m:
+        raise SpecError(f"bad dataset source {source!r}: write hf:NAME[:CONFIG][@SPLIT], e.g. hf:wikitext:wikitext-2-raw-v1@train")
+    return HFDataset(m.group("name"), m.group("config"), m.group("split") or "train")
+
+
+def check_local_text(source: str, what: str) -> Path:
+    path = Path(source).expanduser().resolve()
+    if not path.is_file():
+        raise SpecError(f"{what} file {source} does not exist")
+    if path.suffix.lower() not in (".txt", ".jsonl", ".json", ".md"):
+        raise SpecError(f"{what} file {source} must be .txt, .md or .jsonl (one JSON object with a 'text' field per line)")
+    if path.stat().st_size == 0:
+        raise SpecError(f"{what} file {source} is empty")
+    return path

@@ -1,0 +1,134 @@
+"""The job specification: what a user asks for, validated before anything is
+queued. The worker reads the same fields back from the job row."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from api_client import sources
+from api_client.errors import SpecError
+
+WEIGHTS_PLACEMENTS = ("auto", "gpu", "cpu")
+_SIZE = re.compile(r"^\s*(?P<num>\d+(\.\d+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
+          "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """'20GiB', '16GB', '1.5G' or a byte count → bytes."""
+    if text is None or isinstance(text, int):
+        return text
+    m = _SIZE.match(str(text))
+    if not m:
+        raise SpecError(f"cannot read the size {text!r}: write e.g. 20GiB, 16GB or a byte count")
+    return int(float(m.group("num")) * _UNITS[(m.group("unit") or "").upper()])
+
+
+@dataclass
+class CalibSpec:
+    source: str = sources.BUILTIN
+    samples: int = 128
+    seqlen: int = 512
+
+    def validate(self) -> None:
+        sources.text_source_kind(self.source)
+        if not 1 <= self.samples <= 100_000:
+            raise SpecError(f"--calib-samples must be between 1 and 100000, not {self.samples}")
+        if not 16 <= self.seqlen <= 131_072:
+            raise SpecError(f"--calib-seqlen must be between 16 and 131072, not {self.seqlen}")
+
+
+@dataclass
+class EvalSpec:
+    source: str = sources.BUILTIN
+    # Tokens per window; None: the model's context, capped at 2048.
+    seqlen: int | None = None
+    # At most this many windows (None: the whole text).
+    windows: int | None = None
+    # Decode speed is measured by generating this many tokens at batch 1.
+    decode_tokens: int = 64
+
+    def validate(self) -> None:
+        sources.text_source_kind(self.source)
+        if self.seqlen is not None and not 16 <= self.seqlen <= 131_072:
+            raise SpecError(f"--eval-seqlen must be between 16 and 131072, not {self.seqlen}")
+        if self.windows is not None and self.windows < 1:
+            raise SpecError(f"--eval-windows must be at least 1, not {self.windows}")
+        if not 0 <= self.decode_tokens <= 4096:
+            raise SpecError(f"--decode-tokens must be between 0 and 4096, not {self.decode_tokens}")
+
+
+@dataclass
+class JobSpec:
+    model: str
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    format: str | None = None
+    calib: CalibSpec | None = None
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    max_vram: int | str | None = None
+    weights: str = "auto"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ResolvedSpec:
+    """A JobSpec after validation: typed parameters, defaults filled in."""
+
+    model: str
+    model_kind: str
+    method: str
+    format: str
+    params: dict[str, Any]
+    calib: CalibSpec | None
+    eval: EvalSpec
+    max_vram_bytes: int | None
+    weights: str
+    queue: str
+    min_capability: tuple[int, int] | None = None
+    model_bytes: int | None = None
+
+
+def resolve(spec: JobSpec) -> ResolvedSpec:
+    """Validate everything that can be checked on the submitting machine."""
+    from worker import methods
+    from worker.routing import queue_for
+
+    method = methods.get(spec.method)
+    fmt = spec.format or method.formats[0]
+    if fmt not in method.formats:
+        raise SpecError(f"--method {method.name} writes {'/'.join(method.formats)}, not --format {fmt}")
+    params = method.parse_params(spec.params, fmt)
+    if method.calibrated:
+        calib = spec.calib or CalibSpec()
+        calib.validate()
+    else:
+        if spec.calib is not None and spec.calib != CalibSpec():
+            raise SpecError(f"--method {method.name} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
+        calib = None
+    spec.eval.validate()
+    if spec.weights not in WEIGHTS_PLACEMENTS:
+        raise SpecError(f"--weights must be one of {'/'.join(WEIGHTS_PLACEMENTS)}, not {spec.weights!r}")
+    max_vram = parse_size(spec.max_vram)
+    if max_vram is not None and max_vram < 256 * 2**20:
+        raise SpecError(f"--max-vram {spec.max_vram} is too small to run anything (at least 256MiB)")
+
+    kind = sources.model_source_kind(spec.model)
+    model = spec.model
+    model_bytes = None
+    if kind == "local":
+        from api_client import checkpoint
+
+        path = sources.local_model_path(spec.model)
+        info = checkpoint.inspect(path)
+        checkpoint.check_quantizable(info, method.group_size(params))
+        model, model_bytes = str(path), info.weight_bytes
+    return ResolvedSpec(
+        model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
+        calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,
+        queue=queue_for(method), min_capability=method.min_capability, model_bytes=model_bytes,
+    )

@@ -1,0 +1,71 @@
+"""What an artifact store does. Keys are '/'-separated and relative to the
+store's own prefix."""
+
+from __future__ import annotations
+
+import hashlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from api_client.errors import QFarmError
+
+CHUNK = 8 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    size: int
+
+
+class Store(ABC):
+    url: str
+
+    @abstractmethod
+    def uri(self, key: str) -> str:
+        """The full URL of `key`, as users see and pass it back."""
+
+    @abstractmethod
+    def key_of(self, uri: str) -> str:
+        """The key inside this store of a URL `uri` returned."""
+
+    @abstractmethod
+    def put_file(self, path: Path, key: str) -> None: ...
+
+    @abstractmethod
+    def verify(self, path: Path, key: str) -> None:
+        """Raise StoreError unless the stored object has the bytes of `path`."""
+
+    @abstractmethod
+    def put_bytes(self, data: bytes, key: str) -> None: ...
+
+    @abstractmethod
+    def get_bytes(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def get_file(self, key: str, dest: Path) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[StoredObject]: ...
+
+    @abstractmethod
+    def delete_prefix(self, prefix: str) -> None: ...
+
+    @abstractmethod
+    def exists(self, key: str) -> bool: ...
+
+    def check(self) -> None:
+        """Fail with one line unless the store can be reached."""
+
+
+class StoreError(QFarmError):
+    """A store operation failed; the message says which object and why."""

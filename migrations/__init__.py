@@ -1,0 +1,1 @@
+"""Alembic migrations of qfarm's database; `qfarm db upgrade` runs them."""

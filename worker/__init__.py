@@ -1,0 +1,2 @@
+"""qfarm's worker side: the Celery app and task, GPU pinning, the methods,
+evaluation and the job runner."""

@@ -1,0 +1,86 @@
+"""llm-compressor: GPTQ, AWQ, RTN and FP8 into compressed-tensors checkpoints.
+
+With the weights on the CPU, llm-compressor's sequential pipeline onloads one
+decoder layer at a time to the GPU for calibration, so a model larger than the
+GPU still quantizes.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any
+
+IGNORE = ["lm_head"]
+
+
+def int_weight_scheme(bits: int, group_size: int, symmetric: bool) -> dict[str, Any]:
+    """Integer weight-only quantization (WxA16) as compressed-tensors describes it."""
+    return {
+        "weights": {
+            "num_bits": bits,
+            "type": "int",
+            "symmetric": symmetric,
+            "strategy": "group" if group_size > 0 else "channel",
+            "group_size": group_size if group_size > 0 else None,
+            "dynamic": False,
+        }
+    }
+
+
+def modifier(class_name: str, scheme: str | dict, **kwargs: Any):
+    from llmcompressor.modifiers.awq import AWQModifier
+    from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
+
+    cls = {"GPTQModifier": GPTQModifier, "AWQModifier": AWQModifier, "QuantizationModifier": QuantizationModifier}[class_name]
+    if isinstance(scheme, str):
+        return cls(targets=["Linear"], scheme=scheme, ignore=IGNORE, **kwargs)
+    return cls(config_groups={"group_0": {"targets": ["Linear"], **scheme}}, ignore=IGNORE, **kwargs)
+
+
+@contextmanager
+def _no_pinning_without_accelerator():
+    """llm-compressor's AWQ pins cached activations for faster host-to-GPU
+    copies; pinning needs an accelerator, so without one it is skipped."""
+    import torch
+    from llmcompressor.pipelines.cache import IntermediatesCache
+
+    if torch.cuda.is_available():
+        yield
+        return
+    original = IntermediatesCache.pin_memory
+    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    try:
+        yield
+    finally:
+        IntermediatesCache.pin_memory = original
+
+
+def quantize(ctx, modifiers: list, calibrated: bool) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    on_gpu = ctx.weights_on_gpu()
+    ctx.facts["weights_on"] = "gpu" if on_gpu else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype="auto", device_map="cuda:0" if on_gpu else None)
+
+    kwargs: dict[str, Any] = {}
+    if calibrated:
+        from datasets import Dataset
+
+        ctx.stage("calibrating")
+        windows = ctx.calibration_windows(tokenizer)
+        kwargs = dict(
+            dataset=Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]}),
+            num_calibration_samples=len(windows),
+            max_seq_length=len(windows[0]),
+            shuffle_calibration_samples=False,
+        )
+    ctx.stage("quantizing", "weights on the GPU" if on_gpu else
+              ("weights in CPU memory, onloaded to the GPU a layer at a time" if ctx.device.is_cuda else "on the CPU"))
+    from llmcompressor import oneshot
+
+    with _no_pinning_without_accelerator(), ctx.library_call():
+        oneshot(model=model, recipe=modifiers, **kwargs)
+        # Compression into the packed format happens while saving.
+        model.save_pretrained(ctx.output_dir, save_compressed=True)
+    tokenizer.save_pretrained(ctx.output_dir)

@@ -1,0 +1,136 @@
+"""Perplexity, decode speed and memory of a checkpoint loaded from disk.
+
+The original model and the quantized artifact are measured by the same code
+on the same token windows, each freshly loaded from its directory, so the
+ratio compares like with like and the artifact is proven to load.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.gpu import Device, PeakMemory
+
+# Tokens per forward batch in perplexity: bounds the logits' memory
+# (tokens × vocabulary × 4 bytes).
+_TOKENS_PER_BATCH = 4096
+
+
+@dataclass
+class EvalResult:
+    perplexity: float
+    tokens: int
+    windows: int
+    peak_vram_bytes: int | None
+    peak_vram_nvml_bytes: int | None
+    tokens_per_s: float | None
+    load_seconds: float
+    seconds: float
+
+
+def eval_windows(tokenizer, text: str, seqlen: int, limit: int | None) -> list[list[int]]:
+    from worker.texts import token_windows
+
+    return token_windows(tokenizer, text, seqlen, limit)
+
+
+def default_seqlen(model_dir: Path) -> int:
+    import json
+
+    cfg = json.loads((model_dir / "config.json").read_text())
+    return min(2048, int(cfg.get("max_position_embeddings") or 2048))
+
+
+def load(path: Path, device: Device, max_vram_bytes: int | None):
+    """Load a checkpoint (original or quantized) for inference on `device`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = {}
+    if device.is_cuda:
+        kwargs["dtype"] = "auto"
+        kwargs["device_map"] = {"": 0}
+        if max_vram_bytes:
+            # Under a memory cap, let accelerate keep what does not fit in CPU memory.
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.85), "cpu": "1TiB"}
+    else:
+        # CPU kernels for fp16 are slow or missing; compute in fp32.
+        kwargs["dtype"] = torch.float32
+        kwargs["device_map"] = {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    return model
+
+
+def perplexity(model, windows: list[list[int]]) -> tuple[float, int]:
+    import torch
+
+    device = next(model.parameters()).device
+    seqlen = len(windows[0])
+    batch = max(1, _TOKENS_PER_BATCH // seqlen)
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch):
+            ids = torch.tensor(windows[i:i + batch], device=device)
+            logits = model(ids).logits.float()
+            # Token t predicts token t+1: the last logit has no target.
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            nll += loss.item()
+            count += ids[:, 1:].numel()
+    return math.exp(nll / count), count
+
+
+def decode_speed(model, prompt: list[int], new_tokens: int) -> float | None:
+    """Tokens per second generating `new_tokens` greedily at batch 1."""
+    import torch
+
+    if new_tokens <= 0:
+        return None
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt], device=device)
+    kwargs: dict = {"do_sample": False}
+    if model.generation_config.pad_token_id is None:
+        kwargs["pad_token_id"] = model.generation_config.eos_token_id
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up: kernels, caches
+        _sync(device)
+        start = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+    generated = out.shape[1] - ids.shape[1]
+    return generated / elapsed if elapsed > 0 else None
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def evaluate(path: Path, windows: list[list[int]], device: Device, max_vram_bytes: int | None,
+             decode_tokens: int) -> EvalResult:
+    start = time.perf_counter()
+    with PeakMemory(device) as peak:
+        model = load(path, device, max_vram_bytes)
+        loaded = time.perf_counter()
+        ppl, tokens = perplexity(model, windows)
+        speed = decode_speed(model, windows[0][:32], decode_tokens)
+    del model
+    gc.collect()
+    if device.is_cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+    return EvalResult(
+        perplexity=ppl, tokens=tokens, windows=len(windows), peak_vram_bytes=peak.torch_peak,
+        peak_vram_nvml_bytes=peak.nvml_peak, tokens_per_s=speed, load_seconds=loaded - start,
+        seconds=time.perf_counter() - start,
+    )

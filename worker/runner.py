@@ -1,0 +1,255 @@
+"""One job, start to end, inside a worker process: claim it, fetch the model,
+quantize, evaluate, upload, and record every step; on failure record why and
+leave nothing behind."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+from api_client import artifacts, checkpoint
+from api_client.config import Settings, redact
+from api_client.db import Database, Job, JobState
+from api_client.db import jobs
+from api_client.db.models import utcnow
+from api_client.errors import QFarmError
+from api_client.storage import open_store
+from worker import evaluation, gpu, methods, model_source, texts
+from worker.context import JobContext
+from worker.versions import library_versions
+
+log = logging.getLogger("qfarm.worker")
+RUNNING = (JobState.RUNNING,)
+
+
+class JobCancelled(Exception):
+    """The job left the running state (cancelled by a user) while it ran."""
+
+
+class Interrupted(BaseException):
+    """SIGTERM reached the job process: a user's cancel (Celery revokes with
+    terminate) or the machine shutting down. A BaseException, so library code
+    that catches Exception does not swallow it."""
+
+
+def claim(db: Database, job_id: str, worker: str, device: gpu.Device, max_attempts: int) -> Job | None:
+    """Move a job to running on this worker; None if it is not ours to run."""
+    try:
+        job = jobs.get(db, job_id)
+    except QFarmError:
+        log.warning("job %s is not in the database; dropping its message", job_id)
+        return None
+    where = dict(worker=worker, gpu_index=device.index, gpu_name=device.name, started_at=utcnow())
+    if job.state == JobState.QUEUED.value:
+        ok = jobs.transition(db, job_id, expect=[JobState.QUEUED], state=JobState.RUNNING,
+                             message=f"started on {worker} ({device.name})", attempts=job.attempts + 1, **where)
+    elif job.state == JobState.RUNNING.value:
+        # The broker handed the message back: the worker running it died.
+        if job.attempts >= max_attempts:
+            jobs.transition(
+                db, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
+                message="given up: its worker was lost on every attempt",
+                error=f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
+                      f"it may need more memory than a worker has",
+            )
+            return None
+        ok = jobs.transition(db, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.RUNNING,
+                             message=f"restarted on {worker}: the worker running it ({job.worker}) was lost",
+                             attempts=job.attempts + 1, **where)
+    else:
+        log.info("job %s is %s; nothing to do", job_id, job.state)
+        return None
+    return jobs.get(db, job_id) if ok else None
+
+
+def execute(job_id: str, settings: Settings, worker: str) -> None:
+    db = Database(settings.database_url)
+    try:
+        device = gpu.detect()
+        job = claim(db, job_id, worker, device, settings.max_attempts)
+        if job is None:
+            return
+        scratch = settings.scratch_dir / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in worker)
+        _clear(scratch)
+        job_dir = scratch / job_id
+        job_dir.mkdir(parents=True)
+        try:
+            Run(db, settings, job, device, job_dir).run()
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+    finally:
+        db.dispose()
+
+
+def _clear(scratch: Path) -> None:
+    """A worker runs one job at a time: anything in its scratch directory is
+    left over from a job whose process was killed."""
+    if scratch.exists():
+        for child in scratch.iterdir():
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+class Run:
+    def __init__(self, db: Database, settings: Settings, job: Job, device: gpu.Device, job_dir: Path):
+        self.db, self.settings, self.job, self.device, self.job_dir = db, settings, job, device, job_dir
+        self.store = open_store(settings.storage_url, settings.s3_endpoint_url)
+        self.published = False
+
+    # -- reporting ---------------------------------------------------------
+    def stage(self, name: str, message: str | None = None) -> None:
+        if not jobs.transition(self.db, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=name, message=message):
+            raise JobCancelled()
+        log.info("job %s: %s%s", self.job.id, name, f" ({message})" if message else "")
+
+    def note(self, message: str) -> None:
+        jobs.note(self.db, self.job.id, message)
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, QFarmError):
+            error = str(exc)
+        else:
+            error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+            if _is_oom(exc):
+                cap = f" under --max-vram {self.job.max_vram_bytes / 2**30:.1f} GiB" if self.job.max_vram_bytes else ""
+                error = f"out of GPU memory{cap} ({self.device.name}): {error}"
+        error = redact(" ".join(error.split()))[:2000]
+        tail = redact("".join(traceback.format_exception(exc)[-30:]))[-8000:]
+        jobs.transition(self.db, self.job.id, expect=RUNNING, state=JobState.FAILED, message=error,
+                        error=error, error_traceback=tail)
+        log.error("job %s failed: %s", self.job.id, error)
+
+    # -- the job -----------------------------------------------------------
+    def run(self) -> None:
+        try:
+            self._run()
+        except (JobCancelled, Interrupted) as exc:
+            self._unpublish()
+            if isinstance(exc, Interrupted) and jobs.get(self.db, self.job.id).state == JobState.RUNNING.value:
+                self.fail(QFarmError("the worker process was stopped (SIGTERM) while running this job"))
+            else:
+                log.info("job %s was cancelled", self.job.id)
+        except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+            self._unpublish()
+            if _is_time_limit(exc):
+                exc = QFarmError(f"the job ran past the time limit of {self.settings.job_time_limit_s} s (QFARM_JOB_TIME_LIMIT)")
+            self.fail(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _run(self) -> None:
+        job, device = self.job, self.device
+        method_cls = methods.get(job.method)
+        params = method_cls.parse_params(job.params, job.format)
+        gpu.limit_memory(device, job.max_vram_bytes)
+        wall_start = time.perf_counter()
+
+        self.stage("loading", f"fetching {job.model}")
+        model_dir = model_source.fetch(job.model, self.job_dir / "model", self.settings.s3_endpoint_url)
+        info = checkpoint.inspect(model_dir)
+        checkpoint.check_quantizable(info, method_cls.group_size(params))
+        jobs.record(self.db, job.id, model_bytes=info.weight_bytes)
+
+        output_dir = self.job_dir / "artifact"
+        output_dir.mkdir()
+        ctx = JobContext(
+            job_id=job.id, model_dir=model_dir, output_dir=output_dir, scratch_dir=self.job_dir, device=device,
+            calib=_calib(job), max_vram_bytes=job.max_vram_bytes, weights=job.weights,
+            model_bytes=info.weight_bytes, s3_endpoint_url=self.settings.s3_endpoint_url,
+            on_stage=self.stage, on_note=self.note,
+        )
+        with gpu.PeakMemory(device) as peak:
+            method_cls().quantize(ctx, params, job.format)
+        artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
+        jobs.record(self.db, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
+                    quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes)
+
+        self.stage("evaluating")
+        figures = self._evaluate(model_dir, output_dir)
+        jobs.record(self.db, job.id, **figures["columns"])
+        self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
+                  f"(×{figures['columns']['ppl_ratio']:.4f})")
+
+        self.stage("uploading", f"{artifact_bytes / 2**20:.1f} MiB to {self.store.url}")
+        metrics = {
+            **figures["columns"], **figures["extra"], **ctx.facts,
+            "model_bytes": info.weight_bytes, "artifact_bytes": artifact_bytes,
+            "peak_vram_bytes": peak.torch_peak, "peak_vram_nvml_bytes": peak.nvml_peak,
+            "quantize_seconds": ctx.library_seconds,
+            "wall_seconds_before_upload": time.perf_counter() - wall_start,
+        }
+        versions = library_versions()
+        manifest = self._manifest(output_dir, metrics, versions)
+        jobs.record(self.db, job.id, metrics=metrics, library_versions=versions)
+        self.published = True
+        uri = artifacts.publish(self.store, job.id, output_dir, manifest)
+        metrics["wall_seconds"] = time.perf_counter() - wall_start
+        if not jobs.transition(self.db, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
+                               message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
+            raise JobCancelled()
+
+    def _evaluate(self, model_dir: Path, output_dir: Path) -> dict:
+        from transformers import AutoTokenizer
+
+        spec = self.job.eval or {}
+        seqlen = spec.get("seqlen") or evaluation.default_seqlen(model_dir)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        text = texts.load_text(spec.get("source", "builtin"), "eval", self.settings.s3_endpoint_url)
+        windows = evaluation.eval_windows(tokenizer, text, seqlen, spec.get("windows"))
+        if not windows:
+            raise QFarmError(f"evaluation text {spec.get('source')} is shorter than one window of {seqlen} tokens")
+        decode = spec.get("decode_tokens", 64)
+        base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, decode)
+        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, decode)
+        return {
+            "columns": dict(
+                ppl_baseline=base.perplexity, ppl_quantized=quant.perplexity, ppl_ratio=quant.perplexity / base.perplexity,
+                eval_peak_vram_bytes=quant.peak_vram_bytes, eval_seconds=base.seconds + quant.seconds,
+                tokens_per_s_baseline=base.tokens_per_s, tokens_per_s_quantized=quant.tokens_per_s,
+            ),
+            "extra": dict(
+                eval_seqlen=seqlen, eval_windows=len(windows), eval_tokens=quant.tokens,
+                eval_peak_vram_baseline_bytes=base.peak_vram_bytes,
+                eval_peak_vram_nvml_bytes=quant.peak_vram_nvml_bytes,
+                eval_dtype="auto" if self.device.is_cuda else "float32",
+            ),
+        }
+
+    def _manifest(self, output_dir: Path, metrics: dict, versions: dict) -> dict:
+        job = self.job
+        return {
+            "qfarm_manifest": artifacts.MANIFEST_VERSION,
+            "job": {
+                "id": job.id, "method": job.method, "format": job.format, "params": job.params,
+                "model": redact(job.model), "calib": job.calib, "eval": job.eval, "weights": job.weights,
+                "max_vram_bytes": job.max_vram_bytes, "submitted_by": job.submitted_by,
+                "created_at": jobs.aware(job.created_at).isoformat(), "worker": job.worker, "gpu_name": self.device.name,
+            },
+            "library_versions": versions,
+            "metrics": metrics,
+            "files": artifacts.file_entries(output_dir),
+            "created_at": utcnow().isoformat(),
+        }
+
+    def _unpublish(self) -> None:
+        if self.published:
+            try:
+                self.store.delete_prefix(artifacts.artifact_prefix(self.job.id))
+            except Exception:  # noqa: BLE001 - the original failure matters more
+                log.exception("could not remove the partial upload of job %s", self.job.id)
+
+
+def _calib(job: Job):
+    from api_client.spec import CalibSpec
+
+    return CalibSpec(**job.calib) if job.calib else None
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def _is_time_limit(exc: BaseException) -> bool:
+    return type(exc).__name__ in ("SoftTimeLimitExceeded", "TimeLimitExceeded")

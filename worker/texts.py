@@ -1,0 +1,100 @@
+"""Calibration and evaluation text: read from a source, cut into token windows.
+
+Sources: `builtin` (public-domain books shipped with qfarm), a local or
+`file://` text/JSONL file, an `s3://` object, or `hf:NAME[:CONFIG][@SPLIT]`
+(a Hugging Face dataset, where the hub is reachable).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from api_client import sources
+from api_client.errors import QFarmError
+
+BUILTIN_FILES = {"calib": "calib-news-from-nowhere.txt.gz", "eval": "eval-log-school-house.txt.gz"}
+# A token is rarely longer than this many characters; bounds what is tokenized.
+_CHARS_PER_TOKEN_MAX = 12
+
+
+def builtin_text(purpose: str) -> str:
+    data = resources.files("worker").joinpath("data", BUILTIN_FILES[purpose]).read_bytes()
+    return gzip.decompress(data).decode("utf-8")
+
+
+def _decode(raw: bytes, name: str) -> str:
+    text = raw.decode("utf-8", errors="replace")
+    if name.endswith((".jsonl", ".json")):
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise QFarmError(f"{name} line {n} is not JSON (JSONL needs one object with a 'text' field per line)") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
+                raise QFarmError(f"{name} line {n} has no 'text' string field")
+            records.append(rec["text"])
+        text = "\n\n".join(records)
+    if not text.strip():
+        raise QFarmError(f"{name} holds no text")
+    return text
+
+
+def load_text(source: str, purpose: str, s3_endpoint_url: str | None = None, max_chars: int | None = None) -> str:
+    kind = sources.text_source_kind(source)
+    if kind == "builtin":
+        text = builtin_text(purpose)
+    elif kind == "s3":
+        from api_client.storage.s3 import S3Store
+
+        loc = sources.parse_s3_url(source)
+        parent, _, name = loc.key.rpartition("/")
+        store = S3Store(f"s3://{loc.bucket}/{parent}", s3_endpoint_url)
+        text = _decode(store.get_bytes(name), name)
+    elif kind == "hf":
+        text = _load_hf(sources.parse_hf_dataset(source), max_chars)
+    else:
+        path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
+        if not path.is_file():
+            raise QFarmError(f"{purpose} file {path} does not exist on this worker")
+        text = _decode(path.read_bytes(), path.name)
+    return text[:max_chars] if max_chars else text
+
+
+def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(ds_ref.name, ds_ref.config, split=ds_ref.split)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QFarmError(f"cannot load dataset {ds_ref.name} from the Hugging Face hub: {first}") from None
+    column = "text" if "text" in ds.column_names else next(
+        (c for c, f in ds.features.items() if getattr(f, "dtype", None) == "string"), None)
+    if column is None:
+        raise QFarmError(f"dataset {ds_ref.name} has no text column")
+    parts, size = [], 0
+    for value in ds[column]:
+        if value:
+            parts.append(value)
+            size += len(value)
+            if max_chars and size >= max_chars:
+                break
+    return "\n\n".join(parts)
+
+
+def token_windows(tokenizer, text: str, seqlen: int, limit: int | None) -> list[list[int]]:
+    """Consecutive, non-overlapping windows of `seqlen` tokens (at most `limit`)."""
+    if limit:
+        text = text[: limit * seqlen * _CHARS_PER_TOKEN_MAX]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n = len(ids) // seqlen
+    if limit:
+        n = min(n, limit)
+    return [ids[i * seqlen:(i + 1) * seqlen] for i in range(n)]
