@@ -30,7 +30,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 # A finished job's message is acknowledged whether the job failed or not: the
 # failure is recorded in the database, and re-running it would fail again.
-task_acks_on_failure_or_timeout = True
+task_acks_on_failure = True
+task_acks_on_timeout = True
 
 # One process per GPU, one job at a time, and no job reserved while another
 # runs: a reserved message would wait hours behind the running job while an

@@ -25,6 +25,16 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
+def job_row(r: ResolvedSpec, job_id: str, user: str, calib: dict | None = None, evals: dict | None = None) -> Job:
+    """The queued row for a validated spec (calib/eval as rewritten by submit)."""
+    return Job(
+        id=job_id, state=JobState.QUEUED.value, method=r.method, format=r.format, params=r.params,
+        model=r.model, calib=calib if calib is not None else (dict(vars(r.calib)) if r.calib else None),
+        eval=evals if evals is not None else dict(vars(r.eval)), max_vram_bytes=r.max_vram_bytes,
+        weights=r.weights, queue=r.queue, submitted_by=user, attempts=0, model_bytes=r.model_bytes,
+    )
+
+
 class Client:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
@@ -53,7 +63,7 @@ class Client:
         r = resolve(spec)
         self.db.check()
         queue.check_broker(self.settings.broker_url)
-        if r.queue != DEFAULT_QUEUE and r.queue not in queue.served_queues():
+        if r.queue != DEFAULT_QUEUE and r.queue not in queue.served_queues(self.settings.broker_url):
             major, minor = r.min_capability
             raise SpecError(f"no live worker can run --method {r.method}: it needs a GPU of compute capability "
                             f"{major}.{minor} or newer (Ada, Hopper), and no worker serving queue {r.queue} answered")
@@ -68,18 +78,14 @@ class Client:
             store.check()
             for d, name in local_inputs:
                 d["source"] = self._upload_input(store, job_id, d["source"], name)
-        job = Job(
-            id=job_id, state=JobState.QUEUED.value, method=r.method, format=r.format, params=r.params,
-            model=r.model, calib=calib, eval=evals, max_vram_bytes=r.max_vram_bytes, weights=r.weights,
-            queue=r.queue, submitted_by=self.settings.user, attempts=0, model_bytes=r.model_bytes,
-        )
+        job = job_row(r, job_id, self.settings.user, calib=calib, evals=evals)
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:
             self._drop_inputs(store, job_id)
             raise
         try:
-            queue.enqueue(job_id, r.queue)
+            queue.enqueue(self.settings.broker_url, job_id, r.queue)
         except Exception as exc:
             jobs.delete(self.db, job_id)
             self._drop_inputs(store, job_id)
@@ -148,7 +154,7 @@ class Client:
         # A queued job's worker will see the new state and drop it; a running
         # one is stopped now.
         try:
-            queue.revoke(job.id, terminate=was == JobState.RUNNING)
+            queue.revoke(self.settings.broker_url, job.id, terminate=was == JobState.RUNNING)
         except Exception:  # noqa: BLE001 - the worker checks the state at every stage anyway
             pass
         return self.status(job.id)

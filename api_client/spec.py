@@ -33,7 +33,8 @@ class CalibSpec:
     seqlen: int = 512
 
     def validate(self) -> None:
-        sources.text_source_kind(self.source)
+        if sources.text_source_kind(self.source) == "local":
+            sources.check_local_text(self.source, "calibration")
         if not 1 <= self.samples <= 100_000:
             raise SpecError(f"--calib-samples must be between 1 and 100000, not {self.samples}")
         if not 16 <= self.seqlen <= 131_072:
@@ -51,7 +52,8 @@ class EvalSpec:
     decode_tokens: int = 64
 
     def validate(self) -> None:
-        sources.text_source_kind(self.source)
+        if sources.text_source_kind(self.source) == "local":
+            sources.check_local_text(self.source, "evaluation")
         if self.seqlen is not None and not 16 <= self.seqlen <= 131_072:
             raise SpecError(f"--eval-seqlen must be between 16 and 131072, not {self.seqlen}")
         if self.windows is not None and self.windows < 1:
@@ -107,7 +109,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         calib = spec.calib or CalibSpec()
         calib.validate()
     else:
-        if spec.calib is not None and spec.calib != CalibSpec():
+        if spec.calib is not None:
             raise SpecError(f"--method {method.name} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
         calib = None
     spec.eval.validate()

@@ -6,10 +6,9 @@ from __future__ import annotations
 import signal
 
 from api_client.config import Settings
+from api_client.queue import TASK_NAME
 from worker.app import app
 from worker import runner
-
-TASK_NAME = "qfarm.run_job"
 
 
 def _on_sigterm(signum, frame):

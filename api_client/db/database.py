@@ -11,7 +11,6 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_client.config import redact
 from api_client.errors import ServiceUnavailable
 
 import migrations
@@ -47,7 +46,7 @@ class Database:
 
     @property
     def display_url(self) -> str:
-        return redact(make_url(self.url).render_as_string(hide_password=True))
+        return make_url(self.url).render_as_string(hide_password=True)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

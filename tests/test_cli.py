@@ -1,0 +1,123 @@
+"""The CLI as a user runs it: bad input gets one line and a non-zero exit
+before anything is queued or recorded."""
+
+import json
+import os
+
+import pytest
+
+from api_client.db import Database
+from api_client.db.jobs import list_jobs
+from tests.conftest import run_cli
+
+
+@pytest.fixture
+def env(qfarm_env, redis_conn):
+    run_cli("db", "upgrade", env=os.environ.copy(), check=True)
+    return os.environ.copy()
+
+
+def assert_nothing_queued(redis_conn, env):
+    assert redis_conn.llen("qfarm") == 0
+    db = Database(env["QFARM_DATABASE_URL"])
+    assert list_jobs(db) == []
+    db.dispose()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--method", "gptqq"], "error: unknown method 'gptqq' (choose from awq, fp4, fp8, gptq, int8, nf4, rtn)"),
+    (["--method", "gptq", "--bits", "3"], "error: gptq does not support --bits 3 (supported: 4/8)"),
+    (["--method", "gptq", "--group-size", "100"], "error: gptq does not support --group-size 100 (supported: 32/64/128/-1)"),
+    (["--method", "nf4", "--threshold", "5"], "error: --threshold does not apply to --method nf4 (it takes --compute-dtype, --double-quant)"),
+    (["--method", "rtn", "--calib", "builtin"], "error: --method rtn takes no calibration data (--calib, --calib-samples, --calib-seqlen)"),
+    (["--method", "gptq", "--format", "gguf"], "error: --method gptq writes compressed-tensors/gptq, not --format gguf"),
+    (["--method", "gptq", "--calib", "/nope/calib.txt"], "error: calibration file /nope/calib.txt does not exist"),
+])
+def test_bad_options(env, redis_conn, tiny_model, args, message):
+    proc = run_cli("submit", str(tiny_model), *args, env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == message
+    assert proc.stdout == ""
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_paths_that_are_no_checkpoint(env, redis_conn, tmp_path):
+    proc = run_cli("submit", str(tmp_path / "missing"), "--method", "gptq", env=env)
+    assert proc.returncode != 0 and proc.stderr.strip() == f"error: model path {tmp_path / 'missing'} is not a directory"
+    proc = run_cli("submit", str(tmp_path), "--method", "gptq", env=env)
+    assert proc.stderr.strip() == f"error: {tmp_path} is not a Hugging Face checkpoint: it has no config.json"
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_model_without_linear_layers(env, redis_conn, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["TinyEmbedder"]}))
+    save_file({"embed_tokens.weight": torch.zeros(32, 16)}, str(tmp_path / "model.safetensors"))
+    proc = run_cli("submit", str(tmp_path), "--method", "nf4", env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == f"error: TinyEmbedder at {tmp_path} has no linear layers to quantize"
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_unreachable_broker_and_database(env, redis_conn, tiny_model):
+    proc = run_cli("submit", str(tiny_model), "--method", "gptq",
+                   env={**env, "QFARM_BROKER_URL": "redis://:hunter2@127.0.0.1:1/0"})
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: cannot reach the broker at redis://***@127.0.0.1:1/0:")
+    assert "hunter2" not in proc.stderr and proc.stderr.count("\n") == 1
+    proc = run_cli("submit", str(tiny_model), "--method", "gptq",
+                   env={**env, "QFARM_DATABASE_URL": "postgresql://qf:hunter2@127.0.0.1:1/qfarm"})
+    assert proc.returncode != 0
+    assert proc.stderr.startswith("error: cannot reach the database at postgresql+psycopg://qf:***@127.0.0.1:1/qfarm:")
+    assert "hunter2" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_unmigrated_database(qfarm_env, redis_conn, tiny_model):
+    proc = run_cli("submit", str(tiny_model), "--method", "gptq", env=os.environ.copy())
+    assert proc.returncode != 0
+    assert proc.stderr.strip().endswith("has no qfarm tables: run `qfarm db upgrade`")
+
+
+def test_fp8_without_a_capable_worker(env, redis_conn, tiny_model):
+    proc = run_cli("submit", str(tiny_model), "--method", "fp8", env=env)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: no live worker can run --method fp8: it needs a GPU of compute capability 8.9 "
+                                   "or newer (Ada, Hopper), and no worker serving queue qfarm.sm89 answered")
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_submit_queues_one_message_and_one_row(env, redis_conn, tiny_model):
+    proc = run_cli("submit", str(tiny_model), "--method", "gptq", "--json", env=env, check=True)
+    out = json.loads(proc.stdout)
+    assert out["state"] == "queued" and len(out["id"]) == 12
+    assert redis_conn.llen("qfarm") == 1
+    message = json.loads(redis_conn.lindex("qfarm", 0))
+    assert message["headers"]["id"] == out["id"] and message["headers"]["task"] == "qfarm.run_job"
+    status = json.loads(run_cli("status", out["id"][:6], "--json", env=env, check=True).stdout)
+    assert status["state"] == "queued" and status["method"] == "gptq" and status["submitted_by"] == "tester"
+    assert status["params"]["group_size"] == 128 and status["calib"]["samples"] == 128
+    listed = json.loads(run_cli("list", "--state", "queued", "--json", env=env, check=True).stdout)
+    assert [j["id"] for j in listed] == [out["id"]]
+    cancelled = run_cli("cancel", out["id"], env=env, check=True)
+    assert cancelled.stdout.strip() == f"{out['id']} cancelled"
+    again = run_cli("cancel", out["id"], env=env)
+    assert again.returncode != 0 and again.stderr.strip() == f"error: job {out['id']} already cancelled"
+
+
+def test_local_calibration_file_travels_with_the_job(env, redis_conn, tiny_model, tmp_path):
+    calib = tmp_path / "mine.jsonl"
+    calib.write_text('{"text": "some calibration text"}\n')
+    proc = run_cli("submit", str(tiny_model), "--method", "awq", "--calib", str(calib), "--json", env=env, check=True)
+    job_id = json.loads(proc.stdout)["id"]
+    status = json.loads(run_cli("status", job_id, "--json", env=env, check=True).stdout)
+    stored = status["calib"]["source"]
+    assert stored.startswith("file://") and stored.endswith(f"inputs/{job_id}/calib.jsonl")
+    assert open(stored.removeprefix("file://")).read() == calib.read_text()
+
+
+def test_unknown_job(env):
+    proc = run_cli("status", "ffffffff", env=env)
+    assert proc.returncode != 0 and proc.stderr.strip() == "error: no job 'ffffffff'"

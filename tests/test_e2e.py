@@ -1,0 +1,166 @@
+"""The whole path, for real: the `qfarm` CLI → Redis → a `qfarm worker start
+--gpus cpu` process (Celery) → quantize → S3 (moto's HTTP server) →
+PostgreSQL, checked the way a user would check it."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from api_client.db import Database, jobs
+from api_client.storage.s3 import s3_client
+from tests.conftest import run_cli
+
+FAST = ["--calib-samples", "8", "--calib-seqlen", "128", "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8"]
+
+
+@pytest.fixture
+def farm_env(tmp_path, pg_url, redis_conn, redis_url, bucket, aws_env):
+    env = {
+        **os.environ,
+        "QFARM_HOME": str(tmp_path / "home"),
+        "QFARM_DATABASE_URL": pg_url,
+        "QFARM_BROKER_URL": redis_url,
+        "QFARM_STORAGE_URL": f"s3://{bucket}/farm",
+        "QFARM_USER": "ann",
+        "HF_HUB_OFFLINE": "1",
+    }
+    run_cli("db", "upgrade", env=env, check=True)
+    return env
+
+
+@pytest.fixture
+def worker(farm_env, tmp_path):
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", "from api_client.cli import main; main()", "worker", "start", "--gpus", "cpu"],
+                            env=farm_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    from api_client import queue
+
+    deadline = time.monotonic() + 90
+    while "qfarm" not in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail("worker did not come up:\n" + (tmp_path / "worker.log").read_text()[-3000:])
+    yield proc
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def db_of(env):
+    return Database(env["QFARM_DATABASE_URL"])
+
+
+def s3_objects(env, uri):
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    client = s3_client(env["QFARM_S3_ENDPOINT_URL"])
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    return {o["Key"][len(prefix):]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def wait_for(env, job_id, predicate, timeout=180):
+    db = db_of(env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            job = jobs.get(db, job_id)
+            if predicate(job):
+                return job
+            time.sleep(0.3)
+        raise AssertionError(f"job {job_id} stuck in {job.state}/{job.stage}")
+    finally:
+        db.dispose()
+
+
+def test_gptq_and_nf4_through_the_farm(farm_env, worker, tiny_model, tmp_path):
+    nf4 = run_cli("submit", str(tiny_model), "--method", "nf4", *FAST[4:], env=farm_env, check=True).stdout.strip()
+    proc = run_cli("submit", str(tiny_model), "--method", "gptq", *FAST, "--wait", "--json", env=farm_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    gptq = json.loads(proc.stdout)
+    watched = run_cli("watch", nf4, env=farm_env, timeout=600)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    assert watched.stdout.splitlines()[-1].split(" ", 2)[1] == "succeeded"
+
+    db = db_of(farm_env)
+    for job_id, method, stages in ((gptq["id"], "gptq", ["loading", "calibrating", "quantizing", "evaluating", "uploading"]),
+                                   (nf4, "nf4", ["loading", "quantizing", "evaluating", "uploading"])):
+        job = jobs.get(db, job_id)
+        assert job.state == "succeeded" and job.method == method and job.submitted_by == "ann"
+        assert job.worker.startswith("cpu@") and job.gpu_name == "cpu" and job.attempts == 1
+        assert job.started_at <= job.finished_at
+        assert job.ppl_baseline > 1 and job.ppl_quantized > 1 and job.ppl_ratio == pytest.approx(job.ppl_quantized / job.ppl_baseline)
+        assert job.artifact_uri == f"{farm_env['QFARM_STORAGE_URL']}/jobs/{job_id}/"
+        evs = jobs.events(db, job_id)
+        assert [e.state for e in evs][:2] == ["queued", "running"] and evs[-1].state == "succeeded"
+        seen = [e.stage for e in evs if e.stage]
+        assert [s for i, s in enumerate(seen) if s not in seen[:i]] == stages
+
+        # Every object in S3 is what the manifest says, and nothing else is there.
+        objects = s3_objects(farm_env, job.artifact_uri)
+        manifest = json.loads(objects.pop("manifest.json"))
+        assert {f["path"]: f["sha256"] for f in manifest["files"]} == {k: hashlib.sha256(v).hexdigest() for k, v in objects.items()}
+        assert manifest["job"]["id"] == job_id and manifest["job"]["params"] == job.params
+        assert manifest["library_versions"]["transformers"] == "5.17.0"
+        assert sum(f["bytes"] for f in manifest["files"]) == job.artifact_bytes
+        assert "testing" not in json.dumps(manifest)  # no credentials
+
+        dest = tmp_path / f"dl-{method}"
+        run_cli("download", job_id, str(dest), env=farm_env, check=True)
+        model = AutoModelForCausalLM.from_pretrained(dest, device_map="cpu")
+        tok = AutoTokenizer.from_pretrained(dest)
+        out = model.generate(**tok("Hammersmith was", return_tensors="pt"), max_new_tokens=5, do_sample=False)
+        assert out.shape[1] > 5
+    db.dispose()
+    status = json.loads(run_cli("status", gptq["id"], "--json", env=farm_env, check=True).stdout)
+    assert status == {**status, "state": "succeeded", "method": "gptq", "format": "compressed-tensors"}
+
+
+def test_cancel_a_running_job_leaves_nothing_behind(farm_env, worker, tiny_model):
+    # Enough calibration to keep AWQ busy for a while on the CPU.
+    job_id = run_cli("submit", str(tiny_model), "--method", "awq", "--calib-samples", "128", "--calib-seqlen", "512",
+                     env=farm_env, check=True).stdout.strip()
+    wait_for(farm_env, job_id, lambda j: j.stage == "quantizing")
+    assert run_cli("cancel", job_id, env=farm_env, check=True).stdout.strip() == f"{job_id} cancelled"
+    time.sleep(3)
+    job = wait_for(farm_env, job_id, lambda j: j.state == "cancelled")
+    assert job.artifact_uri is None
+    bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    assert s3_objects(farm_env, f"s3://{bucket}/farm/jobs/{job_id}/") == {}
+    # The worker lives on and takes the next job.
+    proc = run_cli("submit", str(tiny_model), "--method", "rtn", *FAST[4:], "--wait", env=farm_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_failing_job_says_why(farm_env, worker):
+    proc = run_cli("submit", "acme/no-such-model", "--method", "rtn", "--wait", env=farm_env, timeout=300)
+    assert proc.returncode != 0
+    job_id = proc.stdout.split()[0]
+    status = json.loads(run_cli("status", job_id, "--json", env=farm_env).stdout)
+    assert status["state"] == "failed" and status["stage"] is None
+    assert status["error"].startswith("cannot download acme/no-such-model from the Hugging Face hub")
+    assert status["artifact_uri"] is None
+
+
+def test_a_job_whose_worker_dies_is_run_again(farm_env, worker, tiny_model):
+    job_id = run_cli("submit", str(tiny_model), "--method", "awq", "--calib-samples", "128", "--calib-seqlen", "512",
+                     "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8", env=farm_env, check=True).stdout.strip()
+    wait_for(farm_env, job_id, lambda j: j.stage == "quantizing")
+    # Kill the process running the job, as the kernel's OOM killer would.
+    celery_main = psutil.Process(worker.pid).children()[0]
+    for child in celery_main.children():
+        child.kill()
+    job = wait_for(farm_env, job_id, lambda j: j.state in ("succeeded", "failed"), timeout=400)
+    assert job.state == "succeeded", job.error
+    assert job.attempts == 2
+    messages = [e.message or "" for e in jobs.events(db_of(farm_env), job_id)]
+    assert any(m.startswith("restarted on cpu@") and "was lost" in m for m in messages)

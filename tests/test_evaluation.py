@@ -1,0 +1,29 @@
+"""Perplexity and decode speed, measured on a checkpoint loaded from disk."""
+
+import math
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from worker import evaluation, texts
+from worker.gpu import Device
+
+CPU = Device("cpu", None, "cpu")
+
+
+def test_perplexity_matches_the_models_own_loss(tiny_model):
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    windows = texts.token_windows(tok, texts.builtin_text("eval"), 128, 6)
+    result = evaluation.evaluate(tiny_model, windows, CPU, None, decode_tokens=8)
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    with torch.no_grad():
+        losses = [model(torch.tensor([w]), labels=torch.tensor([w])).loss.item() for w in windows]
+    assert math.isclose(result.perplexity, math.exp(sum(losses) / len(losses)), rel_tol=1e-4)
+    assert result.tokens == 6 * 127 and result.windows == 6
+    assert result.tokens_per_s > 0
+    assert result.peak_vram_bytes is None  # CPU
+
+
+def test_default_window_is_the_context_capped_at_2048(tiny_model):
+    assert evaluation.default_seqlen(tiny_model) == 512

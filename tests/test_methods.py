@@ -1,0 +1,112 @@
+"""Every method on a tiny random Llama, run by the worker's job runner
+in-process: the job succeeds, the artifact reloads and generates, the
+checkpoint says what was asked, and the manifest records parameters and
+library versions."""
+
+import json
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from api_client.client import job_row
+from api_client.config import Settings
+from api_client.db import Database, jobs
+from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
+from worker import runner
+
+CASES = [
+    # method, format, params, what the saved config must say
+    ("gptq", None, {}, {"quant_method": "compressed-tensors", "num_bits": 4, "group_size": 128, "symmetric": True}),
+    ("gptq", None, {"bits": 8, "group_size": 64, "symmetric": False, "act_order": False},
+     {"quant_method": "compressed-tensors", "num_bits": 8, "group_size": 64, "symmetric": False}),
+    ("awq", None, {}, {"quant_method": "compressed-tensors", "num_bits": 4, "group_size": 128, "symmetric": False}),
+    ("rtn", None, {"group_size": -1}, {"quant_method": "compressed-tensors", "num_bits": 4, "strategy": "channel"}),
+    ("gptq", "gptq", {}, {"quant_method": "gptq", "bits": 4, "group_size": 128, "sym": True}),
+    ("awq", "awq", {}, {"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": True}),
+    ("nf4", None, {}, {"quant_method": "bitsandbytes", "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}),
+    ("fp4", None, {"double_quant": False}, {"quant_method": "bitsandbytes", "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False}),
+    ("int8", None, {"threshold": 4.0}, {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 4.0}),
+]
+
+
+@pytest.fixture
+def farm(qfarm_env):
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.upgrade()
+    yield settings, db
+    db.dispose()
+
+
+def run_in_process(settings, db, spec: JobSpec, job_id: str):
+    jobs.create(db, job_row(resolve(spec), job_id, "tester"))
+    runner.execute(job_id, settings, worker="test@host")
+    return jobs.get(db, job_id)
+
+
+def flatten(d, out=None):
+    out = {} if out is None else out
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flatten(v, out)
+        out.setdefault(k, v)
+    return out
+
+
+@pytest.mark.parametrize("method,fmt,params,expect", CASES, ids=[f"{c[0]}-{c[1] or 'default'}-{i}" for i, c in enumerate(CASES)])
+def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fmt, params, expect):
+    settings, db = farm
+    spec = JobSpec(model=str(tiny_model), method=method, format=fmt, params=params,
+                   calib=CalibSpec(samples=8, seqlen=128) if method in ("gptq", "awq") else None,
+                   eval=EvalSpec(seqlen=128, windows=4, decode_tokens=8))
+    job = run_in_process(settings, db, spec, f"m{abs(hash((method, fmt, str(params)))) % 10**10:010d}")
+    assert job.state == "succeeded", job.error
+    assert [e.stage for e in jobs.events(db, job.id) if e.state == "running" and e.stage][:1] == ["loading"]
+    stages = [e.stage for e in jobs.events(db, job.id) if e.stage]
+    assert stages[-2:] == ["evaluating", "uploading"] and "quantizing" in stages
+    assert ("calibrating" in stages) == (method in ("gptq", "awq"))
+    assert job.ppl_baseline > 1 and job.ppl_quantized > 1
+    assert job.ppl_ratio == pytest.approx(job.ppl_quantized / job.ppl_baseline)
+    assert job.quantize_seconds > 0 and job.artifact_bytes > 0
+    assert job.tokens_per_s_baseline > 0 and job.tokens_per_s_quantized > 0
+
+    artifact = Path(job.artifact_uri.removeprefix("file://"))
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["job"]["method"] == method and manifest["job"]["params"] == job.params
+    assert manifest["library_versions"]["torch"] == metadata.version("torch")
+    engine = {"compressed-tensors": "llmcompressor", "gptq": "gptqmodel", "awq": "gptqmodel", "bitsandbytes": "bitsandbytes"}[job.format]
+    assert manifest["library_versions"][engine]
+    assert manifest["metrics"]["ppl_ratio"] == pytest.approx(job.ppl_ratio)
+    assert {f["path"] for f in manifest["files"]} >= {"config.json", "tokenizer.json"}
+
+    qc = flatten(json.loads((artifact / "config.json").read_text())["quantization_config"])
+    for key, value in expect.items():
+        assert qc[key] == value, (key, qc.get(key))
+
+    model = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu")
+    tok = AutoTokenizer.from_pretrained(artifact)
+    out = model.generate(**tok("The people of the river", return_tensors="pt"), max_new_tokens=6, do_sample=False)
+    assert out.shape[1] > 6
+    assert not (artifact.parent.parent.parent / "scratch" / "test@host" / job.id).exists()
+
+
+def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model):
+    settings, db = farm
+    job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(windows=1)), "fp8cpu000001")
+    assert job.state == "failed"
+    assert job.error == "fp8 needs an NVIDIA GPU of compute capability 8.9 or newer; this worker runs on the CPU"
+    assert job.artifact_uri is None
+    assert "Traceback" in job.error_traceback
+
+
+def test_a_cancelled_job_is_not_started(farm, tiny_model):
+    from api_client.db import JobState
+
+    settings, db = farm
+    jobs.create(db, job_row(resolve(JobSpec(model=str(tiny_model), method="rtn")), "cancelled001", "tester"))
+    jobs.transition(db, "cancelled001", expect=[JobState.QUEUED], state=JobState.CANCELLED)
+    runner.execute("cancelled001", settings, worker="test@host")
+    job = jobs.get(db, "cancelled001")
+    assert job.state == "cancelled" and job.started_at is None and job.attempts == 0

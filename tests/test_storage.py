@@ -1,0 +1,94 @@
+"""Artifact stores: S3 through moto's HTTP server, and a local directory."""
+
+import json
+import os
+
+import pytest
+
+from api_client import artifacts
+from api_client.errors import QFarmError, ServiceUnavailable
+from api_client.storage import StoreError, open_store, sha256_file
+from api_client.storage.s3 import MiB
+
+
+@pytest.fixture(params=["s3", "file"])
+def store(request, tmp_path):
+    if request.param == "s3":
+        bucket = request.getfixturevalue("bucket")
+        return open_store(f"s3://{bucket}/farm", os.environ["QFARM_S3_ENDPOINT_URL"])
+    return open_store((tmp_path / "store").as_uri())
+
+
+@pytest.fixture
+def artifact_dir(tmp_path):
+    d = tmp_path / "artifact"
+    (d / "sub").mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(os.urandom(12 * MiB + 123))
+    (d / "config.json").write_text('{"a": 1}')
+    (d / "sub" / "extra.txt").write_text("x")
+    return d
+
+
+def manifest_for(d):
+    return {"job": {"id": "j1"}, "files": artifacts.file_entries(d)}
+
+
+def test_publish_then_download_roundtrip(store, artifact_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
+    store = open_store(store.url, os.environ.get("QFARM_S3_ENDPOINT_URL"))  # part size is read at open
+    uri = artifacts.publish(store, "j1", artifact_dir, manifest_for(artifact_dir))
+    keys = {o.key: o.size for o in store.list("jobs/j1/")}
+    assert keys["jobs/j1/model.safetensors"] == 12 * MiB + 123
+    assert set(keys) == {"jobs/j1/model.safetensors", "jobs/j1/config.json", "jobs/j1/sub/extra.txt", "jobs/j1/manifest.json"}
+    manifest = json.loads(store.get_bytes("jobs/j1/manifest.json"))
+    by_path = {f["path"]: f for f in manifest["files"]}
+    assert by_path["model.safetensors"]["sha256"] == sha256_file(artifact_dir / "model.safetensors")
+
+    dest = tmp_path / "dl"
+    got = artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+    assert got == manifest
+    assert sha256_file(dest / "model.safetensors") == by_path["model.safetensors"]["sha256"]
+    assert (dest / "sub" / "extra.txt").read_text() == "x"
+    with pytest.raises(QFarmError, match="exists and is not an empty directory"):
+        artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+
+
+def test_multipart_upload_is_verified_part_by_part(bucket, artifact_dir, monkeypatch):
+    monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
+    store = open_store(f"s3://{bucket}/p", os.environ["QFARM_S3_ENDPOINT_URL"])
+    path = artifact_dir / "model.safetensors"
+    store.put_file(path, "big.bin")
+    etag = store.client.head_object(Bucket=bucket, Key="p/big.bin")["ETag"].strip('"')
+    assert etag.endswith("-3")  # 12 MiB in 5 MiB parts
+    store.verify(path, "big.bin")
+    # The same size with other bytes must not pass.
+    other = artifact_dir / "other.bin"
+    data = bytearray(path.read_bytes())
+    data[7 * MiB] ^= 0xFF
+    other.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="does not hold the bytes uploaded"):
+        store.verify(other, "big.bin")
+
+
+def test_corrupt_object_fails_download_and_leaves_nothing(store, artifact_dir, tmp_path):
+    uri = artifacts.publish(store, "j2", artifact_dir, manifest_for(artifact_dir))
+    store.put_bytes(b'{"a": 2}', "jobs/j2/config.json")  # same length, other bytes
+    dest = tmp_path / "dl"
+    with pytest.raises(QFarmError, match="config.json is corrupt"):
+        artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dl")] == []
+
+
+def test_failed_publish_removes_what_it_wrote(store, artifact_dir):
+    manifest = manifest_for(artifact_dir)
+    manifest["files"].append({"path": "missing.bin", "bytes": 1, "sha256": "0" * 64})
+    with pytest.raises(Exception):
+        artifacts.publish(store, "j3", artifact_dir, manifest)
+    assert store.list("jobs/j3/") == []
+
+
+def test_unreachable_bucket_is_one_line(aws_env):
+    store = open_store("s3://no-such-bucket-here/x", aws_env)
+    with pytest.raises(ServiceUnavailable, match="cannot reach the S3 bucket no-such-bucket-here at http://127.0.0.1"):
+        store.check()
