@@ -5,6 +5,7 @@ leave nothing behind."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 import traceback
@@ -76,9 +77,14 @@ def execute(job_id: str, settings: Settings, worker: str) -> None:
         _clear(scratch)
         job_dir = scratch / job_id
         job_dir.mkdir(parents=True)
+        # Libraries write files relative to the working directory (GPTQModel
+        # its logs/): keep them inside the job's directory, which goes away.
+        cwd = os.getcwd()
+        os.chdir(job_dir)
         try:
             Run(db, settings, job, device, job_dir).run()
         finally:
+            os.chdir(cwd)
             shutil.rmtree(job_dir, ignore_errors=True)
     finally:
         db.dispose()
