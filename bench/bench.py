@@ -62,7 +62,7 @@ def start_worker(gpus: str, log: Path) -> subprocess.Popen:
     return proc
 
 
-def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float) -> list[dict]:
+def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float, on_row=lambda rows: None) -> list[dict]:
     from api_client.errors import QFarmError
 
     submitted, rows = [], []
@@ -76,8 +76,8 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float)
         print(f"submitted {label}: {job.id}", flush=True)
         submitted.append((label, job.id))
     for label, job_id in submitted:
-        job = client.wait(job_id, on_event=lambda e: print(f"  {job_id} {e.state} {e.stage or ''} {e.message or ''}"[:160], flush=True),
-                          timeout_s=timeout_s)
+        job = client.wait(job_id, timeout_s=timeout_s, on_event=lambda e: print(
+            f"  {aware(e.at):%H:%M:%S} {job_id} {e.state} {e.stage or ''} {e.message or ''}"[:160], flush=True))
         wall = (aware(job.finished_at) - aware(job.started_at)).total_seconds() if job.started_at and job.finished_at else None
         rows.append({"label": label, "id": job.id, "state": job.state, "error": job.error, "method": job.method,
                      "format": job.format, "params": job.params, "ppl_baseline": job.ppl_baseline,
@@ -88,6 +88,7 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float)
                      "model_bytes": job.model_bytes, "tokens_per_s_baseline": job.tokens_per_s_baseline,
                      "tokens_per_s_quantized": job.tokens_per_s_quantized, "max_vram_bytes": job.max_vram_bytes,
                      "metrics": job.metrics or {}, "gpu_name": job.gpu_name})
+        on_row(rows)
     return rows
 
 
@@ -134,7 +135,7 @@ def refmodel_specs(a) -> list[tuple[str, JobSpec]]:
     calib = CalibSpec(source=str(Path(a.calib).resolve()), samples=128, seqlen=256)
     ev = EvalSpec(source=str(Path(a.eval).resolve()), seqlen=256, windows=a.eval_windows, decode_tokens=64)
     model = str(Path(a.model).resolve())
-    plan = [("rtn", None), ("gptq", None), ("awq", None), ("nf4", None), ("fp4", None), ("int8", None), ("fp8", None),
+    plan = [("rtn", None), ("gptq", None), ("awq", None), ("nf4", None), ("int8", None), ("fp8", None), ("fp4", None),
             ("gptq", "gptq"), ("awq", "awq")]
     only = set(a.only.split(",")) if a.only else None
     specs = []
@@ -186,18 +187,24 @@ def main() -> None:
     home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
     home.mkdir(parents=True, exist_ok=True)
     worker = start_worker(a.gpus, home / f"worker-{a.suite}.log")
+    table = table_refmodel if a.suite == "refmodel" else table_big
+
+    def progress(rows):
+        # Written after every job, so a run cut short still reports what it did.
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps(rows, indent=2, default=str))
+        print(table(rows).splitlines()[-1], flush=True)
+
     try:
-        rows = run_jobs(client, refmodel_specs(a) if a.suite == "refmodel" else big_specs(a), a.timeout)
+        rows = run_jobs(client, refmodel_specs(a) if a.suite == "refmodel" else big_specs(a), a.timeout, progress)
     finally:
         import signal
 
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
-    if a.json_out:
-        Path(a.json_out).write_text(json.dumps(rows, indent=2, default=str))
     gpu = next((r["gpu_name"] for r in rows if r.get("gpu_name")), "?")
     print(f"\n## {a.suite} on {gpu}\n")
-    print(table_refmodel(rows) if a.suite == "refmodel" else table_big(rows))
+    print(table(rows))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 # Usage: bash bench/gpu_run.sh SUITE [bench.py options...]
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+unset PYTHONDONTWRITEBYTECODE
+python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 ldconfig -p | grep -q libpcre2-8.so.0 || export LD_LIBRARY_PATH=$PWD/.gpu/pcre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p | grep -q libpcre2-8.so.0; then mkdir -p .gpu/pcre && cp .gpu/lib/libpcre2-8.so.0 .gpu/pcre/; fi
@@ -14,5 +15,7 @@ export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=redis://127.0.0.1:6
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 suite=$1; shift
-python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$suite.json" 2>&1 | tee "${OUT:-/tmp}/$suite.log" | grep -v "^  [0-9a-f]\{12\} running" 
+# Stop short of the call's limit so the logs and the table still come back.
+timeout "${BENCH_TIMEOUT:-540}" python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$suite.json" 2>&1 \
+  | tee "${OUT:-/tmp}/$suite.log" | grep -v " running " || true
 cp "$QFARM_HOME"/worker-*.log "${OUT:-/tmp}/" 2>/dev/null || true

@@ -50,7 +50,7 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {}
+    kwargs: dict = _kernel_choice(path, device)
     if device.is_cuda:
         kwargs["dtype"] = "auto"
         kwargs["device_map"] = {"": 0}
@@ -65,6 +65,28 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     return model
+
+
+def _kernel_choice(path: Path, device: Device) -> dict:
+    """GPTQModel picks Machete/Marlin kernels on Hopper by default, which it
+    compiles on first use after downloading CUTLASS from GitHub; a worker may
+    have no internet and a job should not compile. Its Triton kernels compute
+    the same product and need neither."""
+    import json
+
+    if not device.is_cuda:
+        return {}
+    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    method = qc.get("quant_method")
+    if method == "gptq":
+        from transformers import GPTQConfig
+
+        return {"quantization_config": GPTQConfig(bits=qc["bits"], backend="triton")}
+    if method == "awq":
+        from transformers import AwqConfig
+
+        return {"quantization_config": AwqConfig(bits=qc["bits"], backend="gemm_triton")}
+    return {}
 
 
 def perplexity(model, windows: list[list[int]]) -> tuple[float, int]:

@@ -21,13 +21,20 @@ BUILTIN_FILES = {"calib": "calib-news-from-nowhere.txt.gz", "eval": "eval-log-sc
 _CHARS_PER_TOKEN_MAX = 12
 
 
+def _universal_newlines(text: str) -> str:
+    """As Python's text mode reads files: CRLF and CR become LF. A model
+    trained on text read that way has never seen a carriage return, and
+    Gutenberg books ship with CRLF."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
 def builtin_text(purpose: str) -> str:
     data = resources.files("worker").joinpath("data", BUILTIN_FILES[purpose]).read_bytes()
-    return gzip.decompress(data).decode("utf-8")
+    return _universal_newlines(gzip.decompress(data).decode("utf-8"))
 
 
 def _decode(raw: bytes, name: str) -> str:
-    text = raw.decode("utf-8", errors="replace")
+    text = _universal_newlines(raw.decode("utf-8", errors="replace"))
     if name.endswith((".jsonl", ".json")):
         records = []
         for n, line in enumerate(text.splitlines(), 1):
