@@ -120,7 +120,10 @@ def decode_speed(model, prompt: list[int], new_tokens: int) -> float | None:
     if model.generation_config.pad_token_id is None:
         kwargs["pad_token_id"] = model.generation_config.eos_token_id
     with torch.inference_mode():
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, **kwargs)  # warm-up: kernels, caches
+        # Warm up with the same call: the first generate of a process pays
+        # one-time costs (kernel selection, allocator growth, lazy imports)
+        # that a short warm-up was seen not to cover.
+        model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
         _sync(device)
         start = time.perf_counter()
         out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, **kwargs)
