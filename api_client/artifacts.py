@@ -45,7 +45,7 @@ def publish(store: Store, job_id: str, local_dir: Path, manifest: dict[str, Any]
                 progress(entry["path"])
             path = local_dir / entry["path"]
             store.put_file(path, prefix + entry["path"])
-            store.verify(path, prefix + entry["path"])
+            store.verify(path, prefix + entry["path"], entry["sha256"])
         body = json.dumps(manifest, indent=2, sort_keys=True).encode()
         store.put_bytes(body, prefix + MANIFEST)
         if store.get_bytes(prefix + MANIFEST) != body:

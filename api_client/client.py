@@ -17,7 +17,7 @@ from api_client.config import Settings
 from api_client.db import Database, Job, JobEvent, JobState, jobs
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError
 from api_client.spec import JobSpec, ResolvedSpec, resolve
-from api_client.storage import open_store
+from api_client.storage import open_store, sha256_file
 from worker.routing import DEFAULT_QUEUE
 
 
@@ -97,7 +97,7 @@ class Client:
         path = sources.check_local_text(source, "calibration" if name == "calib" else "evaluation")
         key = f"inputs/{job_id}/{name}{path.suffix.lower()}"
         store.put_file(path, key)
-        store.verify(path, key)
+        store.verify(path, key, sha256_file(path))
         return store.uri(key)
 
     @staticmethod

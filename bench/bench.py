@@ -79,6 +79,12 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float,
         job = client.wait(job_id, timeout_s=timeout_s, on_event=lambda e: print(
             f"  {aware(e.at):%H:%M:%S} {job_id} {e.state} {e.stage or ''} {e.message or ''}"[:160], flush=True))
         wall = (aware(job.finished_at) - aware(job.started_at)).total_seconds() if job.started_at and job.finished_at else None
+        # Seconds from each stage's event to the next one.
+        evs = [e for e in client.events(job_id) if e.state in ("running", "succeeded", "failed")]
+        stage_s: dict[str, float] = {}
+        for e, nxt in zip(evs, evs[1:]):
+            if e.stage:
+                stage_s[e.stage] = stage_s.get(e.stage, 0.0) + (aware(nxt.at) - aware(e.at)).total_seconds()
         rows.append({"label": label, "id": job.id, "state": job.state, "error": job.error, "method": job.method,
                      "format": job.format, "params": job.params, "ppl_baseline": job.ppl_baseline,
                      "ppl_quantized": job.ppl_quantized, "ppl_ratio": job.ppl_ratio,
@@ -87,7 +93,7 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float,
                      "eval_peak_vram_bytes": job.eval_peak_vram_bytes, "artifact_bytes": job.artifact_bytes,
                      "model_bytes": job.model_bytes, "tokens_per_s_baseline": job.tokens_per_s_baseline,
                      "tokens_per_s_quantized": job.tokens_per_s_quantized, "max_vram_bytes": job.max_vram_bytes,
-                     "metrics": job.metrics or {}, "gpu_name": job.gpu_name})
+                     "metrics": job.metrics or {}, "gpu_name": job.gpu_name, "stage_seconds": stage_s})
         on_row(rows)
     return rows
 
@@ -115,18 +121,20 @@ def table_refmodel(rows: list[dict]) -> str:
 
 
 def table_big(rows: list[dict]) -> str:
-    out = ["| job | weights during quantize | --max-vram | quantize s | peak VRAM quantize (torch / NVML) | artifact | eval s | job wall s | not quantize/eval | peak VRAM eval | tok/s fp16 → quantized |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| job | weights during quantize | --max-vram | quantize s | peak VRAM quantize (torch / NVML) | artifact | eval s | job wall s | not quantize/eval | of which: loading / uploading s | peak VRAM eval | tok/s fp16 → quantized |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["state"] != "succeeded":
-            out.append(f"| {r['label']} | {r['state']}: {r['error']} ||||||||||")
+            out.append(f"| {r['label']} | {r['state']}: {r['error']} |||||||||||")
             continue
         other = r["wall_seconds"] - r["quantize_seconds"] - r["eval_seconds"]
         out.append(
             f"| {r['label']} | {r['metrics'].get('weights_on', '-')} | {fmt(r['max_vram_bytes'], '.0f', GiB, 'none')} GiB | "
             f"{r['quantize_seconds']:.1f} | {fmt(r['peak_vram_bytes'], '.2f', GiB)} / {fmt(r['peak_vram_nvml_bytes'], '.2f', GiB)} GiB | "
             f"{fmt(r['artifact_bytes'], '.2f', GiB)} GiB | {r['eval_seconds']:.1f} | {r['wall_seconds']:.1f} | "
-            f"{other:.1f} s ({other / r['wall_seconds'] * 100:.1f}%) | {fmt(r['eval_peak_vram_bytes'], '.2f', GiB)} GiB | "
+            f"{other:.1f} s ({other / r['wall_seconds'] * 100:.1f}%) | "
+            f"{r['stage_seconds'].get('loading', 0):.1f} / {r['stage_seconds'].get('uploading', 0):.1f} | "
+            f"{fmt(r['eval_peak_vram_bytes'], '.2f', GiB)} GiB | "
             f"{fmt(r['tokens_per_s_baseline'], '.1f')} → {fmt(r['tokens_per_s_quantized'], '.1f')} |")
     return "\n".join(out)
 

@@ -60,14 +60,14 @@ def test_multipart_upload_is_verified_part_by_part(bucket, artifact_dir, monkeyp
     store.put_file(path, "big.bin")
     etag = store.client.head_object(Bucket=bucket, Key="p/big.bin")["ETag"].strip('"')
     assert etag.endswith("-3")  # 12 MiB in 5 MiB parts
-    store.verify(path, "big.bin")
+    store.verify(path, "big.bin", sha256_file(path))
     # The same size with other bytes must not pass.
     other = artifact_dir / "other.bin"
     data = bytearray(path.read_bytes())
     data[7 * MiB] ^= 0xFF
     other.write_bytes(bytes(data))
     with pytest.raises(StoreError, match="does not hold the bytes uploaded"):
-        store.verify(other, "big.bin")
+        store.verify(other, "big.bin", sha256_file(other))
 
 
 def test_corrupt_object_fails_download_and_leaves_nothing(store, artifact_dir, tmp_path):

@@ -55,9 +55,13 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
         kwargs["dtype"] = "auto"
         kwargs["device_map"] = {"": 0}
         if max_vram_bytes:
-            # Under a memory cap, let accelerate keep what does not fit in CPU memory.
+            import psutil
+
+            # Under a memory cap, accelerate keeps what does not fit in CPU
+            # memory; the rest of the cap is for activations, logits and the
+            # layer being onloaded.
             kwargs["device_map"] = "auto"
-            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.85), "cpu": "1TiB"}
+            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.7), "cpu": int(psutil.virtual_memory().available)}
     else:
         # CPU kernels for fp16 are slow or missing; compute in fp32.
         kwargs["dtype"] = torch.float32

@@ -42,8 +42,9 @@ class Store(ABC):
     def put_file(self, path: Path, key: str) -> None: ...
 
     @abstractmethod
-    def verify(self, path: Path, key: str) -> None:
-        """Raise StoreError unless the stored object has the bytes of `path`."""
+    def verify(self, path: Path, key: str, sha256: str) -> None:
+        """Raise StoreError unless the stored object has the bytes of `path`,
+        whose sha256 the caller already knows."""
 
     @abstractmethod
     def put_bytes(self, data: bytes, key: str) -> None: ...

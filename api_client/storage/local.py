@@ -42,9 +42,9 @@ class LocalStore(Store):
         # A reader never sees a half-copied file under its final name.
         os.replace(tmp, dest)
 
-    def verify(self, path: Path, key: str) -> None:
+    def verify(self, path: Path, key: str, sha256: str) -> None:
         dest = self._path(key)
-        if not dest.is_file() or dest.stat().st_size != path.stat().st_size or sha256_file(dest) != sha256_file(path):
+        if not dest.is_file() or dest.stat().st_size != path.stat().st_size or sha256_file(dest) != sha256:
             raise StoreError(f"stored copy of {key} does not match what was written")
 
     def put_bytes(self, data: bytes, key: str) -> None:

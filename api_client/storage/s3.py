@@ -76,7 +76,9 @@ class S3Store(Store):
         except Exception as exc:
             raise StoreError(f"upload of {key} to {self.uri(key)} failed: {_describe(exc)}") from None
 
-    def verify(self, path: Path, key: str) -> None:
+    def verify(self, path: Path, key: str, sha256: str) -> None:
+        # S3 does not hand back a SHA-256 of multipart objects; the ETag (an
+        # MD5, or an MD5 of part MD5s) is recomputed locally instead.
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
         except Exception as exc:
