@@ -61,7 +61,11 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
             # memory; the rest of the cap is for activations, logits and the
             # layer being onloaded.
             kwargs["device_map"] = "auto"
-            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.7), "cpu": int(psutil.virtual_memory().available)}
+            # At 0.7 of a 10 GiB cap a 7B model's evaluation ran out of memory
+            # on an H100 (bench/RESULTS.md); half leaves room for one window's
+            # logits (perplexity then runs a window at a time) and the layer
+            # accelerate onloads.
+            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
     else:
         # CPU kernels for fp16 are slow or missing; compute in fp32.
         kwargs["dtype"] = torch.float32
@@ -93,12 +97,12 @@ def _kernel_choice(path: Path, device: Device) -> dict:
     return {}
 
 
-def perplexity(model, windows: list[list[int]]) -> tuple[float, int]:
+def perplexity(model, windows: list[list[int]], tokens_per_batch: int = _TOKENS_PER_BATCH) -> tuple[float, int]:
     import torch
 
     device = next(model.parameters()).device
     seqlen = len(windows[0])
-    batch = max(1, _TOKENS_PER_BATCH // seqlen)
+    batch = max(1, tokens_per_batch // seqlen)
     nll, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(windows), batch):
@@ -150,7 +154,8 @@ def evaluate(path: Path, windows: list[list[int]], device: Device, max_vram_byte
     with PeakMemory(device) as peak:
         model = load(path, device, max_vram_bytes)
         loaded = time.perf_counter()
-        ppl, tokens = perplexity(model, windows)
+        # Under a memory cap, one window at a time bounds the logits' memory.
+        ppl, tokens = perplexity(model, windows, 1 if max_vram_bytes else _TOKENS_PER_BATCH)
         speed = decode_speed(model, windows[0][:32], decode_tokens)
     del model
     gc.collect()
