@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -38,7 +38,6 @@ class Settings:
     # How often a job is retried after its worker died under it (OOM kill,
     # lost node) before it is marked failed.
     max_attempts: int = 2
-    extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_env(cls) -> "Settings":

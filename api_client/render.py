@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api_client.db import Job
-from api_client.db.jobs import aware, to_dict
+from api_client.db.jobs import aware
 
 
 def size(n: int | None) -> str:
@@ -25,7 +25,6 @@ def when(dt) -> str:
 
 
 def status_lines(job: Job) -> list[str]:
-    d = to_dict(job)
     params = " ".join(f"{k}={v}" for k, v in (job.params or {}).items()) or "-"
     state = job.state + (f" ({job.stage})" if job.stage and job.state == "running" else "")
     rows = [
@@ -43,7 +42,7 @@ def status_lines(job: Job) -> list[str]:
     ]
     if job.error:
         rows.append(("error", job.error))
-    if d.get("attempts", 0) > 1:
+    if job.attempts > 1:
         rows.append(("attempts", str(job.attempts)))
     width = max(len(k) for k, _ in rows)
     return [f"{k:<{width}}  {v}" for k, v in rows]

@@ -32,12 +32,6 @@ class EvalResult:
     seconds: float
 
 
-def eval_windows(tokenizer, text: str, seqlen: int, limit: int | None) -> list[list[int]]:
-    from worker.texts import token_windows
-
-    return token_windows(tokenizer, text, seqlen, limit)
-
-
 def default_seqlen(model_dir: Path) -> int:
     import json
 

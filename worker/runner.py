@@ -203,7 +203,7 @@ class Run:
         seqlen = spec.get("seqlen") or evaluation.default_seqlen(model_dir)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         text = texts.load_text(spec.get("source", "builtin"), "eval", self.settings.s3_endpoint_url)
-        windows = evaluation.eval_windows(tokenizer, text, seqlen, spec.get("windows"))
+        windows = texts.token_windows(tokenizer, text, seqlen, spec.get("windows"))
         if not windows:
             raise QFarmError(f"evaluation text {spec.get('source')} is shorter than one window of {seqlen} tokens")
         decode = spec.get("decode_tokens", 64)

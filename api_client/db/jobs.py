@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import insert, select, update
 
 from api_client.db.database import Database
 from api_client.db.models import Job, JobEvent, JobState, utcnow
@@ -108,11 +108,6 @@ def note(db: Database, job_id: str, message: str) -> None:
         job = s.get(Job, job_id)
         if job is not None:
             s.add(JobEvent(job_id=job_id, at=utcnow(), state=job.state, stage=job.stage, message=message))
-
-
-def counts_by_state(db: Database) -> dict[str, int]:
-    with db.session() as s:
-        return dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
 
 
 def aware(dt: datetime | None) -> datetime | None:
