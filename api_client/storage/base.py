@@ -13,12 +13,16 @@ from api_client.errors import QFarmError
 CHUNK = 8 * 1024 * 1024
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+def digest_file(path: Path, algorithm: str = "sha256") -> str:
+    h = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    return digest_file(path, "sha256")
 
 
 @dataclass(frozen=True)

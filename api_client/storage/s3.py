@@ -15,7 +15,7 @@ from pathlib import Path
 
 from api_client.errors import ServiceUnavailable
 from api_client.sources import parse_s3_url
-from api_client.storage.base import CHUNK, Store, StoredObject, StoreError
+from api_client.storage.base import CHUNK, Store, StoredObject, StoreError, digest_file
 
 MiB = 1024 * 1024
 DEFAULT_PART = 64 * MiB
@@ -95,7 +95,7 @@ class S3Store(Store):
     def _local_etag(self, path: Path, multipart: bool) -> str:
         size = path.stat().st_size
         if not multipart:
-            return _md5_file(path)
+            return digest_file(path, "md5")
         from s3transfer.utils import ChunksizeAdjuster
 
         part = ChunksizeAdjuster().adjust_chunksize(self.part_size, size)
@@ -179,11 +179,3 @@ def _part_md5s(f, part: int):
         yield h.digest()
         if n < part:
             return
-
-
-def _md5_file(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
