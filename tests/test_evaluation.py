@@ -27,3 +27,14 @@ def test_perplexity_matches_the_models_own_loss(tiny_model):
 
 def test_default_window_is_the_context_capped_at_2048(tiny_model):
     assert evaluation.default_seqlen(tiny_model) == 512
+
+
+def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    gpu = Device("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30)
+    assert evaluation._kernel_choice(tmp_path, gpu)["quantization_config"].backend == "triton"
+    assert evaluation._kernel_choice(tmp_path, CPU) == {}
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4}}))
+    assert evaluation._kernel_choice(tmp_path, gpu)["quantization_config"].backend == "gemm_triton"

@@ -48,3 +48,12 @@ def test_windows_are_consecutive_and_full(tiny_model):
     ids = tok(text[:20000], add_special_tokens=False)["input_ids"]
     assert sum(windows[:3], []) == ids[:192]
     assert texts.token_windows(tok, "short", 64, None) == []
+
+
+def test_carriage_returns_are_read_as_newlines(tmp_path):
+    # Gutenberg books ship with CRLF; a model trained on text read in
+    # Python's text mode never saw "\r", and perplexity on it balloons.
+    f = tmp_path / "crlf.txt"
+    f.write_bytes(b"one\r\ntwo\rthree\n")
+    assert texts.load_text(str(f), "eval") == "one\ntwo\nthree\n"
+    assert "\r" not in texts.builtin_text("eval")
