@@ -29,8 +29,8 @@ def _universal_newlines(text: str) -> str:
 
 
 def builtin_text(purpose: str) -> str:
-    data = resources.files("worker").joinpath("data", BUILTIN_FILES[purpose]).read_bytes()
-    return _universal_newlines(gzip.decompress(data).decode("utf-8"))
+    name = BUILTIN_FILES[purpose]
+    return _decode(gzip.decompress(resources.files("worker").joinpath("data", name).read_bytes()), name)
 
 
 def _decode(raw: bytes, name: str) -> str:
@@ -93,7 +93,7 @@ def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
             size += len(value)
             if max_chars and size >= max_chars:
                 break
-    return "\n\n".join(parts)
+    return _universal_newlines("\n\n".join(parts))
 
 
 def token_windows(tokenizer, text: str, seqlen: int, limit: int | None) -> list[list[int]]:
