@@ -51,14 +51,12 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
         if max_vram_bytes:
             import psutil
 
-            # Under a memory cap, accelerate keeps what does not fit in CPU
-            # memory; the rest of the cap is for activations, logits and the
-            # layer being onloaded.
+            # Under a memory cap, accelerate keeps in CPU memory what does not
+            # fit in half of it; the other half is for one window's logits
+            # (perplexity then runs a window at a time) and the layer being
+            # onloaded. At 0.7 a 7B model's evaluation under 10 GiB ran out of
+            # memory on an H100 (bench/RESULTS.md).
             kwargs["device_map"] = "auto"
-            # At 0.7 of a 10 GiB cap a 7B model's evaluation ran out of memory
-            # on an H100 (bench/RESULTS.md); half leaves room for one window's
-            # logits (perplexity then runs a window at a time) and the layer
-            # accelerate onloads.
             kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
     else:
         # CPU kernels for fp16 are slow or missing; compute in fp32.
