@@ -121,19 +121,21 @@ def table_refmodel(rows: list[dict]) -> str:
 
 
 def table_big(rows: list[dict]) -> str:
-    out = ["| job | weights during quantize | --max-vram | quantize s | peak VRAM quantize (torch / NVML) | artifact | eval s | job wall s | not quantize/eval | of which: loading / uploading s | peak VRAM eval | tok/s fp16 → quantized |",
+    out = ["| job | weights during quantize | --max-vram | library s (of which loading weights) | peak VRAM quantize (torch / NVML) | artifact | eval s | job wall s | not library / eval | stages outside: loading, calibrating, uploading s | peak VRAM eval | tok/s fp16 → quantized |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["state"] != "succeeded":
             out.append(f"| {r['label']} | {r['state']}: {r['error']} |||||||||||")
             continue
         other = r["wall_seconds"] - r["quantize_seconds"] - r["eval_seconds"]
+        load = r["metrics"].get("weights_load_seconds")
+        st = r["stage_seconds"]
         out.append(
             f"| {r['label']} | {r['metrics'].get('weights_on', '-')} | {fmt(r['max_vram_bytes'], '.0f', GiB, 'none')} GiB | "
-            f"{r['quantize_seconds']:.1f} | {fmt(r['peak_vram_bytes'], '.2f', GiB)} / {fmt(r['peak_vram_nvml_bytes'], '.2f', GiB)} GiB | "
+            f"{r['quantize_seconds']:.1f} ({fmt(load, '.1f')}) | {fmt(r['peak_vram_bytes'], '.2f', GiB)} / {fmt(r['peak_vram_nvml_bytes'], '.2f', GiB)} GiB | "
             f"{fmt(r['artifact_bytes'], '.2f', GiB)} GiB | {r['eval_seconds']:.1f} | {r['wall_seconds']:.1f} | "
             f"{other:.1f} s ({other / r['wall_seconds'] * 100:.1f}%) | "
-            f"{r['stage_seconds'].get('loading', 0):.1f} / {r['stage_seconds'].get('uploading', 0):.1f} | "
+            f"{st.get('loading', 0):.1f}, {st.get('calibrating', 0):.1f}, {st.get('uploading', 0):.1f} | "
             f"{fmt(r['eval_peak_vram_bytes'], '.2f', GiB)} GiB | "
             f"{fmt(r['tokens_per_s_baseline'], '.1f')} → {fmt(r['tokens_per_s_quantized'], '.1f')} |")
     return "\n".join(out)

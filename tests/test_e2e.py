@@ -151,7 +151,8 @@ def test_a_failing_job_says_why(farm_env, worker):
 
 
 def test_a_job_whose_worker_dies_is_run_again(farm_env, worker, tiny_model):
-    job_id = run_cli("submit", str(tiny_model), "--method", "awq", "--calib-samples", "128", "--calib-seqlen", "512",
+    # GPTQ: long enough on the CPU to be killed mid-quantizing, short enough to run twice.
+    job_id = run_cli("submit", str(tiny_model), "--method", "gptq", "--calib-samples", "128", "--calib-seqlen", "512",
                      "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8", env=farm_env, check=True).stdout.strip()
     wait_for(farm_env, job_id, lambda j: j.stage == "quantizing")
     # Kill the process running the job, as the kernel's OOM killer would.

@@ -2,12 +2,14 @@
 
 import json
 import os
+import threading
+import time
 
 import pytest
 
 from api_client import artifacts
 from api_client.errors import QFarmError, ServiceUnavailable
-from api_client.storage import StoreError, open_store, sha256_file
+from api_client.storage import StoreError, TransferCancelled, open_store, sha256_file
 from api_client.storage.s3 import MiB
 
 
@@ -30,7 +32,7 @@ def artifact_dir(tmp_path):
 
 
 def manifest_for(d):
-    return {"job": {"id": "j1"}, "files": artifacts.file_entries(d)}
+    return {"job": {"id": "j1"}}
 
 
 def test_publish_then_download_roundtrip(store, artifact_dir, tmp_path, monkeypatch):
@@ -82,10 +84,44 @@ def test_corrupt_object_fails_download_and_leaves_nothing(store, artifact_dir, t
 
 def test_failed_publish_removes_what_it_wrote(store, artifact_dir):
     manifest = manifest_for(artifact_dir)
-    manifest["files"].append({"path": "missing.bin", "bytes": 1, "sha256": "0" * 64})
-    with pytest.raises(Exception):
+    manifest["metrics"] = {"not json": object()}  # fails after every file went up
+    with pytest.raises(TypeError):
         artifacts.publish(store, "j3", artifact_dir, manifest)
     assert store.list("jobs/j3/") == []
+
+
+def test_aborted_upload_leaves_nothing(store, artifact_dir):
+    seen, go_on = [], threading.Event()
+
+    def progress(path):
+        seen.append(path)
+        if len(seen) == 2:  # the first file is up and verified
+            go_on.wait(30)
+
+    upload = artifacts.Upload(store, "j4", artifact_dir, progress)
+    deadline = time.monotonic() + 30
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [o.key for o in store.list("jobs/j4/")] == ["jobs/j4/config.json"]
+    go_on.set()
+    upload.abort()
+    assert store.list("jobs/j4/") == []
+
+
+def test_s3_upload_stops_midway_when_asked(bucket, artifact_dir, monkeypatch):
+    monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
+    store = open_store(f"s3://{bucket}/c", os.environ["QFARM_S3_ENDPOINT_URL"])
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 1
+
+    with pytest.raises(TransferCancelled):
+        store.put_file(artifact_dir / "model.safetensors", "big.bin", should_stop=should_stop)
+    assert not store.exists("big.bin")
+    # The multipart upload was aborted, not left to hold storage.
+    assert store.client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def test_unreachable_bucket_is_one_line(aws_env):

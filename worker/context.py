@@ -43,8 +43,9 @@ class JobContext:
 
     @contextmanager
     def library_call(self) -> Iterator[None]:
-        """Time the quantization library's own work (the figure the overhead
-        of qfarm is measured against)."""
+        """Time the quantization library's own work: loading the weights into
+        it, quantizing, writing the artifact (what qfarm's overhead is
+        measured against)."""
         start = time.perf_counter()
         try:
             yield

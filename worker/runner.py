@@ -102,7 +102,7 @@ class Run:
     def __init__(self, db: Database, settings: Settings, job: Job, device: gpu.Device, job_dir: Path):
         self.db, self.settings, self.job, self.device, self.job_dir = db, settings, job, device, job_dir
         self.store = open_store(settings.storage_url, settings.s3_endpoint_url)
-        self.published = False
+        self.upload: artifacts.Upload | None = None
 
     # -- reporting ---------------------------------------------------------
     def stage(self, name: str, message: str | None = None) -> None:
@@ -172,13 +172,15 @@ class Run:
         jobs.record(self.db, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
                     quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes)
 
-        self.stage("evaluating")
+        # The artifact is final: upload it while the evaluation runs.
+        self.upload = artifacts.Upload(self.store, job.id, output_dir)
+        self.stage("evaluating", f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
         figures = self._evaluate(model_dir, output_dir)
         jobs.record(self.db, job.id, **figures["columns"])
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
 
-        self.stage("uploading", f"{artifact_bytes / 2**20:.1f} MiB to {self.store.url}")
+        self.stage("uploading", "finishing the upload, then the manifest")
         metrics = {
             **figures["columns"], **figures["extra"], **ctx.facts,
             "model_bytes": info.weight_bytes, "artifact_bytes": artifact_bytes,
@@ -187,10 +189,8 @@ class Run:
             "wall_seconds_before_upload": time.perf_counter() - wall_start,
         }
         versions = library_versions()
-        manifest = self._manifest(output_dir, metrics, versions)
         jobs.record(self.db, job.id, metrics=metrics, library_versions=versions)
-        self.published = True
-        uri = artifacts.publish(self.store, job.id, output_dir, manifest)
+        uri = self.upload.finish(self._manifest(metrics, versions))
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         if not jobs.transition(self.db, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
                                message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
@@ -223,7 +223,8 @@ class Run:
             ),
         }
 
-    def _manifest(self, output_dir: Path, metrics: dict, versions: dict) -> dict:
+    def _manifest(self, metrics: dict, versions: dict) -> dict:
+        """Everything but the files, which the upload adds as it verifies them."""
         job = self.job
         return {
             "qfarm_manifest": artifacts.MANIFEST_VERSION,
@@ -235,14 +236,13 @@ class Run:
             },
             "library_versions": versions,
             "metrics": metrics,
-            "files": artifacts.file_entries(output_dir),
             "created_at": utcnow().isoformat(),
         }
 
     def _unpublish(self) -> None:
-        if self.published:
+        if self.upload is not None:
             try:
-                self.store.delete_prefix(artifacts.artifact_prefix(self.job.id))
+                self.upload.abort()
             except Exception:  # noqa: BLE001 - the original failure matters more
                 log.exception("could not remove the partial upload of job %s", self.job.id)
 

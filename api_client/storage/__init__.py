@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from api_client.errors import SpecError
-from api_client.storage.base import Store, StoredObject, StoreError, sha256_file
+from api_client.storage.base import Store, StoredObject, StoreError, TransferCancelled, sha256_file
 
 
 def open_store(url: str, s3_endpoint_url: str | None = None) -> Store:
@@ -18,4 +18,4 @@ def open_store(url: str, s3_endpoint_url: str | None = None) -> Store:
     raise SpecError(f"QFARM_STORAGE_URL must be s3://bucket/prefix or file:///dir, not {url!r}")
 
 
-__all__ = ["Store", "StoredObject", "StoreError", "open_store", "sha256_file"]
+__all__ = ["Store", "StoredObject", "StoreError", "TransferCancelled", "open_store", "sha256_file"]

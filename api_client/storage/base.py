@@ -7,6 +7,7 @@ import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from api_client.errors import QFarmError
 
@@ -43,7 +44,9 @@ class Store(ABC):
         """The key inside this store of a URL `uri` returned."""
 
     @abstractmethod
-    def put_file(self, path: Path, key: str) -> None: ...
+    def put_file(self, path: Path, key: str, should_stop: Callable[[], bool] | None = None) -> None:
+        """Store the file at `path` under `key`. Where the transfer can stop
+        midway, it polls `should_stop` and raises TransferCancelled."""
 
     @abstractmethod
     def verify(self, path: Path, key: str, sha256: str) -> None:
@@ -74,3 +77,7 @@ class Store(ABC):
 
 class StoreError(QFarmError):
     """A store operation failed; the message says which object and why."""
+
+
+class TransferCancelled(StoreError):
+    """A transfer stopped because its `should_stop` said so."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Callable
 from urllib.parse import unquote, urlparse
 
 from api_client.errors import ServiceUnavailable
@@ -34,7 +35,9 @@ class LocalStore(Store):
         except ValueError:
             raise StoreError(f"{uri} is not inside the store {self.url}") from None
 
-    def put_file(self, path: Path, key: str) -> None:
+    def put_file(self, path: Path, key: str, should_stop: Callable[[], bool] | None = None) -> None:
+        # A local copy runs at disk speed (the kernel copies it); it is not
+        # worth stopping midway.
         dest = self._path(key)
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(dest.name + ".part")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from api_client.errors import ServiceUnavailable
 from api_client.sources import parse_s3_url
-from api_client.storage.base import CHUNK, Store, StoredObject, StoreError, digest_file
+from api_client.storage.base import CHUNK, Store, StoredObject, StoreError, TransferCancelled, digest_file
 
 MiB = 1024 * 1024
 DEFAULT_PART = 64 * MiB
@@ -70,9 +71,17 @@ class S3Store(Store):
 
         return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size, max_concurrency=8)
 
-    def put_file(self, path: Path, key: str) -> None:
+    def put_file(self, path: Path, key: str, should_stop: Callable[[], bool] | None = None) -> None:
+        def progress(_bytes: int) -> None:
+            # s3transfer calls this as parts are read; raising aborts the
+            # transfer, and a multipart upload is aborted with it.
+            if should_stop is not None and should_stop():
+                raise TransferCancelled(f"upload of {key} to {self.uri(key)} cancelled")
+
         try:
-            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer())
+            self.client.upload_file(str(path), self.bucket, self._key(key), Config=self._transfer(), Callback=progress)
+        except TransferCancelled:
+            raise
         except Exception as exc:
             raise StoreError(f"upload of {key} to {self.uri(key)} failed: {_describe(exc)}") from None
 

@@ -7,6 +7,7 @@ GPU still quantizes.
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,7 +62,6 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
     on_gpu = ctx.weights_on_gpu()
     ctx.facts["weights_on"] = "gpu" if on_gpu else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
-    model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype="auto", device_map="cuda:0" if on_gpu else None)
 
     kwargs: dict[str, Any] = {}
     if calibrated:
@@ -79,7 +79,13 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
               ("weights in CPU memory, onloaded to the GPU a layer at a time" if ctx.device.is_cuda else "on the CPU"))
     from llmcompressor import oneshot
 
+    # Timed like the other engines, whose library calls load the weights
+    # themselves (bitsandbytes quantizes as it loads, GPTQModel.load): loading,
+    # quantizing, and writing the artifact. The load is also kept apart.
     with _no_pinning_without_accelerator(), ctx.library_call():
+        start = time.perf_counter()
+        model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype="auto", device_map="cuda:0" if on_gpu else None)
+        ctx.facts["weights_load_seconds"] = time.perf_counter() - start
         oneshot(model=model, recipe=modifiers, **kwargs)
         # Compression into the packed format happens while saving.
         model.save_pretrained(ctx.output_dir, save_compressed=True)
