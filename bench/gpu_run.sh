@@ -15,7 +15,9 @@ export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=redis://127.0.0.1:6
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 suite=$1; shift
-# Stop short of the call's limit so the logs and the table still come back.
-timeout "${BENCH_TIMEOUT:-540}" python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$suite.json" 2>&1 \
+# Stop short of the call's limit (counted from this script's start) so the
+# logs and the table still come back.
+timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$suite.json" 2>&1 \
   | tee "${OUT:-/tmp}/$suite.log" | grep -v " running " || true
 cp "$QFARM_HOME"/worker-*.log "${OUT:-/tmp}/" 2>/dev/null || true
+grep -h "preload" "$QFARM_HOME"/worker-*.log | cut -c1-400 || true

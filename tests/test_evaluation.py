@@ -38,3 +38,22 @@ def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):
     assert evaluation._kernel_choice(tmp_path, CPU) == {}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4}}))
     assert evaluation._kernel_choice(tmp_path, gpu)["quantization_config"].backend == "gemm_triton"
+
+
+def test_memory_cap_places_dequantized_checkpoints_by_their_dense_size(tmp_path):
+    """Under --max-vram, half the cap holds weights; a compressed-tensors
+    artifact, which transformers dequantizes in place to run, gets the share
+    its packed weights may take so that, dense, they still fit it."""
+    import json
+
+    from safetensors.torch import save_file
+
+    save_file({"model.layers.0.mlp.up_proj.weight_packed": torch.zeros(256, 64, dtype=torch.int32)},
+              tmp_path / "model.safetensors")  # 64 KiB packed
+    dense = 256 * 1024  # the original's weights: 4x the packed bytes
+    cap = 10 * 2**30
+    for method, share in (("compressed-tensors", cap // 2 // 4), ("bitsandbytes", cap // 2)):
+        (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": method}}))
+        assert evaluation.gpu_weight_budget(tmp_path, cap, dense) == share
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert evaluation.gpu_weight_budget(tmp_path, cap, None) == cap // 2

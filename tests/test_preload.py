@@ -8,10 +8,10 @@ import pytest
 
 from worker import preload
 
-CHILD = r"""
+FORKED_JOB = r"""
 import os, sys
 from worker import preload
-seconds = preload.preload()
+done = preload.preload()
 import torch
 assert not torch.cuda.is_initialized()
 pid = os.fork()
@@ -20,27 +20,43 @@ if pid == 0:
     ok = "llmcompressor.entrypoints.oneshot" in sys.modules and float(torch.ones(3).sum()) == 3.0
     os._exit(0 if ok else 3)
 _, status = os.waitpid(pid, 0)
-print(os.waitstatus_to_exitcode(status), round(seconds, 1))
+print(os.waitstatus_to_exitcode(status), len(done.loaded), len(preload.MODULES))
+"""
+
+# A library that initialises CUDA when imported, as some query the device.
+CUDA_ON_IMPORT = """
+import torch
+torch.cuda.is_initialized = lambda: True
+"""
+
+PROBED = r"""
+import sys
+from worker import preload
+done = preload.preload(("json", "cuda_on_import", "csv"), probe=True)
+print(done.loaded, done.skipped, "cuda_on_import" in sys.modules)
 """
 
 
-def test_forked_job_process_inherits_the_libraries():
-    out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, timeout=120)
+def run(code, **kwargs):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, **kwargs)
     assert out.returncode == 0, out.stderr[-2000:]
-    code, seconds = out.stdout.split()[-2:]
-    assert code == "0" and float(seconds) > 0
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_forked_job_process_inherits_the_libraries():
+    code, loaded, wanted = run(FORKED_JOB).split()
+    assert code == "0" and loaded == wanted
+
+
+def test_a_module_that_initialises_cuda_is_left_to_the_jobs(tmp_path):
+    (tmp_path / "cuda_on_import.py").write_text(CUDA_ON_IMPORT)
+    env = {"PYTHONPATH": f"{tmp_path}:{':'.join(sys.path)}", "CUDA_VISIBLE_DEVICES": ""}
+    assert run(PROBED, env=env) == "['json', 'csv'] ['cuda_on_import'] False"
 
 
 def test_refuses_a_parent_that_initialised_cuda(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    with pytest.raises(preload.PreloadError, match="QFARM_PRELOAD=0"):
-        preload.preload(("json",))
-
-
-def test_can_be_turned_off(monkeypatch):
-    monkeypatch.setenv("QFARM_PRELOAD", "0")
-    assert not preload.enabled()
-    monkeypatch.delenv("QFARM_PRELOAD")
-    assert preload.enabled()
+    with pytest.raises(preload.PreloadError, match="could not use the GPU"):
+        preload.preload(("json",), probe=False)

@@ -39,8 +39,12 @@ def default_seqlen(model_dir: Path) -> int:
     return min(2048, int(cfg.get("max_position_embeddings") or 2048))
 
 
-def load(path: Path, device: Device, max_vram_bytes: int | None):
-    """Load a checkpoint (original or quantized) for inference on `device`."""
+def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None):
+    """Load a checkpoint (original or quantized) for inference on `device`.
+
+    `dense_bytes` is the size of the original model's weights: under a memory
+    cap, a checkpoint that is dequantized to them when it runs is placed by it.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -51,13 +55,9 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
         if max_vram_bytes:
             import psutil
 
-            # Under a memory cap, accelerate keeps in CPU memory what does not
-            # fit in half of it; the other half is for one window's logits
-            # (perplexity then runs a window at a time) and the layer being
-            # onloaded. At 0.7 a 7B model's evaluation under 10 GiB ran out of
-            # memory on an H100 (bench/RESULTS.md).
             kwargs["device_map"] = "auto"
-            kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
+            kwargs["max_memory"] = {0: gpu_weight_budget(path, max_vram_bytes, dense_bytes),
+                                    "cpu": int(psutil.virtual_memory().available)}
     else:
         # CPU kernels for fp16 are slow or missing; compute in fp32.
         kwargs["dtype"] = torch.float32
@@ -65,6 +65,29 @@ def load(path: Path, device: Device, max_vram_bytes: int | None):
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.eval()
     return model
+
+
+def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) -> int:
+    """How many bytes of `path`'s weights accelerate may place on the GPU
+    under a cap of `max_vram_bytes`; the rest stays in CPU memory.
+
+    Half the cap: the other half is for one window's logits (perplexity then
+    runs a window at a time) and the layer being onloaded. At 0.7 a 7B model's
+    evaluation under 10 GiB ran out of memory on an H100 (bench/RESULTS.md).
+    transformers runs a compressed-tensors checkpoint by dequantizing it in
+    place to the original dtype, so a packed layer placed on the GPU grows to
+    its dense size: the share shrinks by the packed-to-dense ratio.
+    """
+    import json
+
+    from api_client.checkpoint import inspect
+
+    budget = int(max_vram_bytes * 0.5)
+    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    if qc.get("quant_method") == "compressed-tensors" and dense_bytes:
+        packed = inspect(path).weight_bytes
+        budget = int(budget * min(1.0, packed / dense_bytes))
+    return budget
 
 
 def _kernel_choice(path: Path, device: Device) -> dict:
@@ -141,10 +164,10 @@ def _sync(device) -> None:
 
 
 def evaluate(path: Path, windows: list[list[int]], device: Device, max_vram_bytes: int | None,
-             decode_tokens: int) -> EvalResult:
+             decode_tokens: int, dense_bytes: int | None = None) -> EvalResult:
     start = time.perf_counter()
     with PeakMemory(device) as peak:
-        model = load(path, device, max_vram_bytes)
+        model = load(path, device, max_vram_bytes, dense_bytes)
         loaded = time.perf_counter()
         # Under a memory cap, one window at a time bounds the logits' memory.
         ppl, tokens = perplexity(model, windows, 1 if max_vram_bytes else _TOKENS_PER_BATCH)

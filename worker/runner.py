@@ -208,7 +208,8 @@ class Run:
             raise QFarmError(f"evaluation text {spec.get('source')} is shorter than one window of {seqlen} tokens")
         decode = spec.get("decode_tokens", 64)
         base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, decode)
-        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, decode)
+        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, decode,
+                                    dense_bytes=checkpoint.inspect(model_dir).weight_bytes)
         return {
             "columns": dict(
                 ppl_baseline=base.perplexity, ppl_quantized=quant.perplexity, ppl_ratio=quant.perplexity / base.perplexity,
