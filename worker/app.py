@@ -6,7 +6,7 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import celeryd_after_setup
 
 import celery_config
 
@@ -15,10 +15,10 @@ app.config_from_object(celery_config)
 log = logging.getLogger("qfarm.worker")
 
 
-@worker_init.connect
+@celeryd_after_setup.connect
 def _preload(**_kwargs) -> None:
-    # worker_init runs in the worker's parent before its pool forks the job
-    # processes, which is where the imports must happen (worker/preload.py).
+    # Sent in the worker's parent once logging is set up and before its pool
+    # forks the job processes: where the imports must happen (worker/preload.py).
     from worker import preload
 
     if not preload.enabled():
