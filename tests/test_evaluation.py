@@ -34,10 +34,10 @@ def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):
 
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
     gpu = Device("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30)
-    assert evaluation._kernel_choice(tmp_path, gpu)["quantization_config"].backend == "triton"
-    assert evaluation._kernel_choice(tmp_path, CPU) == {}
+    assert evaluation._loading_options(tmp_path, gpu)["quantization_config"].backend == "triton"
+    assert evaluation._loading_options(tmp_path, CPU) == {}
     (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "awq", "bits": 4}}))
-    assert evaluation._kernel_choice(tmp_path, gpu)["quantization_config"].backend == "gemm_triton"
+    assert evaluation._loading_options(tmp_path, gpu)["quantization_config"].backend == "gemm_triton"
 
 
 def test_memory_cap_places_dequantized_checkpoints_by_their_dense_size(tmp_path):
@@ -57,3 +57,22 @@ def test_memory_cap_places_dequantized_checkpoints_by_their_dense_size(tmp_path)
         assert evaluation.gpu_weight_budget(tmp_path, cap, dense) == share
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     assert evaluation.gpu_weight_budget(tmp_path, cap, None) == cap // 2
+
+
+def test_compressed_tensors_artifact_runs_when_offloaded(tiny_model, tmp_path):
+    """Under --max-vram part of a model is offloaded by accelerate; a
+    compressed-tensors artifact must still load and run then. (transformers'
+    default, dequantizing on the first forward pass, fails there.)"""
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype="auto")
+    oneshot(model=model, recipe=[QuantizationModifier(targets=["Linear"], scheme="W4A16", ignore=["lm_head"])])
+    model.save_pretrained(tmp_path / "artifact", save_compressed=True)
+    options = evaluation._loading_options(tmp_path / "artifact", CPU)
+    # A CPU budget too small for any layer: accelerate offloads them all (to disk, the CPU's offload).
+    offloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "artifact", dtype=torch.float32, device_map="auto",
+                                                     max_memory={"cpu": 300_000}, offload_folder=str(tmp_path / "off"),
+                                                     **options)
+    ppl, tokens = evaluation.perplexity(offloaded, [[1, 2, 3, 4, 5, 6, 7, 8]])
+    assert tokens == 7 and math.isfinite(ppl)

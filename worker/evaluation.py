@@ -48,7 +48,7 @@ def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: in
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = _kernel_choice(path, device)
+    kwargs: dict = _loading_options(path, device)
     if device.is_cuda:
         kwargs["dtype"] = "auto"
         kwargs["device_map"] = {"": 0}
@@ -90,17 +90,31 @@ def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) 
     return budget
 
 
-def _kernel_choice(path: Path, device: Device) -> dict:
-    """GPTQModel picks Machete/Marlin kernels on Hopper by default, which it
+def _loading_options(path: Path, device: Device) -> dict:
+    """How transformers should run a quantized checkpoint here.
+
+    GPTQModel picks Machete/Marlin kernels on Hopper by default, which it
     compiles on first use after downloading CUTLASS from GitHub; a worker may
     have no internet and a job should not compile. Its Triton kernels compute
-    the same product and need neither."""
+    the same product and need neither.
+
+    transformers runs compressed-tensors checkpoints dequantized. By default
+    it does so in a hook on the first forward pass, which fails on a model
+    accelerate spread over GPU and CPU (under --max-vram): the hook removes
+    accelerate's hook from inside the forward call that still needs it
+    (AttributeError: no attribute '_hf_hook'). Dequantizing at load, after the
+    dispatch, takes the same memory and avoids that.
+    """
     import json
 
-    if not device.is_cuda:
-        return {}
     qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
     method = qc.get("quant_method")
+    if method == "compressed-tensors":
+        from transformers import CompressedTensorsConfig
+
+        return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    if not device.is_cuda:
+        return {}
     if method == "gptq":
         from transformers import GPTQConfig
 
