@@ -192,6 +192,11 @@ def main() -> None:
         make_random_llama(Path(a.model), a.dtype)
         print(f"made a random 7B-shaped Llama ({a.dtype}) in {time.perf_counter() - t:.0f} s", flush=True)
 
+    # `timeout` stops a run with SIGTERM: exit through the finally below, so
+    # the worker goes too instead of serving the next run's queue.
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     client = Client()
     client.db.upgrade()
     home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
@@ -208,8 +213,6 @@ def main() -> None:
     try:
         rows = run_jobs(client, refmodel_specs(a) if a.suite == "refmodel" else big_specs(a), a.timeout, progress)
     finally:
-        import signal
-
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
     gpu = next((r["gpu_name"] for r in rows if r.get("gpu_name")), "?")

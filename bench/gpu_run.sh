@@ -10,7 +10,10 @@ export PYTHONPATH=/tmp/site:$PWD
 ldconfig -p | grep -q libpcre2-8.so.0 || export LD_LIBRARY_PATH=$PWD/.gpu/pcre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p | grep -q libpcre2-8.so.0; then mkdir -p .gpu/pcre && cp .gpu/lib/libpcre2-8.so.0 .gpu/pcre/; fi
 chmod +x .gpu/redis-server
-LD_LIBRARY_PATH=$PWD/.gpu/lib .gpu/redis-server --daemonize yes --port 6379 --save "" --appendonly no --dir /tmp
+# A second run on a warm machine finds Redis up; a worker left by a run cut short must not take this run's jobs.
+pkill -f "celery -A worker.app:app" || true
+python3 -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null \
+  || LD_LIBRARY_PATH=$PWD/.gpu/lib .gpu/redis-server --daemonize yes --port 6379 --save "" --appendonly no --dir /tmp
 export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=redis://127.0.0.1:6379/0 QFARM_BENCH_TOKENIZER=$PWD/.gpu/refmodel
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1

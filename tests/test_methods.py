@@ -110,3 +110,21 @@ def test_a_cancelled_job_is_not_started(farm, tiny_model):
     runner.execute("cancelled001", settings, worker="test@host")
     job = jobs.get(db, "cancelled001")
     assert job.state == "cancelled" and job.started_at is None and job.attempts == 0
+
+
+def test_clearing_scratch_spares_a_running_jobs_files(tmp_path):
+    """Leftovers of killed jobs go; files of a job still running (its lock
+    held, here by a second worker sharing the directory) stay."""
+    import fcntl
+
+    scratch = tmp_path / "scratch"
+    (scratch / "dead").mkdir(parents=True)
+    (scratch / "dead.lock").touch()
+    (scratch / "running").mkdir()
+    (scratch / "running" / "model.safetensors").write_bytes(b"x")
+    with open(scratch / "running.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with runner.job_directory(scratch, "new") as job_dir:
+            assert sorted(p.name for p in scratch.iterdir()) == ["new", "new.lock", "running", "running.lock"]
+            assert job_dir == scratch / "new"
+    assert sorted(p.name for p in scratch.iterdir()) == ["running", "running.lock"]

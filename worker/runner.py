@@ -4,12 +4,15 @@ leave nothing behind."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
 import time
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from api_client import artifacts, checkpoint
 from api_client.config import Settings, redact
@@ -74,28 +77,61 @@ def execute(job_id: str, settings: Settings, worker: str) -> None:
         if job is None:
             return
         scratch = settings.scratch_dir / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in worker)
-        _clear(scratch)
-        job_dir = scratch / job_id
-        job_dir.mkdir(parents=True)
-        # Libraries write files relative to the working directory (GPTQModel
-        # its logs/): keep them inside the job's directory, which goes away.
-        cwd = os.getcwd()
-        os.chdir(job_dir)
-        try:
-            Run(db, settings, job, device, job_dir).run()
-        finally:
-            os.chdir(cwd)
-            shutil.rmtree(job_dir, ignore_errors=True)
+        with job_directory(scratch, job_id) as job_dir:
+            # Libraries write files relative to the working directory (GPTQModel
+            # its logs/): keep them inside the job's directory, which goes away.
+            cwd = os.getcwd()
+            os.chdir(job_dir)
+            try:
+                Run(db, settings, job, device, job_dir).run()
+            finally:
+                os.chdir(cwd)
     finally:
         db.dispose()
 
 
+@contextmanager
+def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
+    """The job's working directory, removed afterwards, with what jobs that
+    were killed left in `scratch`.
+
+    A job holds a lock on `<id>.lock` beside its directory while it runs; the
+    kernel drops it when the process dies. Clearing skips locked directories,
+    so two workers that share a scratch directory by mistake (the same worker
+    name twice on one host) do not delete each other's files.
+    """
+    scratch.mkdir(parents=True, exist_ok=True)
+    with open(scratch / f"{job_id}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _clear(scratch)
+        job_dir = scratch / job_id
+        job_dir.mkdir()
+        try:
+            yield job_dir
+        finally:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            (scratch / f"{job_id}.lock").unlink(missing_ok=True)
+
+
 def _clear(scratch: Path) -> None:
-    """A worker runs one job at a time: anything in its scratch directory is
-    left over from a job whose process was killed."""
-    if scratch.exists():
-        for child in scratch.iterdir():
-            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    for child in scratch.iterdir():
+        name = child.name.removesuffix(".lock")
+        if _locked(scratch / f"{name}.lock"):
+            continue
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+
+
+def _locked(lock_path: Path) -> bool:
+    try:
+        with open(lock_path, "rb") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except FileNotFoundError:
+        return False
 
 
 class Run:
