@@ -122,9 +122,10 @@ def test_clearing_scratch_spares_a_running_jobs_files(tmp_path):
     (scratch / "dead.lock").touch()
     (scratch / "running").mkdir()
     (scratch / "running" / "model.safetensors").write_bytes(b"x")
+    (scratch / "new" / "model").mkdir(parents=True)  # from an attempt of "new" that was killed
     with open(scratch / "running.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with runner.job_directory(scratch, "new") as job_dir:
             assert sorted(p.name for p in scratch.iterdir()) == ["new", "new.lock", "running", "running.lock"]
-            assert job_dir == scratch / "new"
+            assert job_dir == scratch / "new" and not any(job_dir.iterdir())
     assert sorted(p.name for p in scratch.iterdir()) == ["running", "running.lock"]

@@ -77,15 +77,21 @@ def execute(job_id: str, settings: Settings, worker: str) -> None:
         if job is None:
             return
         scratch = settings.scratch_dir / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in worker)
-        with job_directory(scratch, job_id) as job_dir:
-            # Libraries write files relative to the working directory (GPTQModel
-            # its logs/): keep them inside the job's directory, which goes away.
-            cwd = os.getcwd()
-            os.chdir(job_dir)
-            try:
-                Run(db, settings, job, device, job_dir).run()
-            finally:
-                os.chdir(cwd)
+        try:
+            with job_directory(scratch, job_id) as job_dir:
+                # Libraries write files relative to the working directory (GPTQModel
+                # its logs/): keep them inside the job's directory, which goes away.
+                cwd = os.getcwd()
+                os.chdir(job_dir)
+                try:
+                    Run(db, settings, job, device, job_dir).run()
+                finally:
+                    os.chdir(cwd)
+        except Exception as exc:
+            # Run records its own failures; this is the directory's (disk full, permissions).
+            error = redact(f"cannot prepare the job's working directory under {scratch}: {exc}")
+            jobs.transition(db, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
+            log.error("job %s failed: %s", job_id, error)
     finally:
         db.dispose()
 
@@ -105,6 +111,9 @@ def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         _clear(scratch)
         job_dir = scratch / job_id
+        # Left by an earlier attempt of this job whose process was killed
+        # (its lock, now ours, kept _clear off it).
+        shutil.rmtree(job_dir, ignore_errors=True)
         job_dir.mkdir()
         try:
             yield job_dir
