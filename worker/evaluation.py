@@ -78,13 +78,10 @@ def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) 
     place to the original dtype, so a packed layer placed on the GPU grows to
     its dense size: the share shrinks by the packed-to-dense ratio.
     """
-    import json
-
     from api_client.checkpoint import inspect
 
     budget = int(max_vram_bytes * 0.5)
-    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
-    if qc.get("quant_method") == "compressed-tensors" and dense_bytes:
+    if _quantization_config(path).get("quant_method") == "compressed-tensors" and dense_bytes:
         packed = inspect(path).weight_bytes
         budget = int(budget * min(1.0, packed / dense_bytes))
     return budget
@@ -105,9 +102,7 @@ def _loading_options(path: Path, device: Device) -> dict:
     (AttributeError: no attribute '_hf_hook'). Dequantizing at load, after the
     dispatch, takes the same memory and avoids that.
     """
-    import json
-
-    qc = json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+    qc = _quantization_config(path)
     method = qc.get("quant_method")
     if method == "compressed-tensors":
         from transformers import CompressedTensorsConfig
@@ -124,6 +119,12 @@ def _loading_options(path: Path, device: Device) -> dict:
 
         return {"quantization_config": AwqConfig(bits=qc["bits"], backend="gemm_triton")}
     return {}
+
+
+def _quantization_config(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "config.json").read_text()).get("quantization_config") or {}
 
 
 def perplexity(model, windows: list[list[int]], tokens_per_batch: int = _TOKENS_PER_BATCH) -> tuple[float, int]:

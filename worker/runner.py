@@ -220,7 +220,7 @@ class Run:
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage("evaluating", f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
-        figures = self._evaluate(model_dir, output_dir)
+        figures = self._evaluate(model_dir, output_dir, info.weight_bytes)
         jobs.record(self.db, job.id, **figures["columns"])
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
@@ -241,7 +241,7 @@ class Run:
                                message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
             raise JobCancelled()
 
-    def _evaluate(self, model_dir: Path, output_dir: Path) -> dict:
+    def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int) -> dict:
         from transformers import AutoTokenizer
 
         spec = self.job.eval or {}
@@ -254,7 +254,7 @@ class Run:
         decode = spec.get("decode_tokens", 64)
         base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, decode)
         quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, decode,
-                                    dense_bytes=checkpoint.inspect(model_dir).weight_bytes)
+                                    dense_bytes=model_bytes)
         return {
             "columns": dict(
                 ppl_baseline=base.perplexity, ppl_quantized=quant.perplexity, ppl_ratio=quant.perplexity / base.perplexity,
