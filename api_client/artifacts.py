@@ -10,11 +10,13 @@ import os
 import shutil
 import tempfile
 import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable
 
 from api_client.errors import QFarmError
-from api_client.storage import Store, StoreError, TransferCancelled, open_store, sha256_file
+from api_client.storage import Store, StoredObject, StoreError, TransferCancelled, open_store, sha256_file
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -31,6 +33,18 @@ def publish(store: Store, job_id: str, local_dir: Path, manifest: dict[str, Any]
     Returns the artifact's URL. On any failure the partial upload is deleted.
     """
     return Upload(store, job_id, local_dir, progress).finish(manifest)
+
+
+def artifact_files(local_dir: Path) -> list[Path]:
+    """The regular files of an artifact directory. A symlink there would
+    publish whatever it points to, so it fails the upload instead."""
+    out = []
+    for path in sorted(local_dir.rglob("*")):
+        if path.is_symlink() or not (path.is_file() or path.is_dir()):
+            raise StoreError(f"artifact file {path.relative_to(local_dir)} is not a regular file: refused")
+        if path.is_file():
+            out.append(path)
+    return out
 
 
 class Upload:
@@ -53,7 +67,7 @@ class Upload:
 
     def _upload_files(self) -> None:
         try:
-            for path in sorted(p for p in self.local_dir.rglob("*") if p.is_file()):
+            for path in artifact_files(self.local_dir):
                 rel = path.relative_to(self.local_dir).as_posix()
                 if self.progress:
                     self.progress(rel)
@@ -97,15 +111,65 @@ class Upload:
         self.store.delete_prefix(self.prefix)
 
 
-def read_manifest(artifact_uri: str, s3_endpoint_url: str | None) -> dict[str, Any]:
-    store = open_store(artifact_uri, s3_endpoint_url)
+@dataclass(frozen=True)
+class Incomplete:
+    """An artifact prefix without its manifest: an upload cut short."""
+
+    job_id: str
+    prefix: str
+    objects: int
+    bytes: int
+    newest: datetime | None
+
+
+def incomplete(store: Store, older_than_s: float) -> list[Incomplete]:
+    """Manifest-less artifact prefixes none of whose objects is younger than
+    `older_than_s` (a running upload's newest object is always young)."""
+    groups: dict[str, list[StoredObject]] = {}
+    for obj in store.list("jobs/"):
+        job_id = obj.key.split("/")[1] if obj.key.count("/") >= 2 else ""
+        if job_id:
+            groups.setdefault(job_id, []).append(obj)
+    cutoff = datetime.now(timezone.utc) - timedelta(seconds=older_than_s)
+    out = []
+    for job_id, objs in sorted(groups.items()):
+        if any(o.key == f"jobs/{job_id}/{MANIFEST}" for o in objs):
+            continue
+        newest = max((o.modified for o in objs if o.modified), default=None)
+        if newest is not None and newest > cutoff:
+            continue
+        out.append(Incomplete(job_id, artifact_prefix(job_id), len(objs), sum(o.size for o in objs), newest))
+    return out
+
+
+def read_manifest(artifact_uri: str) -> dict[str, Any]:
+    store = open_store(artifact_uri)
     try:
         return json.loads(store.get_bytes(MANIFEST))
     except StoreError as exc:
         raise QFarmError(f"artifact at {artifact_uri} has no readable manifest: {exc}") from None
 
 
-def download(artifact_uri: str, dest: Path, s3_endpoint_url: str | None,
+def manifest_files(manifest: Any, artifact_uri: str) -> list[dict[str, Any]]:
+    """The manifest's file entries, each a relative path that stays inside
+    the directory it is downloaded to. A store is shared: whoever can write
+    to it could list `../../.bashrc` or `/etc/cron.d/x` in a manifest, so any
+    such entry refuses the whole download before anything is written."""
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, list):
+        raise QFarmError(f"the manifest of {artifact_uri} has no list of files")
+    for entry in files:
+        path = entry.get("path") if isinstance(entry, dict) else None
+        if not isinstance(path, str) or not isinstance(entry.get("sha256"), str):
+            raise QFarmError(f"the manifest of {artifact_uri} has a malformed file entry: refused")
+        parts = path.split("/")
+        if (path.startswith("/") or "\\" in path or not path.isprintable() or path == MANIFEST
+                or any(p in ("", ".", "..") for p in parts)):
+            raise QFarmError(f"the manifest of {artifact_uri} lists the unsafe path {path!r}: refused, nothing was written")
+    return files
+
+
+def download(artifact_uri: str, dest: Path,
              progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Fetch the artifact into `dest` (new or empty), checking every sha256.
 
@@ -115,13 +179,16 @@ def download(artifact_uri: str, dest: Path, s3_endpoint_url: str | None,
     dest = dest.expanduser().resolve()
     if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
         raise QFarmError(f"{dest} exists and is not an empty directory")
-    store = open_store(artifact_uri, s3_endpoint_url)
-    manifest = read_manifest(artifact_uri, s3_endpoint_url)
+    store = open_store(artifact_uri)
+    manifest = read_manifest(artifact_uri)
+    entries = manifest_files(manifest, artifact_uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        for entry in manifest["files"]:
+        for entry in entries:
             target = tmp / entry["path"]
+            if tmp.resolve() not in target.resolve().parents:
+                raise QFarmError(f"the manifest of {artifact_uri} lists {entry['path']!r}, which leaves DEST: refused")
             store.get_file(entry["path"], target)
             digest = sha256_file(target)
             if digest != entry["sha256"]:

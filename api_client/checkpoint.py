@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from api_client.errors import SpecError
+from api_client.modelfiles import ModelFile, checked_files
 
 # Weights that quantizers leave in full precision.
 _SKIP = ("embed", "lm_head", "norm", "wte", "wpe", "rotary", "position")
@@ -24,6 +25,8 @@ class CheckpointInfo:
     path: Path
     config: dict
     weight_files: list[Path]
+    # Every file a job may read, checked (api_client/modelfiles.py).
+    files: list[ModelFile] = field(default_factory=list)
     shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     weight_bytes: int = 0
 
@@ -44,47 +47,65 @@ class CheckpointInfo:
 
 
 def read_safetensors_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) != 8:
-            raise SpecError(f"{path.name} is not a safetensors file")
-        (n,) = struct.unpack("<Q", raw)
-        if n > 100 * 1024 * 1024:
-            raise SpecError(f"{path.name} is not a safetensors file")
-        header = json.loads(f.read(n))
+    """The tensor entries of a safetensors header: name → {dtype, shape}.
+    Anything else is refused in one line naming the file."""
+    name = path.name
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) != 8:
+                raise SpecError(f"{name} is not a safetensors file (too short)")
+            (n,) = struct.unpack("<Q", raw)
+            if n > 100 * 1024 * 1024:
+                raise SpecError(f"{name} is not a safetensors file (header of {n} bytes)")
+            header = json.loads(f.read(n))
+    except OSError as exc:
+        raise SpecError(f"cannot read {name}: {exc.strerror or exc}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise SpecError(f"{name} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise SpecError(f"{name} is not a safetensors file (its header is a {type(header).__name__}, not an object)")
     header.pop("__metadata__", None)
+    for tensor, meta in header.items():
+        shape = meta.get("shape") if isinstance(meta, dict) else None
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise SpecError(f"{name}: tensor {tensor!r} has no valid shape in the safetensors header")
+        if not isinstance(meta.get("dtype"), str):
+            raise SpecError(f"{name}: tensor {tensor!r} has no dtype in the safetensors header")
     return header
 
 
-def inspect(path: Path) -> CheckpointInfo:
-    if not path.is_dir():
-        raise SpecError(f"model path {path} is not a directory")
-    config_path = path / "config.json"
-    if not config_path.is_file():
+def inspect(path: Path, remote_code: bool = False) -> CheckpointInfo:
+    files = {f.name: f for f in checked_files(path, remote_code)}
+    path = path.resolve()
+    if "config.json" not in files:
         raise SpecError(f"{path} is not a Hugging Face checkpoint: it has no config.json")
+    config_path = files["config.json"].target
     try:
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as exc:
-        raise SpecError(f"{config_path} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
-    safetensors = sorted(path.glob("*.safetensors"))
-    bins = sorted(path.glob("pytorch_model*.bin"))
+        raise SpecError(f"{path / 'config.json'} is not valid JSON: {exc.msg} at line {exc.lineno}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read {path / 'config.json'}: {exc}") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"{path / 'config.json'} is not a JSON object")
+    safetensors = sorted(n for n in files if n.endswith(".safetensors"))
+    bins = sorted(n for n in files if n.startswith("pytorch_model") and n.endswith(".bin"))
     if not safetensors and not bins:
         raise SpecError(f"{path} is not a Hugging Face checkpoint: it has no *.safetensors or pytorch_model*.bin weights")
-    info = CheckpointInfo(path=path, config=config, weight_files=safetensors or bins)
-    for f in safetensors:
-        try:
-            header = read_safetensors_header(f)
-        except (OSError, ValueError) as exc:
-            raise SpecError(f"cannot read {f}: {exc}") from None
-        for name, meta in header.items():
+    info = CheckpointInfo(path=path, config=config, weight_files=[path / n for n in safetensors or bins],
+                          files=list(files.values()))
+    for name in safetensors:
+        header = read_safetensors_header(files[name].target)
+        for tensor, meta in header.items():
             shape = tuple(meta["shape"])
-            info.shapes[name] = shape
+            info.shapes[tensor] = shape
             n = 1
             for d in shape:
                 n *= d
             info.weight_bytes += n * _DTYPE_BYTES.get(meta["dtype"], 2)
     if not safetensors:
-        info.weight_bytes = sum(f.stat().st_size for f in bins)
+        info.weight_bytes = sum(files[n].size for n in bins)
     return info
 
 
@@ -92,7 +113,7 @@ def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:
     """Refuse what no method could quantize, naming the problem."""
     qc = info.config.get("quantization_config")
     if qc:
-        kind = qc.get("quant_method") or qc.get("format") or "unknown"
+        kind = (qc.get("quant_method") or qc.get("format") if isinstance(qc, dict) else None) or "unknown"
         raise SpecError(f"{info.path} is already quantized ({kind}); submit the unquantized checkpoint")
     if "model_type" not in info.config:
         raise SpecError(f"{info.path}/config.json has no model_type: not a transformers checkpoint")
@@ -100,11 +121,11 @@ def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:
         return  # pytorch .bin checkpoints: shapes are only known once loaded
     linears = info.quantizable_linears()
     if not linears:
-        arch = ",".join(info.config.get("architectures") or [info.model_type])
+        arch = ",".join(map(str, info.config.get("architectures") or [info.model_type]))
         raise SpecError(f"{arch} at {info.path} has no linear layers to quantize")
     if group_size:
         for name, (_out, in_features) in sorted(linears.items()):
-            if in_features >= group_size and in_features % group_size:
+            if in_features % group_size:
                 raise SpecError(
                     f"group size {group_size} does not divide the {in_features} input features of {name}; "
                     f"choose a group size that does (or -1 for one scale per channel)"

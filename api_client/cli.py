@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from api_client.errors import QFarmError
+from api_client.config import redact
+from api_client.errors import QFarmError, first_line, printable
 
 STAGES = ("loading", "calibrating", "quantizing", "evaluating", "uploading")
 
@@ -56,11 +57,13 @@ def cli() -> None:
 @click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced).")
 @click.option("--weights", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
               help="Where the full-precision weights live while quantizing; cpu onloads one layer at a time.")
+@click.option("--allow-remote-code", is_flag=True,
+              help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit non-zero if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def submit(model, method, fmt, bits, group_size, act_order, symmetric, dampening, zero_point, double_quant,
            compute_dtype, threshold, calib, calib_samples, calib_seqlen, eval_source, eval_seqlen, eval_windows,
-           decode_tokens, max_vram, weights, wait, as_json):
+           decode_tokens, max_vram, weights, allow_remote_code, wait, as_json):
     """Queue MODEL (a local directory, an s3:// prefix or a Hugging Face id) for quantization."""
     from api_client.spec import CalibSpec, EvalSpec, JobSpec
 
@@ -71,7 +74,7 @@ def submit(model, method, fmt, bits, group_size, act_order, symmetric, dampening
                                                   decode_tokens=decode_tokens).items() if v is not None})
     spec = JobSpec(model=model, method=method, params=params, format=fmt,
                    calib=CalibSpec(**calib_given) if calib_given else None, eval=eval_spec,
-                   max_vram=max_vram, weights=weights)
+                   max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code)
     client = _client()
     job = client.submit(spec)
     if not wait:
@@ -175,10 +178,66 @@ def watch(job):
 
 @cli.command()
 @click.argument("job")
-def cancel(job):
-    """Cancel a queued or running job."""
-    found = _client().cancel(job)
-    click.echo(f"{found.id} {found.state}")
+@click.option("--force", is_flag=True, help="Cancel another user's job (the event records who did).")
+def cancel(job, force):
+    """Cancel a queued or running job (your own, or another's with --force)."""
+    done = _client().cancel(job, force=force)
+    if done.signalled:
+        click.echo(f"{done.job.id} {done.job.state}")
+    else:
+        click.echo(f"{done.job.id} {done.job.state} in the database; its worker could not be signalled at once "
+                   f"({done.reason}): it stops the job at its next heartbeat or stage")
+
+
+@cli.command()
+@click.argument("job")
+def requeue(job):
+    """Send a queued job's message again (the broker lost it), or hand a
+    running job whose worker is dead to the next worker."""
+    found = _client().requeue(job)
+    click.echo(f"{found.id} {found.state} on {found.queue}")
+
+
+@cli.command()
+@click.option("--older-than", default="1d", show_default=True, help="Age of the newest object, e.g. 12h, 1d, 3600s.")
+@click.option("--yes", is_flag=True, help="Delete them; without it, only list them (a dry run).")
+def gc(older_than, yes):
+    """Remove artifact uploads that never got their manifest (cut short)."""
+    from api_client import render
+
+    client = _client()
+    found = client.gc(parse_age(older_than), delete=yes)
+    for a in found:
+        click.echo(f"{'deleted' if yes else 'would delete'} {client.settings.storage_url.rstrip('/')}/{a.prefix} "
+                   f"({a.objects} objects, {render.size(a.bytes)}, last written {render.when(a.newest)})")
+    total = sum(a.bytes for a in found)
+    click.echo(f"{len(found)} incomplete artifacts, {render.size(total)}" + ("" if yes or not found else "; pass --yes to delete them"))
+
+
+def parse_age(text: str) -> float:
+    import re
+
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
+    if not m:
+        raise QFarmError(f"--older-than takes a number with s, m, h or d (e.g. 1d), not {text!r}")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@cli.command("workers")
+@click.option("--json", "as_json", is_flag=True)
+def workers_(as_json):
+    """Live workers: host, GPU, queues, current job, last heartbeat."""
+    from api_client import render
+    from api_client.db.workers import to_dict
+
+    found = _client().workers()
+    if as_json:
+        _emit_json([to_dict(w) for w in found])
+        return
+    rows = [("NAME", "HOST", "GPU", "JOB", "DONE", "HEARTBEAT")] + [render.worker_row(w) for w in found]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
 
 
 @cli.command()
@@ -213,19 +272,24 @@ def worker():
 
 @worker.command("start")
 @click.option("--gpus", default="auto", show_default=True, help="all, cpu, auto (all GPUs, or the CPU without one) or indices: 0,1.")
+@click.option("--allow-remote-code", is_flag=True,
+              help="Also take jobs that run a model's own code (auto_map, *.py): only on hosts you trust with it.")
 @click.option("--loglevel", default="INFO", show_default=True)
-def worker_start(gpus, loglevel):
+def worker_start(gpus, allow_remote_code, loglevel):
     """Start one worker process per GPU (concurrency 1, pinned with CUDA_VISIBLE_DEVICES)."""
     from api_client import queue
     from api_client.config import Settings
-    from api_client.db import Database
+    from api_client.db import Database, jobs
     from worker import launcher
 
-    plans = launcher.plan(gpus)
     settings = Settings.from_env()
     db = Database(settings.database_url)
-    db.check()
-    db.dispose()
+    try:
+        db.check()
+        farm = jobs.farm_id(db)
+    finally:
+        db.dispose()
+    plans = launcher.plan(gpus, farm, remote_code=allow_remote_code)
     queue.check_broker(settings.broker_url)
     sys.exit(launcher.run(plans, loglevel, echo=lambda m: click.echo(m, err=True)))
 
@@ -245,7 +309,7 @@ def db_upgrade():
     try:
         head = database.upgrade()
     except Exception as exc:
-        reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] or type(exc).__name__
+        reason = first_line(getattr(exc, "orig", None) or exc)
         raise QFarmError(f"cannot migrate the database at {database.display_url}: {reason}") from None
     click.echo(f"database at {database.display_url} is at schema {head}")
 
@@ -267,8 +331,7 @@ def main() -> None:
     except Exception as exc:  # an unexpected failure: one line, the traceback on request
         if os.environ.get("QFARM_DEBUG"):
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        click.echo(f"error: {type(exc).__name__}: {first} (set QFARM_DEBUG=1 for the traceback)", err=True)
+        click.echo(f"error: {type(exc).__name__}: {redact(printable(first_line(exc)))} (set QFARM_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
 
 

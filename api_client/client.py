@@ -12,27 +12,43 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
 
-from api_client import artifacts, queue, sources
+from dataclasses import dataclass
+
+from api_client import artifacts, queue, routing, sources
 from api_client.config import Settings
-from api_client.db import Database, Job, JobEvent, JobState, jobs
-from api_client.errors import QFarmError, ServiceUnavailable, SpecError
+from api_client.db import Database, Job, JobEvent, JobState, jobs, workers
+from api_client.db.models import Worker
+from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.spec import JobSpec, ResolvedSpec, resolve
 from api_client.storage import open_store, sha256_file
-from worker.routing import DEFAULT_QUEUE
 
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def job_row(r: ResolvedSpec, job_id: str, user: str, calib: dict | None = None, evals: dict | None = None) -> Job:
+def job_row(r: ResolvedSpec, job_id: str, user: str, queue_name: str, calib: dict | None = None,
+            evals: dict | None = None) -> Job:
     """The queued row for a validated spec (calib/eval as rewritten by submit)."""
     return Job(
         id=job_id, state=JobState.QUEUED.value, method=r.method, format=r.format, params=r.params,
         model=r.model, calib=calib if calib is not None else (dict(vars(r.calib)) if r.calib else None),
         eval=evals if evals is not None else dict(vars(r.eval)), max_vram_bytes=r.max_vram_bytes,
-        weights=r.weights, queue=r.queue, submitted_by=user, attempts=0, model_bytes=r.model_bytes,
+        weights=r.weights, queue=queue_name, submitted_by=user, attempts=0, model_bytes=r.model_bytes,
+        allow_remote_code=r.allow_remote_code,
     )
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """What `cancel` did: the job, and whether its worker was signalled now
+    (False: the broker could not be reached; the worker sees the cancelled
+    state at its next heartbeat or stage and stops then)."""
+
+    job: Job
+    signalled: bool
+    reason: str | None = None
+
 
 
 class Client:
@@ -42,13 +58,24 @@ class Client:
 
     @property
     def db(self) -> Database:
+        """The job database, checked once (reachable, migrated) so every
+        command fails with one line, not a driver's traceback."""
         if self._db is None:
-            self._db = Database(self.settings.database_url)
+            db = Database(self.settings.database_url)
+            try:
+                db.check()
+            except BaseException:
+                db.dispose()
+                raise
+            self._db = db
         return self._db
 
     def close(self) -> None:
         if self._db is not None:
             self._db.dispose()
+
+    def farm(self) -> str:
+        return jobs.farm_id(self.db)
 
     # -- submitting --------------------------------------------------------
     def validate(self, spec: JobSpec) -> ResolvedSpec:
@@ -61,12 +88,11 @@ class Client:
         if queuing fails after the row was written, the row is removed.
         """
         r = resolve(spec)
-        self.db.check()
+        farm = self.farm()
         queue.check_broker(self.settings.broker_url)
-        if r.queue != DEFAULT_QUEUE and r.queue not in queue.served_queues(self.settings.broker_url):
-            major, minor = r.min_capability
-            raise SpecError(f"no live worker can run --method {r.method}: it needs a GPU of compute capability "
-                            f"{major}.{minor} or newer (Ada, Hopper), and no worker serving queue {r.queue} answered")
+        queue_name = routing.queue_for(farm, r.min_capability, r.allow_remote_code)
+        if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
+            raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
         job_id = new_job_id()
         store = None
         calib = dict(vars(r.calib)) if r.calib else None
@@ -74,22 +100,22 @@ class Client:
         local_inputs = [(d, name) for d, name in ((calib, "calib"), (evals, "eval"))
                         if d is not None and sources.text_source_kind(d["source"]) == "local"]
         if local_inputs:
-            store = open_store(self.settings.storage_url, self.settings.s3_endpoint_url)
+            store = open_store(self.settings.storage_url)
             store.check()
             for d, name in local_inputs:
                 d["source"] = self._upload_input(store, job_id, d["source"], name)
-        job = job_row(r, job_id, self.settings.user, calib=calib, evals=evals)
+        job = job_row(r, job_id, self.settings.user, queue_name, calib=calib, evals=evals)
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:
             self._drop_inputs(store, job_id)
             raise
         try:
-            queue.enqueue(self.settings.broker_url, job_id, r.queue)
+            queue.enqueue(self.settings.broker_url, job_id, queue_name, farm)
         except Exception as exc:
             jobs.delete(self.db, job_id)
             self._drop_inputs(store, job_id)
-            raise ServiceUnavailable(f"could not queue the job: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ServiceUnavailable(f"could not queue the job: {first_line(exc)}") from None
         return job
 
     @staticmethod
@@ -117,6 +143,10 @@ class Client:
     def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
         return jobs.events(self.db, job_id, after_id)
 
+    def workers(self) -> list[Worker]:
+        """Workers whose heartbeat is younger than QFARM_HEARTBEAT_TIMEOUT."""
+        return workers.live(self.db, self.settings.heartbeat_timeout_s)
+
     def watch(self, job_ref: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Iterator[JobEvent]:
         """Yield the job's events as they happen, until it ends."""
         job = self.status(job_ref)
@@ -142,25 +172,77 @@ class Client:
         return self.status(job_ref)
 
     # -- acting on a job ---------------------------------------------------
-    def cancel(self, job_ref: str) -> Job:
+    def cancel(self, job_ref: str, force: bool = False) -> Cancelled:
+        """Cancel a queued or running job. Another user's job only with
+        `force`; the event records who cancelled it."""
         job = self.status(job_ref)
+        user = self.settings.user
         if JobState(job.state).terminal:
             raise QFarmError(f"job {job.id} already {job.state}")
+        if job.submitted_by != user and not force:
+            raise QFarmError(f"job {job.id} was submitted by {job.submitted_by}, not {user}: "
+                             f"pass --force to cancel another user's job")
         was = JobState(job.state)
+        by = f"cancelled by {user}" + (f" (--force; submitted by {job.submitted_by})" if job.submitted_by != user else "")
         if not jobs.transition(self.db, job.id, expect=[JobState.QUEUED, JobState.RUNNING],
-                               state=JobState.CANCELLED, message=f"cancelled by {self.settings.user}"):
+                               state=JobState.CANCELLED, message=by):
             job = self.status(job.id)
             raise QFarmError(f"job {job.id} already {job.state}")
-        # A queued job's worker will see the new state and drop it; a running
-        # one is stopped now.
-        try:
-            queue.revoke(self.settings.broker_url, job.id, terminate=was == JobState.RUNNING)
-        except Exception:  # noqa: BLE001 - the worker checks the state at every stage anyway
-            pass
+        # A queued job's message is dropped by the worker that takes it (the
+        # state says cancelled); a running one is stopped now, or, without a
+        # broker, by its worker's next heartbeat.
+        if was == JobState.RUNNING:
+            try:
+                queue.check_broker(self.settings.broker_url)
+                queue.revoke(self.settings.broker_url, job.id, terminate=True)
+            except Exception as exc:  # noqa: BLE001 - said to the user, and the heartbeat stops it
+                return Cancelled(self.status(job.id), False, first_line(exc))
+        return Cancelled(self.status(job.id), True)
+
+    def requeue(self, job_ref: str) -> Job:
+        """Send a queued job's message again (one the broker lost), or hand a
+        running job whose worker is dead to the next worker. A doubled
+        message is harmless: a job is claimed once."""
+        job = self.status(job_ref)
+        if job.state == JobState.RUNNING.value:
+            if workers.alive(workers.get(self.db, job.worker), self.settings.heartbeat_timeout_s):
+                raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current: not requeued")
+            if not jobs.transition(self.db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts,
+                                   state=JobState.QUEUED, message=f"requeued by {self.settings.user}: "
+                                   f"its worker {job.worker} is gone"):
+                raise QFarmError(f"job {job.id} changed meanwhile; look again")
+        elif job.state != JobState.QUEUED.value:
+            raise QFarmError(f"job {job.id} is {job.state}: only queued or running jobs can be requeued")
+        else:
+            jobs.note(self.db, job.id, f"message sent again by {self.settings.user} (qfarm requeue)")
+        queue.check_broker(self.settings.broker_url)
+        queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm())
         return self.status(job.id)
 
     def download(self, job_ref: str, dest: Path, progress: Callable[[dict], Any] | None = None) -> dict:
         job = self.status(job_ref)
         if job.state != JobState.SUCCEEDED.value or not job.artifact_uri:
             raise QFarmError(f"job {job.id} is {job.state}: it has no artifact to download")
-        return artifacts.download(job.artifact_uri, dest, self.settings.s3_endpoint_url, progress)
+        return artifacts.download(job.artifact_uri, dest, progress)
+
+    def gc(self, older_than_s: float = 86400, delete: bool = False) -> list[artifacts.Incomplete]:
+        """Artifacts without a manifest (uploads cut short) older than
+        `older_than_s`, whose job is not queued or running; deleted only
+        with `delete`."""
+        store = open_store(self.settings.storage_url)
+        active = {j.id for state in ("queued", "running") for j in jobs.list_jobs(self.db, state=state, limit=100_000)}
+        found = [a for a in artifacts.incomplete(store, older_than_s) if a.job_id not in active]
+        if delete:
+            for a in found:
+                store.delete_prefix(a.prefix)
+        return found
+
+
+def _needs(r: ResolvedSpec) -> str:
+    needs = []
+    if r.min_capability:
+        major, minor = r.min_capability
+        needs.append(f"--method {r.method} needs a GPU of compute capability {major}.{minor} or newer (Ada, Hopper)")
+    if r.allow_remote_code:
+        needs.append("--allow-remote-code needs a worker started with --allow-remote-code")
+    return "; ".join(needs)

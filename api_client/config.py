@@ -14,14 +14,32 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from api_client.errors import QFarmError, printable
+
 
 def qfarm_home() -> Path:
     return Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm")).expanduser()
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int, low: int = 1) -> int:
     raw = os.environ.get(name)
-    return int(raw) if raw not in (None, "") else default
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise QFarmError(f"{name} must be a whole number, not {raw!r}") from None
+    if value < low:
+        raise QFarmError(f"{name} must be at least {low}, not {value}")
+    return value
+
+
+def _user() -> str:
+    user = os.environ.get("QFARM_USER") or getpass.getuser()
+    if len(user) > 128 or not user.isprintable() or not user.strip() or any(c.isspace() for c in user):
+        raise QFarmError(f"QFARM_USER must be 1 to 128 printable characters without spaces, not {printable(user[:40])!r}"
+                         f"{'…' if len(user) > 40 else ''}")
+    return user
 
 
 @dataclass(frozen=True)
@@ -29,15 +47,27 @@ class Settings:
     broker_url: str
     database_url: str
     storage_url: str
-    s3_endpoint_url: str | None
     scratch_dir: Path
     user: str
     # A job that runs longer than this is stopped and marked failed; the
     # broker's visibility timeout is derived from it (celery_config.py).
     job_time_limit_s: int = 12 * 3600
-    # How often a job is retried after its worker died under it (OOM kill,
-    # lost node) before it is marked failed.
-    max_attempts: int = 2
+    # How many times a job is started before it is failed: a worker that
+    # dies under it (OOM kill, lost node) or stops (systemctl restart) hands
+    # it to the next worker as a new attempt.
+    max_attempts: int = 3
+    # A running job whose worker has written no heartbeat for this long is
+    # taken back by any live worker (requeued, or failed as "worker lost").
+    heartbeat_timeout_s: int = 120
+    # How long a worker retries a database it cannot reach before it gives
+    # the job's message back to the broker (never acknowledging it unwritten).
+    db_retry_s: int = 300
+
+    @property
+    def heartbeat_interval_s(self) -> float:
+        """A worker writes its heartbeat (and reconciles) this often: a
+        fraction of the timeout, so one late beat never looks like a death."""
+        return max(0.5, min(10.0, self.heartbeat_timeout_s / 6))
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -46,11 +76,12 @@ class Settings:
             broker_url=os.environ.get("QFARM_BROKER_URL", "redis://127.0.0.1:6379/0"),
             database_url=os.environ.get("QFARM_DATABASE_URL", f"sqlite:///{home / 'qfarm.db'}"),
             storage_url=os.environ.get("QFARM_STORAGE_URL", (home / "artifacts").as_uri()),
-            s3_endpoint_url=os.environ.get("QFARM_S3_ENDPOINT_URL") or None,
             scratch_dir=Path(os.environ.get("QFARM_SCRATCH_DIR", home / "scratch")).expanduser(),
-            user=os.environ.get("QFARM_USER") or getpass.getuser(),
+            user=_user(),
             job_time_limit_s=_env_int("QFARM_JOB_TIME_LIMIT", 12 * 3600),
-            max_attempts=_env_int("QFARM_MAX_ATTEMPTS", 2),
+            max_attempts=_env_int("QFARM_MAX_ATTEMPTS", 3),
+            heartbeat_timeout_s=_env_int("QFARM_HEARTBEAT_TIMEOUT", 120, low=2),
+            db_retry_s=_env_int("QFARM_DB_RETRY_S", 300, low=0),
         )
 
 

@@ -1,18 +1,27 @@
 """Talking to the broker: is it there, queue a job, stop a job, which queues
-live workers serve."""
+live workers serve, and which jobs have a message waiting.
+
+The database is the record; a message only says "run job X". So a message
+can be lost (Redis restarted without persistence) or doubled (a reconciler
+and a hand-back both sending one) without harm: the reconciler re-sends a
+queued job's lost message, and a worker's claim is a conditional update, so
+a doubled message runs a job once.
+"""
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Any
 
 from api_client.config import redact
-from api_client.errors import ServiceUnavailable
+from api_client.errors import ServiceUnavailable, first_line
 
 TASK_NAME = "qfarm.run_job"
 
 
 @lru_cache(maxsize=8)
-def app(broker_url: str):
+def app(broker_url: str) -> Any:
     """A sending-only Celery app with the workers' settings (celery_config)."""
     from celery import Celery
 
@@ -29,13 +38,14 @@ def check_broker(broker_url: str) -> None:
         with app(broker_url).connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=5)
     except Exception as exc:  # kombu raises OperationalError, socket errors…
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ServiceUnavailable(f"cannot reach the broker at {redact(broker_url)}: {reason}") from None
+        raise ServiceUnavailable(f"cannot reach the broker at {redact(broker_url)}: {first_line(exc)}") from None
 
 
-def enqueue(broker_url: str, job_id: str, queue: str) -> None:
-    # The job id is the task id, so `qfarm cancel` can revoke it by name.
-    app(broker_url).send_task(TASK_NAME, args=[job_id], task_id=job_id, queue=queue,
+def enqueue(broker_url: str, job_id: str, queue: str, farm: str) -> None:
+    """Send the message that runs `job_id`. The job id is also the task id,
+    so `qfarm cancel` can revoke it by name; the farm id lets a worker refuse
+    a message that is not its farm's."""
+    app(broker_url).send_task(TASK_NAME, args=[job_id], kwargs={"farm": farm}, task_id=job_id, queue=queue,
                               retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
 
 
@@ -47,3 +57,41 @@ def served_queues(broker_url: str, timeout: float = 2.0) -> set[str]:
     """Queues consumed by the workers that answer within `timeout`."""
     replies = app(broker_url).control.inspect(timeout=timeout).active_queues() or {}
     return {q["name"] for queues in replies.values() for q in queues}
+
+
+def waiting_job_ids(broker_url: str, queues: list[str]) -> set[str] | None:
+    """Ids of the jobs with a message in the broker: waiting in one of
+    `queues`, or delivered to a worker and not yet acknowledged.
+
+    Reads kombu's Redis layout (a list per queue and priority step, the
+    `unacked` hash); None for another broker, where this cannot be known.
+    """
+    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return None
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        ids: set[str] = set()
+        sep = "\x06\x16"  # kombu's separator between a queue's name and its priority step
+        keys = list(queues) + [k.decode() for q in queues for k in client.scan_iter(match=f"{q}{sep}*")]
+        for key in keys:
+            for raw in client.lrange(key, 0, -1):
+                ids.add(_task_id(raw))
+        for raw in client.hvals("unacked"):
+            try:
+                ids.add(_task_id(json.dumps(json.loads(raw)[0])))
+            except (ValueError, IndexError, TypeError):
+                continue
+        ids.discard("")
+        return ids
+    finally:
+        client.close()
+
+
+def _task_id(raw: bytes | str) -> str:
+    try:
+        message = json.loads(raw)
+        return str(message.get("headers", {}).get("id") or "")
+    except (ValueError, AttributeError):
+        return ""

@@ -52,3 +52,16 @@ def list_row(job: Job) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
     return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at), ratio, job.model)
+
+
+def ago(dt) -> str:
+    if dt is None:
+        return "-"
+    from api_client.db.models import utcnow
+
+    return f"{(utcnow() - aware(dt)).total_seconds():.0f} s ago"
+
+
+def worker_row(w) -> tuple[str, ...]:
+    gpu = "cpu" if w.gpu_index is None else f"{w.gpu_index}: {w.gpu_name or '?'}"
+    return (w.name, w.host, gpu, w.current_job or "-", str(w.jobs_done), ago(w.heartbeat_at))

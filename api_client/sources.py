@@ -11,10 +11,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client.errors import SpecError
+from api_client.config import redact
+from api_client.errors import SpecError, printable
 
 BUILTIN = "builtin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
+_CREDENTIALS = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@\s]+@")
 _HF_DATASET = re.compile(r"^hf:(?P<name>[\w.\-]+(/[\w.\-]+)?)(:(?P<config>[\w.\-]+))?(@(?P<split>[\w.\-\[\]:%]+))?$")
 
 
@@ -30,6 +32,8 @@ class S3Url:
 def parse_s3_url(url: str) -> S3Url:
     if not url.startswith("s3://"):
         raise SpecError(f"not an s3:// URL: {url}")
+    if "@" in url.split("/", 3)[2]:
+        raise SpecError(f"{redact(url)} holds credentials: give S3 keys through the environment or ~/.aws")
     rest = url[len("s3://"):]
     bucket, _, key = rest.partition("/")
     if not bucket:
@@ -37,12 +41,34 @@ def parse_s3_url(url: str) -> S3Url:
     return S3Url(bucket, key)
 
 
+MAX_SOURCE_CHARS = 1024
+
+
+def check_source_text(source: str, what: str) -> None:
+    """What every source string must be before it is looked at further:
+    short, printable, and free of credentials (they come from boto3's chain
+    or the environment, never from a URL that is stored and shown)."""
+    if not source or len(source) > MAX_SOURCE_CHARS:
+        raise SpecError(f"{what} must be 1 to {MAX_SOURCE_CHARS} characters, not {len(source)}")
+    if not source.isprintable():
+        raise SpecError(f"{what} '{printable(source)}' holds control characters")
+    if _CREDENTIALS.match(source):
+        raise SpecError(f"{what} {redact(source)} holds credentials: qfarm never stores them; "
+                        f"give S3 keys through the environment or ~/.aws, and the hub token as HF_TOKEN")
+
+
 def model_source_kind(model: str) -> str:
     """'s3', 'local' or 'hub'. A string that names an existing path, or looks
     like one, is local; a bare `org/name` that is no path is a hub id."""
+    check_source_text(model, "model")
     if model.startswith("s3://"):
+        parse_s3_url(model)
         return "s3"
-    if model.startswith(("/", "./", "../", "~", "file://")) or Path(model).expanduser().exists():
+    try:
+        exists = Path(model).expanduser().exists()
+    except (OSError, RuntimeError):
+        exists = False
+    if model.startswith(("/", "./", "../", "~", "file://")) or exists:
         return "local"
     if _HUB_ID.match(model):
         return "hub"
@@ -52,7 +78,10 @@ def model_source_kind(model: str) -> str:
 def local_model_path(model: str) -> Path:
     if model.startswith("file://"):
         model = model[len("file://"):]
-    return Path(model).expanduser().resolve()
+    try:
+        return Path(model).expanduser().resolve()
+    except (OSError, RuntimeError) as exc:
+        raise SpecError(f"model path {printable(model)} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 @dataclass(frozen=True)
@@ -64,6 +93,7 @@ class HFDataset:
 
 def text_source_kind(source: str) -> str:
     """'builtin', 's3', 'hf' or 'local' for a calibration or evaluation source."""
+    check_source_text(source, "text source")
     if source == BUILTIN:
         return "builtin"
     if source.startswith("s3://"):
@@ -83,8 +113,12 @@ def parse_hf_dataset(source: str) -> HFDataset:
 
 
 def check_local_text(source: str, what: str) -> Path:
-    path = Path(source).expanduser().resolve()
-    if not path.is_file():
+    try:
+        path = Path(source).expanduser().resolve()
+        is_file = path.is_file()
+    except (OSError, RuntimeError) as exc:
+        raise SpecError(f"{what} file {source} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+    if not is_file:
         raise SpecError(f"{what} file {source} does not exist")
     if path.suffix.lower() not in (".txt", ".jsonl", ".json", ".md"):
         raise SpecError(f"{what} file {source} must be .txt, .md or .jsonl (one JSON object with a 'text' field per line)")

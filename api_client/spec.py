@@ -72,6 +72,9 @@ class JobSpec:
     eval: EvalSpec = field(default_factory=EvalSpec)
     max_vram: int | str | None = None
     weights: str = "auto"
+    # Run the model's own code (auto_map, *.py) and publish it with the
+    # artifact; only workers started with --allow-remote-code take such jobs.
+    allow_remote_code: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,7 +93,7 @@ class ResolvedSpec:
     eval: EvalSpec
     max_vram_bytes: int | None
     weights: str
-    queue: str
+    allow_remote_code: bool = False
     min_capability: tuple[int, int] | None = None
     model_bytes: int | None = None
 
@@ -98,7 +101,6 @@ class ResolvedSpec:
 def resolve(spec: JobSpec) -> ResolvedSpec:
     """Validate everything that can be checked on the submitting machine."""
     from worker import methods
-    from worker.routing import queue_for
 
     method = methods.get(spec.method)
     fmt = spec.format or method.formats[0]
@@ -126,11 +128,12 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         from api_client import checkpoint
 
         path = sources.local_model_path(spec.model)
-        info = checkpoint.inspect(path)
+        info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
         model, model_bytes = str(path), info.weight_bytes
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,
-        queue=queue_for(method), min_capability=method.min_capability, model_bytes=model_bytes,
+        allow_remote_code=bool(spec.allow_remote_code), min_capability=method.min_capability,
+        model_bytes=model_bytes,
     )

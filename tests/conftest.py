@@ -75,7 +75,7 @@ def pg_url(pg_server_url) -> str:
 
     engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, workers, farm, alembic_version CASCADE"))
     engine.dispose()
     return pg_server_url
 
@@ -193,3 +193,11 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bo
     if check and proc.returncode != 0:
         raise AssertionError(f"qfarm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The fault suite's one line: faults injected, and what they cost."""
+    faults = sys.modules.get("test_faults") or sys.modules.get("tests.test_faults")
+    report = getattr(faults, "REPORT", None)
+    if report and report["faults injected"]:
+        terminalreporter.write_line("fault suite: " + ", ".join(f"{k} {v}" for k, v in report.items()))

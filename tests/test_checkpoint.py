@@ -1,6 +1,7 @@
 """What is learnt from a checkpoint's files without loading it."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -56,3 +57,66 @@ def test_directory_without_weights_or_with_broken_config(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(SpecError, match="has no \\*.safetensors"):
         checkpoint.inspect(tmp_path)
+
+
+def _copy(src, dest):
+    dest.mkdir()
+    for f in src.iterdir():
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+@pytest.mark.parametrize("target", ["/proc/self/environ", "/etc/passwd"])
+def test_a_symlink_out_of_the_model_is_refused(tiny_model, tmp_path, target):
+    model = _copy(tiny_model, tmp_path / "m")
+    (model / "chat_template.jinja").symlink_to(target)
+    with pytest.raises(SpecError, match=f"chat_template.jinja is a symlink to {target}, outside the model directory: refused"):
+        checkpoint.inspect(model)
+
+
+def test_special_files_and_escaping_shard_indexes_are_refused(tiny_model, tmp_path):
+    model = _copy(tiny_model, tmp_path / "m")
+    os.mkfifo(model / "tokenizer.model")
+    with pytest.raises(SpecError, match="tokenizer.model is not a regular file"):
+        checkpoint.inspect(model)
+    (model / "tokenizer.model").unlink()
+    (model / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a.weight": "../../secret.safetensors"}}))
+    with pytest.raises(SpecError, match="names the shard '../../secret.safetensors', outside the model directory"):
+        checkpoint.inspect(model)
+
+
+def test_inside_links_pass_and_unneeded_or_code_files_are_left_out(tiny_model, tmp_path):
+    model = _copy(tiny_model, tmp_path / "m")
+    (model / "tokenizer.json").rename(model / "real-tokenizer.bin")
+    (model / "tokenizer.json").symlink_to(model / "real-tokenizer.bin")
+    (model / "optimizer.pt").write_bytes(b"training state")
+    (model / "modeling_x.py").write_text("import os")
+    (model / "notes").symlink_to("/etc/passwd")  # not a file a checkpoint needs: never read
+    names = {f.name for f in checkpoint.inspect(model).files}
+    assert "tokenizer.json" in names and "config.json" in names
+    assert not names & {"optimizer.pt", "modeling_x.py", "notes", "real-tokenizer.bin"}
+    assert "modeling_x.py" in {f.name for f in checkpoint.inspect(model, remote_code=True).files}
+
+
+def test_a_hub_cache_snapshot_may_link_into_its_blobs(tiny_model, tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    blobs, snap = repo / "blobs", repo / "snapshots" / "abc123"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for f in tiny_model.iterdir():
+        shutil.copy(f, blobs / f.name)
+        (snap / f.name).symlink_to(f"../../blobs/{f.name}")
+    assert checkpoint.inspect(snap).weight_bytes > 0
+
+
+@pytest.mark.parametrize("header,message", [
+    ({"w": {"dtype": "F16"}}, "tensor 'w' has no valid shape"),
+    (["not", "a", "dict"], "its header is a list, not an object"),
+    ({"w": {"shape": [2, 2]}}, "tensor 'w' has no dtype"),
+])
+def test_malformed_safetensors_headers_are_one_line(tiny_model, tmp_path, header, message):
+    model = _copy(tiny_model, tmp_path / "m")
+    raw = json.dumps(header).encode()
+    (model / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw)
+    with pytest.raises(SpecError, match=message):
+        checkpoint.inspect(model)

@@ -44,7 +44,7 @@ def worker(farm_env, tmp_path):
     from api_client import queue
 
     deadline = time.monotonic() + 90
-    while "qfarm" not in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0):
+    while not any(q.startswith("qfarm.") for q in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0)):
         if proc.poll() is not None or time.monotonic() > deadline:
             pytest.fail("worker did not come up:\n" + (tmp_path / "worker.log").read_text()[-3000:])
     yield proc
@@ -95,7 +95,7 @@ def test_gptq_and_nf4_through_the_farm(farm_env, worker, tiny_model, tmp_path):
                                    (nf4, "nf4", ["loading", "quantizing", "evaluating", "uploading"])):
         job = jobs.get(db, job_id)
         assert job.state == "succeeded" and job.method == method and job.submitted_by == "ann"
-        assert job.worker.startswith("cpu@") and job.gpu_name == "cpu" and job.attempts == 1
+        assert job.worker.startswith("cpu-") and job.gpu_name == "cpu" and job.attempts == 1
         assert job.started_at <= job.finished_at
         assert job.ppl_baseline > 1 and job.ppl_quantized > 1 and job.ppl_ratio == pytest.approx(job.ppl_quantized / job.ppl_baseline)
         assert job.artifact_uri == f"{farm_env['QFARM_STORAGE_URL']}/jobs/{job_id}/"
@@ -163,4 +163,4 @@ def test_a_job_whose_worker_dies_is_run_again(farm_env, worker, tiny_model):
     assert job.state == "succeeded", job.error
     assert job.attempts == 2
     messages = [e.message or "" for e in jobs.events(db_of(farm_env), job_id)]
-    assert any(m.startswith("restarted on cpu@") and "was lost" in m for m in messages)
+    assert any(m.startswith("restarted on cpu-") and "was lost" in m for m in messages)

@@ -41,7 +41,7 @@ def farm(qfarm_env):
 
 
 def run_in_process(settings, db, spec: JobSpec, job_id: str):
-    jobs.create(db, job_row(resolve(spec), job_id, "tester"))
+    jobs.create(db, job_row(resolve(spec), job_id, "tester", "qfarm.test"))
     runner.execute(job_id, settings, worker="test@host")
     return jobs.get(db, job_id)
 
@@ -89,7 +89,7 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     tok = AutoTokenizer.from_pretrained(artifact)
     out = model.generate(**tok("The people of the river", return_tensors="pt"), max_new_tokens=6, do_sample=False)
     assert out.shape[1] > 6
-    assert not (artifact.parent.parent.parent / "scratch" / "test@host" / job.id).exists()
+    assert not (settings.scratch_dir / "jobs" / job.id).exists()
 
 
 def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model):
@@ -105,7 +105,7 @@ def test_a_cancelled_job_is_not_started(farm, tiny_model):
     from api_client.db import JobState
 
     settings, db = farm
-    jobs.create(db, job_row(resolve(JobSpec(model=str(tiny_model), method="rtn")), "cancelled001", "tester"))
+    jobs.create(db, job_row(resolve(JobSpec(model=str(tiny_model), method="rtn")), "cancelled001", "tester", "qfarm.test"))
     jobs.transition(db, "cancelled001", expect=[JobState.QUEUED], state=JobState.CANCELLED)
     runner.execute("cancelled001", settings, worker="test@host")
     job = jobs.get(db, "cancelled001")

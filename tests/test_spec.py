@@ -15,7 +15,7 @@ def test_defaults_are_filled_in_and_typed(tiny_model):
     assert r.format == "compressed-tensors"
     assert r.params == {"bits": 4, "group_size": 128, "act_order": True, "symmetric": True, "dampening": 0.01}
     assert r.calib == CalibSpec()
-    assert r.queue == "qfarm"
+    assert r.min_capability is None and r.allow_remote_code is False
     assert r.model_bytes > 0
 
 
@@ -52,7 +52,10 @@ def test_every_method_takes_its_defaults(tiny_model):
 
 
 def test_fp8_goes_to_the_capability_queue(tiny_model):
-    assert resolve(spec(tiny_model, "fp8")).queue == "qfarm.sm89"
+    from api_client import routing
+
+    r = resolve(spec(tiny_model, "fp8"))
+    assert routing.queue_for("f1", r.min_capability, r.allow_remote_code) == "qfarm.f1.sm89"
 
 
 def test_methods_without_calibration_refuse_calibration_options(tiny_model):

@@ -17,7 +17,7 @@ from api_client.storage.s3 import MiB
 def store(request, tmp_path):
     if request.param == "s3":
         bucket = request.getfixturevalue("bucket")
-        return open_store(f"s3://{bucket}/farm", os.environ["QFARM_S3_ENDPOINT_URL"])
+        return open_store(f"s3://{bucket}/farm")
     return open_store((tmp_path / "store").as_uri())
 
 
@@ -37,7 +37,7 @@ def manifest_for(d):
 
 def test_publish_then_download_roundtrip(store, artifact_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
-    store = open_store(store.url, os.environ.get("QFARM_S3_ENDPOINT_URL"))  # part size is read at open
+    store = open_store(store.url)  # part size is read at open
     uri = artifacts.publish(store, "j1", artifact_dir, manifest_for(artifact_dir))
     keys = {o.key: o.size for o in store.list("jobs/j1/")}
     assert keys["jobs/j1/model.safetensors"] == 12 * MiB + 123
@@ -47,17 +47,17 @@ def test_publish_then_download_roundtrip(store, artifact_dir, tmp_path, monkeypa
     assert by_path["model.safetensors"]["sha256"] == sha256_file(artifact_dir / "model.safetensors")
 
     dest = tmp_path / "dl"
-    got = artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+    got = artifacts.download(uri, dest)
     assert got == manifest
     assert sha256_file(dest / "model.safetensors") == by_path["model.safetensors"]["sha256"]
     assert (dest / "sub" / "extra.txt").read_text() == "x"
     with pytest.raises(QFarmError, match="exists and is not an empty directory"):
-        artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+        artifacts.download(uri, dest)
 
 
 def test_multipart_upload_is_verified_part_by_part(bucket, artifact_dir, monkeypatch):
     monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
-    store = open_store(f"s3://{bucket}/p", os.environ["QFARM_S3_ENDPOINT_URL"])
+    store = open_store(f"s3://{bucket}/p")
     path = artifact_dir / "model.safetensors"
     store.put_file(path, "big.bin")
     etag = store.client.head_object(Bucket=bucket, Key="p/big.bin")["ETag"].strip('"')
@@ -77,7 +77,7 @@ def test_corrupt_object_fails_download_and_leaves_nothing(store, artifact_dir, t
     store.put_bytes(b'{"a": 2}', "jobs/j2/config.json")  # same length, other bytes
     dest = tmp_path / "dl"
     with pytest.raises(QFarmError, match="config.json is corrupt"):
-        artifacts.download(uri, dest, os.environ.get("QFARM_S3_ENDPOINT_URL"))
+        artifacts.download(uri, dest)
     assert not dest.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".dl")] == []
 
@@ -110,7 +110,7 @@ def test_aborted_upload_leaves_nothing(store, artifact_dir):
 
 def test_s3_upload_stops_midway_when_asked(bucket, artifact_dir, monkeypatch):
     monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
-    store = open_store(f"s3://{bucket}/c", os.environ["QFARM_S3_ENDPOINT_URL"])
+    store = open_store(f"s3://{bucket}/c")
     calls = []
 
     def should_stop():
@@ -125,6 +125,36 @@ def test_s3_upload_stops_midway_when_asked(bucket, artifact_dir, monkeypatch):
 
 
 def test_unreachable_bucket_is_one_line(aws_env):
-    store = open_store("s3://no-such-bucket-here/x", aws_env)
+    store = open_store("s3://no-such-bucket-here/x")
     with pytest.raises(ServiceUnavailable, match="cannot reach the S3 bucket no-such-bucket-here at http://127.0.0.1"):
         store.check()
+
+
+@pytest.mark.parametrize("bad", ["../../x", "/etc/cron.d/evil", "a/../../x", "sub/./x", "", "manifest.json"])
+def test_a_manifest_that_leaves_dest_writes_nothing(store, artifact_dir, tmp_path, bad):
+    uri = artifacts.publish(store, "j5", artifact_dir, manifest_for(artifact_dir))
+    manifest = json.loads(store.get_bytes("jobs/j5/manifest.json"))
+    manifest["files"].insert(1, {"path": bad, "bytes": 1, "sha256": "0" * 64})
+    store.put_bytes(json.dumps(manifest).encode(), "jobs/j5/manifest.json")
+    dest = tmp_path / "deep" / "dl"
+    with pytest.raises(QFarmError, match="refused"):
+        artifacts.download(uri, dest)
+    # Nothing written anywhere: not in DEST, not beside it, not where the path pointed.
+    assert not (tmp_path / "deep").exists()
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_artifact_holding_a_symlink_is_not_published(store, artifact_dir):
+    (artifact_dir / "leak.txt").symlink_to("/etc/passwd")
+    with pytest.raises(StoreError, match="leak.txt is not a regular file"):
+        artifacts.publish(store, "j6", artifact_dir, manifest_for(artifact_dir))
+    assert store.list("jobs/j6/") == []
+
+
+def test_incomplete_artifacts_are_found_by_age(store, artifact_dir):
+    artifacts.publish(store, "done1", artifact_dir, manifest_for(artifact_dir))
+    store.put_bytes(b"half", "jobs/half1/model.safetensors")
+    assert [a.job_id for a in artifacts.incomplete(store, older_than_s=0)] == ["half1"]
+    assert artifacts.incomplete(store, older_than_s=3600) == []  # just written: may be an upload in flight
+    found = artifacts.incomplete(store, older_than_s=0)[0]
+    assert found.prefix == "jobs/half1/" and found.objects == 1 and found.bytes == 4

@@ -6,7 +6,7 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 import celery_config
 
@@ -32,3 +32,17 @@ def _preload(**_kwargs) -> None:
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "QFARM_PRELOAD": "0"})
     log.info("preloaded %d modules in %.1f s%s", len(done.loaded), done.seconds,
              f"; left to the jobs, as importing them initialises CUDA: {', '.join(done.skipped)}" if done.skipped else "")
+
+
+@worker_ready.connect
+def _start_heartbeat(sender=None, **_kwargs) -> None:
+    from worker import heartbeat
+
+    heartbeat.start(getattr(sender, "hostname", None) or os.environ.get("QFARM_WORKER_NAME", "worker"))
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(**_kwargs) -> None:
+    from worker import heartbeat
+
+    heartbeat.stop()

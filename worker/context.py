@@ -29,7 +29,9 @@ class JobContext:
     max_vram_bytes: int | None
     weights: str
     model_bytes: int
-    s3_endpoint_url: str | None
+    # Whether libraries may run the model's own code (the job allows it and
+    # this worker was started with --allow-remote-code).
+    trust_remote_code: bool
     on_stage: Callable[[str, str | None], None]
     on_note: Callable[[str], None]
     library_seconds: float = 0.0
@@ -73,7 +75,7 @@ class JobContext:
     def calibration_windows(self, tokenizer) -> list[list[int]]:
         if self.calib is None:
             raise QFarmError("this method needs calibration data but the job has none")
-        text = texts.load_text(self.calib.source, "calib", self.s3_endpoint_url,
+        text = texts.load_text(self.calib.source, "calib",
                                max_chars=self.calib.samples * self.calib.seqlen * 12)
         windows = texts.token_windows(tokenizer, text, self.calib.seqlen, self.calib.samples)
         if not windows:

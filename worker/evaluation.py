@@ -39,7 +39,8 @@ def default_seqlen(model_dir: Path) -> int:
     return min(2048, int(cfg.get("max_position_embeddings") or 2048))
 
 
-def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None):
+def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,
+         trust_remote_code: bool = False):
     """Load a checkpoint (original or quantized) for inference on `device`.
 
     `dense_bytes` is the size of the original model's weights: under a memory
@@ -49,6 +50,7 @@ def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: in
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = _loading_options(path, device)
+    kwargs["trust_remote_code"] = trust_remote_code
     if device.is_cuda:
         kwargs["dtype"] = "auto"
         kwargs["device_map"] = {"": 0}
@@ -179,10 +181,10 @@ def _sync(device) -> None:
 
 
 def evaluate(path: Path, windows: list[list[int]], device: Device, max_vram_bytes: int | None,
-             decode_tokens: int, dense_bytes: int | None = None) -> EvalResult:
+             decode_tokens: int, dense_bytes: int | None = None, trust_remote_code: bool = False) -> EvalResult:
     start = time.perf_counter()
     with PeakMemory(device) as peak:
-        model = load(path, device, max_vram_bytes, dense_bytes)
+        model = load(path, device, max_vram_bytes, dense_bytes, trust_remote_code)
         loaded = time.perf_counter()
         # Under a memory cap, one window at a time bounds the logits' memory.
         ppl, tokens = perplexity(model, windows, 1 if max_vram_bytes else _TOKENS_PER_BATCH)

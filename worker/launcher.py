@@ -11,9 +11,20 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from api_client import routing
 from api_client.errors import SpecError
 from worker.gpu import GpuInfo, nvml_gpus
-from worker.routing import queues_for_device
+
+
+def method_capabilities() -> list[tuple[int, int]]:
+    """The GPU generations some method needs (FP8: 8.9)."""
+    from worker import methods
+
+    return [c for c in (methods.get(n).min_capability for n in methods.names()) if c is not None]
+
+
+def queues_for_device(farm: str, capability: tuple[int, int] | None, remote_code: bool = False) -> list[str]:
+    return routing.queues_for_worker(farm, capability, method_capabilities(), remote_code)
 
 
 @dataclass
@@ -28,13 +39,18 @@ class WorkerPlan:
         return f"{self.name}: {what}, queues {','.join(self.queues)}"
 
 
-def plan(gpus: str, available: list[GpuInfo] | None = None) -> list[WorkerPlan]:
+def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_code: bool = False) -> list[WorkerPlan]:
+    """One worker per GPU asked for. Names carry the launcher's pid, so two
+    launchers on one host (two CPU workers, say) never share a name, which
+    Celery would take for one worker."""
     available = nvml_gpus() if available is None else available
+    pid = os.getpid()
+    code = {"QFARM_ALLOW_REMOTE_CODE": "1" if remote_code else "0"}
     if gpus == "auto":
         gpus = "all" if available else "cpu"
     if gpus == "cpu":
-        return [WorkerPlan("cpu", None, queues_for_device(None),
-                           {"CUDA_VISIBLE_DEVICES": "", "QFARM_GPU_INDEX": "cpu"})]
+        return [WorkerPlan(f"cpu-{pid}", None, queues_for_device(farm, None, remote_code),
+                           {"CUDA_VISIBLE_DEVICES": "", "QFARM_GPU_INDEX": "cpu", **code})]
     if gpus == "all":
         if not available:
             raise SpecError("no NVIDIA GPU found (NVML did not answer): use --gpus cpu")
@@ -53,14 +69,24 @@ def plan(gpus: str, available: list[GpuInfo] | None = None) -> list[WorkerPlan]:
             raise SpecError(f"no GPU {missing[0]} on this host (GPUs: {have})")
         chosen = [by_index[i] for i in wanted]
     return [
-        WorkerPlan(f"gpu{g.index}", g, queues_for_device(g.capability), {
+        WorkerPlan(f"gpu{g.index}-{pid}", g, queues_for_device(farm, g.capability, remote_code), {
             # NVML numbers GPUs in PCI bus order; make CUDA agree.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": str(g.index),
             "QFARM_GPU_INDEX": str(g.index),
+            **code,
         })
         for g in chosen
     ]
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children(recursive=True)]
+    except psutil.Error:
+        return []
 
 
 def command(p: WorkerPlan, loglevel: str) -> list[str]:
@@ -74,20 +100,34 @@ def command(p: WorkerPlan, loglevel: str) -> list[str]:
 
 
 def run(plans: list[WorkerPlan], loglevel: str = "INFO", echo=print) -> int:
-    """Start the workers and wait. Ctrl-C (SIGINT/SIGTERM) is passed on: the
-    first lets running jobs finish, a second stops them."""
+    """Start the workers and wait.
+
+    SIGTERM (systemd's stop and restart, to the launcher alone or to the
+    whole group) reaches every worker and its job process: each job hands
+    itself back to the queue for the next worker, and the workers exit.
+    SIGINT (Ctrl-C) is Celery's: the first lets running jobs finish, a
+    second stops them.
+    """
     procs: list[subprocess.Popen] = []
     for p in plans:
         # Progress bars of the libraries would flood the worker log (Celery
         # logs a job's stderr line by line); stages are in the job events.
-        env = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **os.environ, **p.env}
+        env = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **os.environ, **p.env,
+               "QFARM_QUEUES": ",".join(p.queues)}
         echo(f"starting {p.describe()}")
         procs.append(subprocess.Popen(command(p, loglevel), env=env))
 
     def forward(signum, _frame):
         for proc in procs:
             if proc.poll() is None:
-                proc.send_signal(signum)
+                targets = [proc.pid]
+                if signum == signal.SIGTERM:
+                    targets += _descendants(proc.pid)
+                for pid in targets:
+                    try:
+                        os.kill(pid, signum)
+                    except ProcessLookupError:
+                        pass
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

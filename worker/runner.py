@@ -4,6 +4,7 @@ leave nothing behind."""
 
 from __future__ import annotations
 
+import enum
 import fcntl
 import logging
 import os
@@ -12,21 +13,30 @@ import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from api_client import artifacts, checkpoint
 from api_client.config import Settings, redact
-from api_client.db import Database, Job, JobState
-from api_client.db import jobs
+from api_client.db import Database, Job, JobState, jobs, workers
+from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
-from api_client.errors import QFarmError
+from api_client.errors import JobNotFound, QFarmError, first_line, printable
+from api_client.spec import CalibSpec, EvalSpec
 from api_client.storage import open_store
-from worker import evaluation, gpu, methods, model_source, texts
+from worker import evaluation, gpu, methods, model_source, reconcile, texts
 from worker.context import JobContext
 from worker.versions import library_versions
 
 log = logging.getLogger("qfarm.worker")
 RUNNING = (JobState.RUNNING,)
+
+
+class Outcome(enum.Enum):
+    """What the task does with its message once `execute` returns."""
+
+    DONE = "done"  # acknowledge: the job's outcome is in the database
+    GIVE_BACK = "give back"  # requeue the message: the database cannot record it now
+    UNKNOWN = "unknown"  # retry later: the database does not know the job (yet)
 
 
 class JobCancelled(Exception):
@@ -35,48 +45,85 @@ class JobCancelled(Exception):
 
 class Interrupted(BaseException):
     """SIGTERM reached the job process: a user's cancel (Celery revokes with
-    terminate) or the machine shutting down. A BaseException, so library code
-    that catches Exception does not swallow it."""
+    terminate), the worker stopping (systemd sends SIGTERM to the whole
+    group), or Celery cancelling the job after losing the broker. A
+    BaseException, so library code that catches Exception does not swallow it."""
 
 
-def claim(db: Database, job_id: str, worker: str, device: gpu.Device, max_attempts: int) -> Job | None:
-    """Move a job to running on this worker; None if it is not ours to run."""
-    try:
-        job = jobs.get(db, job_id)
-    except QFarmError:
-        log.warning("job %s is not in the database; dropping its message", job_id)
-        return None
+class Recorder:
+    """The job's database, every call retried while the database is
+    unreachable (QFARM_DB_RETRY_S), so an outage delays a job but never
+    loses a state change."""
+
+    def __init__(self, db: Database, retry_s: float):
+        self.db, self.retry_s = db, retry_s
+
+    def __call__(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return with_retry(lambda: fn(self.db, *args, **kwargs), self.retry_s, warn=log.warning)
+
+
+T = TypeVar("T")
+
+
+def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Device, settings: Settings, farm: str) -> Job | None:
+    """Move a job to running on this worker; None if it is not ours to run.
+
+    A message can be doubled (a reconciler and a hand-back both send one) or
+    redelivered (a job process died and Celery gave its message back), so
+    the job's row decides: queued → ours; running on a live worker that is
+    not us → someone else's, dropped; running on us (our earlier job process
+    died) or on a dead worker → restarted as a new attempt.
+    """
+    job = rec(jobs.get, job_id)
     where = dict(worker=worker, gpu_index=device.index, gpu_name=device.name, started_at=utcnow())
     if job.state == JobState.QUEUED.value:
-        ok = jobs.transition(db, job_id, expect=[JobState.QUEUED], state=JobState.RUNNING,
-                             message=f"started on {worker} ({device.name})", attempts=job.attempts + 1, **where)
+        message = f"started on {worker} ({device.name})"
     elif job.state == JobState.RUNNING.value:
-        # The broker handed the message back: the worker running it died.
-        if job.attempts >= max_attempts:
-            jobs.transition(
-                db, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
-                message="given up: its worker was lost on every attempt",
-                error=f"the worker running this job was lost {job.attempts} times (last: {job.worker}); "
-                      f"it may need more memory than a worker has",
-            )
+        owner = rec(workers.get, job.worker)
+        if job.worker != worker and workers.alive(owner, settings.heartbeat_timeout_s):
+            log.info("job %s already runs on %s; dropping this copy of its message", job_id, job.worker)
             return None
-        ok = jobs.transition(db, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.RUNNING,
-                             message=f"restarted on {worker}: the worker running it ({job.worker}) was lost",
-                             attempts=job.attempts + 1, **where)
+        if job.attempts >= settings.max_attempts:
+            error = (f"worker lost: the worker running this job was lost {job.attempts} times (last: {job.worker}); "
+                     f"it may need more memory than a worker has")
+            rec(jobs.transition, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
+                message=error, error=error)
+            return None
+        message = f"restarted on {worker}: the worker running it ({job.worker}) was lost"
     else:
         log.info("job %s is %s; nothing to do", job_id, job.state)
         return None
-    return jobs.get(db, job_id) if ok else None
+    ok = rec(jobs.transition, job_id, expect=[JobState(job.state)], expect_attempts=job.attempts,
+             state=JobState.RUNNING, message=message, attempts=job.attempts + 1, **where)
+    now = rec(jobs.get, job_id)
+    # A commit can land although its connection dropped before saying so; the
+    # row then shows our claim.
+    if ok or (now.state == JobState.RUNNING.value and now.worker == worker and now.attempts == job.attempts + 1):
+        return now
+    return None
 
 
-def execute(job_id: str, settings: Settings, worker: str) -> None:
+def execute(job_id: str, settings: Settings, worker: str, farm: str | None = None) -> Outcome:
     db = Database(settings.database_url)
+    rec = Recorder(db, settings.db_retry_s)
     try:
+        own_farm = rec(jobs.farm_id)
+        if farm is not None and farm != own_farm:
+            log.error("job %s belongs to farm %s, not this worker's farm %s (another database): handing its message "
+                      "back; check QFARM_DATABASE_URL and QFARM_BROKER_URL of the workers on this broker",
+                      job_id, farm, own_farm)
+            return Outcome.GIVE_BACK
+        try:
+            rec(jobs.get, job_id)
+        except JobNotFound:
+            log.error("job %s is not in this farm's database (%s); its message goes back to wait for it",
+                      job_id, db.display_url)
+            return Outcome.UNKNOWN
         device = gpu.detect()
-        job = claim(db, job_id, worker, device, settings.max_attempts)
+        job = claim(rec, job_id, worker, device, settings, own_farm)
         if job is None:
-            return
-        scratch = settings.scratch_dir / "".join(c if c.isalnum() or c in "-_.@" else "_" for c in worker)
+            return Outcome.DONE
+        scratch = settings.scratch_dir / "jobs"
         try:
             with job_directory(scratch, job_id) as job_dir:
                 # Libraries write files relative to the working directory (GPTQModel
@@ -84,14 +131,24 @@ def execute(job_id: str, settings: Settings, worker: str) -> None:
                 cwd = os.getcwd()
                 os.chdir(job_dir)
                 try:
-                    Run(db, settings, job, device, job_dir).run()
+                    Run(rec, settings, job, device, job_dir, own_farm).run()
                 finally:
                     os.chdir(cwd)
+        except (DatabaseGone, Interrupted):
+            raise
         except Exception as exc:
             # Run records its own failures; this is the directory's (disk full, permissions).
             error = redact(f"cannot prepare the job's working directory under {scratch}: {exc}")
-            jobs.transition(db, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
+            rec(jobs.transition, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
             log.error("job %s failed: %s", job_id, error)
+        return Outcome.DONE
+    except DatabaseGone as exc:
+        log.error("job %s: %s; giving its message back to the broker", job_id, exc)
+        return Outcome.GIVE_BACK
+    except Interrupted:
+        # Stopped before the job was ours to hand back: the message goes back.
+        log.warning("job %s: stopped (SIGTERM) before it started; giving its message back", job_id)
+        return Outcome.GIVE_BACK
     finally:
         db.dispose()
 
@@ -144,19 +201,22 @@ def _locked(lock_path: Path) -> bool:
 
 
 class Run:
-    def __init__(self, db: Database, settings: Settings, job: Job, device: gpu.Device, job_dir: Path):
-        self.db, self.settings, self.job, self.device, self.job_dir = db, settings, job, device, job_dir
-        self.store = open_store(settings.storage_url, settings.s3_endpoint_url)
+    def __init__(self, rec: Recorder, settings: Settings, job: Job, device: gpu.Device, job_dir: Path, farm: str):
+        self.rec, self.settings, self.job, self.device, self.job_dir = rec, settings, job, device, job_dir
+        self.farm = farm
+        self.store = open_store(settings.storage_url)
         self.upload: artifacts.Upload | None = None
+        self.current_stage: str | None = None
 
     # -- reporting ---------------------------------------------------------
     def stage(self, name: str, message: str | None = None) -> None:
-        if not jobs.transition(self.db, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=name, message=message):
+        if not self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=name, message=message):
             raise JobCancelled()
-        log.info("job %s: %s%s", self.job.id, name, f" ({message})" if message else "")
+        self.current_stage = name
+        log.info("job %s: %s%s", self.job.id, name, f" ({printable(message)})" if message else "")
 
     def note(self, message: str) -> None:
-        jobs.note(self.db, self.job.id, message)
+        self.rec(jobs.note, self.job.id, message)
 
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, QFarmError):
@@ -166,22 +226,27 @@ class Run:
             if _is_oom(exc):
                 cap = f" under --max-vram {self.job.max_vram_bytes / 2**30:.1f} GiB" if self.job.max_vram_bytes else ""
                 error = f"out of GPU memory{cap} ({self.device.name}): {error}"
-        error = redact(" ".join(error.split()))[:2000]
+        error = redact(printable(" ".join(error.split())))[:2000]
         tail = redact("".join(traceback.format_exception(exc)[-30:]))[-8000:]
-        jobs.transition(self.db, self.job.id, expect=RUNNING, state=JobState.FAILED, message=error,
-                        error=error, error_traceback=tail)
+        self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.FAILED, message=error,
+                 error=error, error_traceback=tail)
         log.error("job %s failed: %s", self.job.id, error)
 
     # -- the job -----------------------------------------------------------
     def run(self) -> None:
         try:
             self._run()
-        except (JobCancelled, Interrupted) as exc:
+        except JobCancelled:
             self._unpublish()
-            if isinstance(exc, Interrupted) and jobs.get(self.db, self.job.id).state == JobState.RUNNING.value:
-                self.fail(QFarmError("the worker process was stopped (SIGTERM) while running this job"))
-            else:
-                log.info("job %s was cancelled", self.job.id)
+            log.info("job %s was cancelled", self.job.id)
+        except Interrupted:
+            self._unpublish()
+            self._stopped()
+        except DatabaseGone:
+            # The message goes back to the broker (execute); the next attempt
+            # starts clean.
+            self._unpublish()
+            raise
         except BaseException as exc:  # noqa: BLE001 - every failure is recorded
             self._unpublish()
             if _is_time_limit(exc):
@@ -190,6 +255,19 @@ class Run:
             if not isinstance(exc, Exception):
                 raise
 
+    def _stopped(self) -> None:
+        """SIGTERM: a cancel, or the worker going away. A cancelled job stays
+        cancelled; any other is handed to the next worker (a restart is not
+        a failure)."""
+        job = self.rec(jobs.get, self.job.id)
+        if job.state != JobState.RUNNING.value:
+            log.info("job %s was %s", self.job.id, job.state)
+            return
+        during = f" while {self.current_stage}" if self.current_stage else ""
+        reason = f"the worker {self.job.worker} was stopped (SIGTERM){during}"
+        self.rec(reconcile.hand_back, job, reason, self.settings, self.farm)
+        log.warning("job %s: %s; handed back", self.job.id, reason)
+
     def _run(self) -> None:
         job, device = self.job, self.device
         method_cls = methods.get(job.method)
@@ -197,31 +275,33 @@ class Run:
         gpu.limit_memory(device, job.max_vram_bytes)
         wall_start = time.perf_counter()
 
+        if job.allow_remote_code and not remote_code_allowed():
+            raise QFarmError("this job runs the model's own code, and this worker was not started with "
+                             "--allow-remote-code")
         self.stage("loading", f"fetching {job.model}")
-        model_dir = model_source.fetch(job.model, self.job_dir / "model", self.settings.s3_endpoint_url)
-        info = checkpoint.inspect(model_dir)
+        model_dir, info = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code)
         checkpoint.check_quantizable(info, method_cls.group_size(params))
-        jobs.record(self.db, job.id, model_bytes=info.weight_bytes)
+        self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
 
         output_dir = self.job_dir / "artifact"
         output_dir.mkdir()
         ctx = JobContext(
             job_id=job.id, model_dir=model_dir, output_dir=output_dir, scratch_dir=self.job_dir, device=device,
             calib=_calib(job), max_vram_bytes=job.max_vram_bytes, weights=job.weights,
-            model_bytes=info.weight_bytes, s3_endpoint_url=self.settings.s3_endpoint_url,
+            model_bytes=info.weight_bytes, trust_remote_code=job.allow_remote_code,
             on_stage=self.stage, on_note=self.note,
         )
         with gpu.PeakMemory(device) as peak:
             method_cls().quantize(ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
-        jobs.record(self.db, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
+        self.rec(jobs.record, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
                     quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes)
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage("evaluating", f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
         figures = self._evaluate(model_dir, output_dir, info.weight_bytes)
-        jobs.record(self.db, job.id, **figures["columns"])
+        self.rec(jobs.record, job.id, **figures["columns"])
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
 
@@ -234,27 +314,30 @@ class Run:
             "wall_seconds_before_upload": time.perf_counter() - wall_start,
         }
         versions = library_versions()
-        jobs.record(self.db, job.id, metrics=metrics, library_versions=versions)
+        self.rec(jobs.record, job.id, metrics=metrics, library_versions=versions)
         uri = self.upload.finish(self._manifest(metrics, versions))
         metrics["wall_seconds"] = time.perf_counter() - wall_start
-        if not jobs.transition(self.db, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
-                               message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
-            raise JobCancelled()
+        if not self.rec(jobs.transition, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
+                        message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
+            # A commit whose acknowledgement was lost with its connection.
+            if self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
+                raise JobCancelled()
 
     def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int) -> dict:
         from transformers import AutoTokenizer
 
-        spec = self.job.eval or {}
-        seqlen = spec.get("seqlen") or evaluation.default_seqlen(model_dir)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        text = texts.load_text(spec.get("source", "builtin"), "eval", self.settings.s3_endpoint_url)
-        windows = texts.token_windows(tokenizer, text, seqlen, spec.get("windows"))
+        spec = EvalSpec(**(self.job.eval or {}))
+        seqlen = spec.seqlen or evaluation.default_seqlen(model_dir)
+        code = self.job.allow_remote_code
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=code)
+        text = texts.load_text(spec.source, "eval")
+        windows = texts.token_windows(tokenizer, text, seqlen, spec.windows)
         if not windows:
-            raise QFarmError(f"evaluation text {spec.get('source')} is shorter than one window of {seqlen} tokens")
-        decode = spec.get("decode_tokens", 64)
-        base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, decode)
-        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, decode,
-                                    dense_bytes=model_bytes)
+            raise QFarmError(f"evaluation text {spec.source} is shorter than one window of {seqlen} tokens")
+        base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, spec.decode_tokens,
+                                   trust_remote_code=code)
+        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, spec.decode_tokens,
+                                    dense_bytes=model_bytes, trust_remote_code=code)
         return {
             "columns": dict(
                 ppl_baseline=base.perplexity, ppl_quantized=quant.perplexity, ppl_ratio=quant.perplexity / base.perplexity,
@@ -286,17 +369,34 @@ class Run:
         }
 
     def _unpublish(self) -> None:
-        if self.upload is not None:
+        """Remove the partial upload; where the store cannot be reached, the
+        job records it and every worker's reconciler retries."""
+        if self.upload is None:
+            return
+        for delay in (0, 1, 3):
+            time.sleep(delay)
             try:
                 self.upload.abort()
-            except Exception:  # noqa: BLE001 - the original failure matters more
-                log.exception("could not remove the partial upload of job %s", self.job.id)
+                return
+            except Exception as exc:  # noqa: BLE001 - the original failure matters more
+                reason = first_line(exc)
+        uri = self.store.uri(artifacts.artifact_prefix(self.job.id))
+        log.warning("job %s: could not remove the partial upload %s (%s); the reconciler will", self.job.id, uri, reason)
+        try:
+            self.rec(jobs.record, self.job.id, cleanup_uri=uri)
+            self.note(f"partial upload {uri} could not be removed now ({reason}); it will be")
+        except Exception:  # noqa: BLE001 - `qfarm gc` still finds it
+            log.exception("job %s: could not record the pending cleanup", self.job.id)
 
 
-def _calib(job: Job):
-    from api_client.spec import CalibSpec
-
+def _calib(job: Job) -> CalibSpec | None:
     return CalibSpec(**job.calib) if job.calib else None
+
+
+def remote_code_allowed() -> bool:
+    """Whether this worker was started with --allow-remote-code (the
+    launcher says so through the environment of its worker processes)."""
+    return os.environ.get("QFARM_ALLOW_REMOTE_CODE") == "1"
 
 
 def _is_oom(exc: BaseException) -> bool:

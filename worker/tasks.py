@@ -1,23 +1,43 @@
-"""The one Celery task: run a job. Its message carries only the job id; the
-job's specification is read from the database."""
+"""The one Celery task: run a job. Its message carries only the job id and
+the farm's id; the job's specification is read from the database."""
 
 from __future__ import annotations
 
 import signal
+import time
+
+from celery.exceptions import Reject
 
 from api_client.config import Settings
 from api_client.queue import TASK_NAME
-from worker.app import app
 from worker import runner
+from worker.app import app
 
 
 def _on_sigterm(signum, frame):
+    # Once: systemd signals the whole group and the launcher passes the
+    # signal on too; a second one must not interrupt the hand-back.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise runner.Interrupted()
 
 
-@app.task(name=TASK_NAME, bind=True)
-def run_job(self, job_id: str) -> None:
-    # `qfarm cancel` revokes a running job with SIGTERM; turning the signal
-    # into an exception lets the runner remove partial uploads and its files.
+# A job the database does not know yet (or any more) is tried again this
+# often before its message is dropped, loudly.
+UNKNOWN_RETRIES, UNKNOWN_DELAY_S = 20, 30
+
+
+@app.task(name=TASK_NAME, bind=True, max_retries=UNKNOWN_RETRIES)
+def run_job(self, job_id: str, farm: str | None = None) -> None:
+    # `qfarm cancel` revokes a running job with SIGTERM, and a stopping
+    # worker's job gets it too; turning the signal into an exception lets
+    # the runner remove partial uploads and hand the job back.
     signal.signal(signal.SIGTERM, _on_sigterm)
-    runner.execute(job_id, Settings.from_env(), worker=self.request.hostname or "worker")
+    outcome = runner.execute(job_id, Settings.from_env(), worker=self.request.hostname or "worker", farm=farm)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if outcome is runner.Outcome.GIVE_BACK:
+        # Not acknowledged: the broker hands the message to the next worker.
+        # The pause keeps a farm that cannot record anything from spinning.
+        time.sleep(5)
+        raise Reject(f"job {job_id} handed back to the broker", requeue=True)
+    if outcome is runner.Outcome.UNKNOWN:
+        raise self.retry(countdown=UNKNOWN_DELAY_S)

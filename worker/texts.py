@@ -14,7 +14,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from api_client import sources
-from api_client.errors import QFarmError
+from api_client.errors import QFarmError, first_line
+from api_client.storage import open_store
 
 BUILTIN_FILES = {"calib": "calib-news-from-nowhere.txt.gz", "eval": "eval-log-school-house.txt.gz"}
 # A token is rarely longer than this many characters; bounds what is tokenized.
@@ -53,16 +54,14 @@ def _decode(raw: bytes, name: str) -> str:
     return text
 
 
-def load_text(source: str, purpose: str, s3_endpoint_url: str | None = None, max_chars: int | None = None) -> str:
+def load_text(source: str, purpose: str, max_chars: int | None = None) -> str:
     kind = sources.text_source_kind(source)
     if kind == "builtin":
         text = builtin_text(purpose)
     elif kind == "s3":
-        from api_client.storage.s3 import S3Store
-
         loc = sources.parse_s3_url(source)
         parent, _, name = loc.key.rpartition("/")
-        store = S3Store(f"s3://{loc.bucket}/{parent}", s3_endpoint_url)
+        store = open_store(f"s3://{loc.bucket}/{parent}")
         text = _decode(store.get_bytes(name), name)
     elif kind == "hf":
         text = _load_hf(sources.parse_hf_dataset(source), max_chars)
@@ -80,8 +79,7 @@ def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
 
         ds = datasets.load_dataset(ds_ref.name, ds_ref.config, split=ds_ref.split)
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise QFarmError(f"cannot load dataset {ds_ref.name} from the Hugging Face hub: {first}") from None
+        raise QFarmError(f"cannot load dataset {ds_ref.name} from the Hugging Face hub: {first_line(exc)}") from None
     column = "text" if "text" in ds.column_names else next(
         (c for c, f in ds.features.items() if getattr(f, "dtype", None) == "string"), None)
     if column is None:

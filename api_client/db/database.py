@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import Session, sessionmaker
 
-from api_client.errors import ServiceUnavailable
+from api_client.errors import ServiceUnavailable, first_line
 
 import migrations
 
@@ -27,10 +29,14 @@ def _normalize(url: str) -> str:
 
 
 class Database:
-    def __init__(self, url: str):
+    def __init__(self, url: str, pooled: bool = True):
         self.url = _normalize(url)
         parsed = make_url(self.url)
         kwargs: dict = {"pool_pre_ping": True}
+        if not pooled:
+            # A connection per use: for a thread in a process that forks
+            # (a worker's parent), so no child inherits an open connection.
+            kwargs["poolclass"] = NullPool
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +67,7 @@ class Database:
                 conn.execute(text("SELECT 1"))
                 current = _current_revision(conn)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(getattr(exc, "orig", exc)).strip() else type(exc).__name__
-            raise ServiceUnavailable(f"cannot reach the database at {self.display_url}: {reason}") from None
+            raise ServiceUnavailable(f"cannot reach the database at {self.display_url}: {first_line(getattr(exc, 'orig', None) or exc)}") from None
         head = head_revision()
         if current != head:
             state = "has no qfarm tables" if current is None else f"is at schema {current}, not {head}"
@@ -76,6 +81,43 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether `exc` says the database could not be reached (down, restarting,
+    a dropped connection, SQLite's lock held too long): worth retrying."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+class DatabaseGone(ServiceUnavailable):
+    """The database stayed unreachable for the whole retry window."""
+
+
+T = TypeVar("T")
+
+
+def with_retry(fn: Callable[[], T], retry_s: float, what: str = "the database",
+               warn: Callable[[str], None] | None = None) -> T:
+    """`fn()`, retried with backoff while the database is unreachable, for up
+    to `retry_s` seconds; then DatabaseGone. A worker writes every state
+    change through this, so a database outage delays a job, never strands it."""
+    deadline = time.monotonic() + retry_s
+    delay, warned = 0.5, False
+    while True:
+        try:
+            return fn()
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise DatabaseGone(f"{what} was unreachable for {retry_s:.0f} s: {first_line(getattr(exc, 'orig', None) or exc)}") from None
+            if warn is not None and not warned:
+                warn(f"{what} is unreachable ({first_line(getattr(exc, 'orig', None) or exc)}); retrying for up to {retry_s:.0f} s")
+                warned = True
+        time.sleep(delay)
+        delay = min(delay * 2, 10.0)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -9,10 +9,12 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
+from datetime import timedelta
+
 from sqlalchemy import insert, select, update
 
 from api_client.db.database import Database
-from api_client.db.models import Job, JobEvent, JobState, utcnow
+from api_client.db.models import Farm, Job, JobEvent, JobState, utcnow
 from api_client.errors import JobNotFound, SpecError
 
 MIN_PREFIX = 4
@@ -110,6 +112,35 @@ def note(db: Database, job_id: str, message: str) -> None:
             s.add(JobEvent(job_id=job_id, at=utcnow(), state=job.state, stage=job.stage, message=message))
 
 
+def farm_id(db: Database) -> str:
+    """The farm's identity, made with its database (migration 0002)."""
+    with db.session() as s:
+        farm = s.scalars(select(Farm)).first()
+    if farm is None:
+        from api_client.errors import ServiceUnavailable
+
+        raise ServiceUnavailable(f"the database at {db.display_url} has no farm id: run `qfarm db upgrade`")
+    return farm.id
+
+
+def queued_since(db: Database, older_than_s: float) -> list[Job]:
+    """Queued jobs untouched for `older_than_s` seconds (a submit in flight
+    writes its row a moment before its message)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    with db.session() as s:
+        return list(s.scalars(select(Job).where(Job.state == JobState.QUEUED.value, Job.updated_at < cutoff)))
+
+
+def running(db: Database) -> list[Job]:
+    with db.session() as s:
+        return list(s.scalars(select(Job).where(Job.state == JobState.RUNNING.value)))
+
+
+def pending_cleanups(db: Database) -> list[Job]:
+    with db.session() as s:
+        return list(s.scalars(select(Job).where(Job.cleanup_uri.is_not(None))))
+
+
 def aware(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were written in UTC."""
     if dt is None:
@@ -123,7 +154,7 @@ STATUS_FIELDS = (
     "worker", "gpu_index", "gpu_name", "model_bytes", "peak_vram_bytes", "peak_vram_nvml_bytes",
     "eval_peak_vram_bytes", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline",
     "ppl_quantized", "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "metrics",
-    "library_versions", "artifact_uri", "error",
+    "library_versions", "artifact_uri", "error", "allow_remote_code",
 )
 
 

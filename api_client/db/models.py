@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime, timezone
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -53,6 +53,9 @@ class Job(Base):
     eval: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
     max_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
     weights: Mapped[str] = mapped_column(String(8), nullable=False, default="auto")
+    # The job may run the model's own code (auto_map, *.py): only on workers
+    # started with --allow-remote-code, which alone consume its queue.
+    allow_remote_code: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     queue: Mapped[str] = mapped_column(String(64), nullable=False)
     submitted_by: Mapped[str] = mapped_column(String(128), nullable=False)
     # Lifecycle.
@@ -82,12 +85,16 @@ class Job(Base):
     artifact_uri: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
     error_traceback: Mapped[str | None] = mapped_column(Text)
+    # A partial upload whose removal failed (the store was down): every
+    # worker's reconciler retries it until it is gone.
+    cleanup_uri: Mapped[str | None] = mapped_column(Text)
 
     events: Mapped[list["JobEvent"]] = relationship(
         back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"
     )
 
-    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),)
+    __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),
+                      Index("ix_jobs_state_updated", "state", "updated_at"))
 
 
 class JobEvent(Base):
@@ -101,3 +108,32 @@ class JobEvent(Base):
     message: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="events")
+
+
+class Farm(Base):
+    """One row: the farm's identity, made with its database. Queue names and
+    messages carry it, so a worker never takes another database's jobs."""
+
+    __tablename__ = "farm"
+
+    id: Mapped[str] = mapped_column(String(16), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+
+
+class Worker(Base):
+    """A worker process (one per GPU), as its last heartbeat described it."""
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    pid: Mapped[int] = mapped_column(Integer, nullable=False)
+    gpu_index: Mapped[int | None] = mapped_column(Integer)
+    gpu_name: Mapped[str | None] = mapped_column(String(128))
+    gpu_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    queues: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
+    current_job: Mapped[str | None] = mapped_column(String(32))
+    jobs_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -1,21 +1,35 @@
-"""Artifact stores: `file:///dir` (local.py) and `s3://bucket/prefix` (s3.py)."""
+"""Artifact stores, opened by URL: `file:///dir` (local.py) and
+`s3://bucket/prefix` (s3.py). A new kind of store is one module whose class
+registers its URL scheme with `@register`."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 from api_client.errors import SpecError
 from api_client.storage.base import Store, StoredObject, StoreError, TransferCancelled, sha256_file
 
-
-def open_store(url: str, s3_endpoint_url: str | None = None) -> Store:
-    if url.startswith("s3://"):
-        from api_client.storage.s3 import S3Store
-
-        return S3Store(url, s3_endpoint_url)
-    if url.startswith("file://"):
-        from api_client.storage.local import LocalStore
-
-        return LocalStore(url)
-    raise SpecError(f"QFARM_STORAGE_URL must be s3://bucket/prefix or file:///dir, not {url!r}")
+_SCHEMES: dict[str, Callable[[str], Store]] = {}
 
 
-__all__ = ["Store", "StoredObject", "StoreError", "TransferCancelled", "open_store", "sha256_file"]
+def register(scheme: str) -> Callable[[type[Store]], type[Store]]:
+    def add(cls: type[Store]) -> type[Store]:
+        _SCHEMES[scheme] = cls
+        return cls
+    return add
+
+
+def open_store(url: str) -> Store:
+    """The store that `url` (or an object or prefix inside it) lives in.
+    Settings a kind of store needs (an S3 endpoint) come from the environment."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in _SCHEMES:
+        kinds = " or ".join(f"{s}://…" for s in sorted(_SCHEMES))
+        raise SpecError(f"a store URL must be {kinds}, not {url!r}")
+    return _SCHEMES[scheme](url)
+
+
+# Importing the modules registers them.
+from api_client.storage import local, s3  # noqa: E402,F401
+
+__all__ = ["Store", "StoredObject", "StoreError", "TransferCancelled", "open_store", "register", "sha256_file"]

@@ -4,6 +4,7 @@ store's own prefix."""
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,8 @@ def sha256_file(path: Path) -> str:
 class StoredObject:
     key: str
     size: int
+    # When it was written (UTC), where the store says.
+    modified: datetime | None = None
 
 
 class Store(ABC):

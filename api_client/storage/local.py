@@ -4,15 +4,23 @@ shared filesystem every worker mounts at the same path."""
 from __future__ import annotations
 
 import os
+from datetime import datetime, timezone
 import shutil
 from pathlib import Path
 from typing import Callable
 from urllib.parse import unquote, urlparse
 
 from api_client.errors import ServiceUnavailable
+from api_client.storage import register
 from api_client.storage.base import Store, StoredObject, StoreError, sha256_file
 
 
+def _stored(key: str, path: Path) -> StoredObject:
+    st = path.stat()
+    return StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+
+
+@register("file")
 class LocalStore(Store):
     def __init__(self, url: str):
         parsed = urlparse(url)
@@ -75,11 +83,9 @@ class LocalStore(Store):
         if not base.exists():
             return []
         if base.is_file():
-            return [StoredObject(prefix, base.stat().st_size)]
-        return sorted(
-            (StoredObject(p.relative_to(self.root).as_posix(), p.stat().st_size) for p in base.rglob("*") if p.is_file()),
-            key=lambda o: o.key,
-        )
+            return [_stored(prefix, base)]
+        return sorted((_stored(p.relative_to(self.root).as_posix(), p) for p in base.rglob("*") if p.is_file()),
+                      key=lambda o: o.key)
 
     def delete_prefix(self, prefix: str) -> None:
         target = self._path(prefix)

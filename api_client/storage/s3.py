@@ -14,12 +14,18 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from api_client.errors import ServiceUnavailable
+from api_client.errors import ServiceUnavailable, first_line
 from api_client.sources import parse_s3_url
+from api_client.storage import register
 from api_client.storage.base import CHUNK, Store, StoredObject, StoreError, TransferCancelled, digest_file
 
 MiB = 1024 * 1024
 DEFAULT_PART = 64 * MiB
+
+
+def endpoint_from_env() -> str | None:
+    """MinIO, R2, Ceph…: where a non-AWS S3 answers (QFARM_S3_ENDPOINT_URL)."""
+    return os.environ.get("QFARM_S3_ENDPOINT_URL") or None
 
 
 def s3_client(endpoint_url: str | None = None):
@@ -41,17 +47,18 @@ def _describe(exc: Exception) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip(": ")
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return first_line(exc)
 
 
+@register("s3")
 class S3Store(Store):
     def __init__(self, url: str, endpoint_url: str | None = None):
         loc = parse_s3_url(url)
         self.bucket = loc.bucket
         self.prefix = loc.key.strip("/")
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
-        self.endpoint_url = endpoint_url
-        self.client = s3_client(endpoint_url)
+        self.endpoint_url = endpoint_url or endpoint_from_env()
+        self.client = s3_client(self.endpoint_url)
         self.part_size = max(5 * MiB, int(os.environ.get("QFARM_S3_PART_SIZE", DEFAULT_PART)))
 
     def _key(self, key: str) -> str:
@@ -138,7 +145,7 @@ class S3Store(Store):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
-                    out.append(StoredObject(key, obj["Size"]))
+                    out.append(StoredObject(key, obj["Size"], obj.get("LastModified")))
         except Exception as exc:
             raise StoreError(f"cannot list {self.uri(prefix)}: {_describe(exc)}") from None
         return out

@@ -10,7 +10,7 @@ def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
     if compute_dtype is not None:
         dtype = _model_dtype(ctx) if compute_dtype == "auto" else getattr(torch, compute_dtype)
         config["bnb_4bit_compute_dtype"] = dtype
@@ -19,7 +19,7 @@ def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
     with ctx.library_call():
         model = AutoModelForCausalLM.from_pretrained(
             ctx.model_dir, quantization_config=BitsAndBytesConfig(**config), dtype="auto",
-            device_map={"": ctx.device.torch_device},
+            device_map={"": ctx.device.torch_device}, trust_remote_code=ctx.trust_remote_code,
         )
         model.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)

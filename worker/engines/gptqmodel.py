@@ -19,7 +19,7 @@ def quantize(ctx, *, method: str, checkpoint_format: str, bits: int, group_size:
     from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
     ctx.stage("calibrating")
     windows = ctx.calibration_windows(tokenizer)
     calibration = [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
@@ -35,7 +35,8 @@ def quantize(ctx, *, method: str, checkpoint_format: str, bits: int, group_size:
     ctx.facts["weights_on"] = "cpu"  # GPTQModel keeps weights on the CPU and moves a layer at a time
     ctx.stage("quantizing", f"GPTQModel, {checkpoint_format} format")
     with ctx.library_call():
-        model = GPTQModel.load(str(ctx.model_dir), config, device=ctx.device.torch_device)
+        model = GPTQModel.load(str(ctx.model_dir), config, device=ctx.device.torch_device,
+                               trust_remote_code=ctx.trust_remote_code)
         model.quantize(calibration, batch_size=1, backend=backend)
         model.save(str(ctx.output_dir))
     tokenizer.save_pretrained(ctx.output_dir)

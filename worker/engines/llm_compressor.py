@@ -61,7 +61,7 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
 
     on_gpu = ctx.weights_on_gpu()
     ctx.facts["weights_on"] = "gpu" if on_gpu else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
 
     kwargs: dict[str, Any] = {}
     if calibrated:
@@ -84,7 +84,8 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
     # quantizing, and writing the artifact. The load is also kept apart.
     with _no_pinning_without_accelerator(), ctx.library_call():
         start = time.perf_counter()
-        model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype="auto", device_map="cuda:0" if on_gpu else None)
+        model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype="auto", device_map="cuda:0" if on_gpu else None,
+                                                     trust_remote_code=ctx.trust_remote_code)
         ctx.facts["weights_load_seconds"] = time.perf_counter() - start
         oneshot(model=model, recipe=modifiers, **kwargs)
         # Compression into the packed format happens while saving.

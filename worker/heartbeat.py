@@ -1,0 +1,141 @@
+"""A worker's heartbeat: a thread in the Celery worker's parent process that,
+every QFARM_HEARTBEAT_TIMEOUT / 6 seconds (at most 10),
+
+- writes the worker's row (host, GPU, pid, the job it runs, jobs done);
+- stops its job if the job was cancelled while the broker could not carry
+  the revoke (`qfarm cancel` with Redis down marks the row only);
+- runs the farm's reconciler (worker/reconcile.py), one worker at a time.
+
+It lives in the parent, not the job process: the parent outlives every job,
+so a job process that dies is seen missing from a heartbeat that goes on,
+and a parent that dies stops the heartbeat itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+from api_client.config import Settings
+from api_client.db import Database, JobState, jobs, workers
+from api_client.errors import first_line
+from worker import gpu, reconcile
+
+log = logging.getLogger("qfarm.heartbeat")
+
+
+def _active() -> list:
+    from celery.worker import state
+
+    return list(state.active_requests)
+
+
+def _jobs_done() -> int:
+    from celery.worker import state
+
+    return int(sum(state.total_count.values()))
+
+
+class Heartbeat(threading.Thread):
+    def __init__(self, name: str, settings: Settings):
+        super().__init__(name="qfarm-heartbeat", daemon=True)
+        self.worker_name, self.settings = name, settings
+        self._stop_event = threading.Event()
+        self._db = Database(settings.database_url, pooled=False)
+        self._farm: str | None = None
+        self._failing = False
+        index = gpu.worker_gpu_index()
+        info = next((g for g in gpu.nvml_gpus() if g.index == index), None) if index is not None else None
+        self._gpu = (index, info.name if info else ("cpu" if index is None else None), info.total_bytes if info else None)
+        self._queues = [q for q in os.environ.get("QFARM_QUEUES", "").split(",") if q]
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=10)
+        try:
+            workers.stopped(self._db, self.worker_name)
+        except Exception as exc:  # noqa: BLE001 - the timeout finds it anyway
+            log.warning("could not mark worker %s stopped: %s", self.worker_name, first_line(exc))
+        self._db.dispose()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.beat()
+                if self._failing:
+                    log.warning("heartbeat: the database answers again")
+                self._failing = False
+            except Exception as exc:  # noqa: BLE001 - a heartbeat thread must outlive any outage
+                if not self._failing:
+                    log.warning("heartbeat: %s (retrying every %.0f s)", first_line(exc), self.settings.heartbeat_interval_s)
+                self._failing = True
+            if self._stop_event.wait(self.settings.heartbeat_interval_s):
+                return
+
+    def beat(self) -> None:
+        active = _active()
+        current = active[0] if active else None
+        index, name, total = self._gpu
+        workers.heartbeat(self._db, workers.Beat(
+            name=self.worker_name, host=socket.gethostname(), pid=os.getpid(), gpu_index=index, gpu_name=name,
+            gpu_total_bytes=total, queues=self._queues, current_job=current.id if current else None,
+            jobs_done=_jobs_done(),
+        ))
+        if current is not None:
+            self._stop_if_cancelled(current)
+        if self._farm is None:
+            self._farm = jobs.farm_id(self._db)
+        if _take_turn(self.settings, self._farm, self.worker_name):
+            reconcile.reconcile(self._db, self.settings, self._farm)
+
+    def _stop_if_cancelled(self, request) -> None:
+        try:
+            job = jobs.get(self._db, request.id)
+        except Exception:  # noqa: BLE001 - not a job of ours to judge
+            return
+        pid = getattr(request, "worker_pid", None)
+        if job.state == JobState.CANCELLED.value and pid:
+            log.info("job %s was cancelled: stopping its process %s", job.id, pid)
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
+def _take_turn(settings: Settings, farm: str, me: str) -> bool:
+    """One reconciler per interval across the farm (a Redis lock that
+    expires by itself), so workers do not send the same message twice."""
+    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return True
+    import redis
+
+    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        ttl_ms = int(settings.heartbeat_interval_s * 900)
+        return bool(client.set(f"qfarm:{farm}:reconciler", me, nx=True, px=max(ttl_ms, 100)))
+    except Exception:  # noqa: BLE001 - no broker: the database still holds the truth; try next beat
+        return False
+    finally:
+        client.close()
+
+
+_current: Heartbeat | None = None
+
+
+def start(name: str) -> None:
+    global _current
+    _current = Heartbeat(name, Settings.from_env())
+    _current.start()
+    log.info("heartbeat every %.1f s (timeout %d s) for %s", _current.settings.heartbeat_interval_s,
+             _current.settings.heartbeat_timeout_s, name)
+
+
+def stop() -> None:
+    if _current is not None:
+        _current.stop()
+
+
+__all__ = ["start", "stop", "Heartbeat"]

@@ -1,0 +1,114 @@
+"""Keeping the database and the broker in agreement, from any live worker.
+
+Every worker's heartbeat thread (worker/heartbeat.py) calls `reconcile`
+every few seconds; a Redis lock lets one of them do it per interval. It
+mends what a crash or an outage leaves behind:
+
+- a running job whose worker stopped heartbeating (SIGKILL, a lost node),
+  or whose live worker no longer runs it, goes back to the queue as a new
+  attempt, or is failed as "worker lost" once its attempts are used up;
+- a queued job with no message in the broker (Redis restarted without its
+  data) gets its message again;
+- a partial upload whose removal failed (the store was down) is removed.
+
+`hand_back` is also how a job process that is stopped (SIGTERM: systemd, a
+broker connection loss) returns its job.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from api_client import queue
+from api_client.config import Settings
+from api_client.db import Database, Job, JobState, jobs, workers
+from api_client.db.jobs import aware
+from api_client.db.models import utcnow
+from api_client.errors import first_line
+from api_client.storage import open_store
+
+log = logging.getLogger("qfarm.reconcile")
+
+
+def hand_back(db: Database, job: Job, reason: str, settings: Settings, farm: str) -> bool:
+    """Return a running job to the queue for the next worker (and send its
+    message), or fail it once QFARM_MAX_ATTEMPTS runs were started. False if
+    the job moved on meanwhile (another reconciler, a cancel)."""
+    if job.attempts >= settings.max_attempts:
+        error = f"{reason}; given up after {job.attempts} attempts (QFARM_MAX_ATTEMPTS={settings.max_attempts})"
+        return jobs.transition(db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts,
+                               state=JobState.FAILED, message=error, error=error)
+    if not jobs.transition(db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts, state=JobState.QUEUED,
+                           message=f"{reason}; handed to the next worker as attempt {job.attempts + 1} "
+                                   f"of {settings.max_attempts}"):
+        return False
+    _send(settings, job, farm)
+    return True
+
+
+def _send(settings: Settings, job: Job, farm: str) -> None:
+    try:
+        queue.enqueue(settings.broker_url, job.id, job.queue, farm)
+    except Exception as exc:  # noqa: BLE001 - the next reconcile sends it
+        log.warning("job %s is queued but its message could not be sent (%s); the reconciler will send it",
+                    job.id, first_line(exc))
+
+
+def reconcile(db: Database, settings: Settings, farm: str) -> None:
+    _lost_running(db, settings, farm)
+    _queued_without_message(db, settings, farm)
+    _pending_cleanups(db, settings)
+
+
+def _lost_running(db: Database, settings: Settings, farm: str) -> None:
+    grace = timedelta(seconds=2 * settings.heartbeat_interval_s)
+    for job in jobs.running(db):
+        owner = workers.get(db, job.worker)
+        if not workers.alive(owner, settings.heartbeat_timeout_s):
+            if owner is None:
+                reason = f"worker lost: {job.worker} has no heartbeat"
+            elif owner.stopped_at is not None:
+                reason = f"worker lost: {job.worker} stopped"
+            else:
+                age = (utcnow() - aware(owner.heartbeat_at)).total_seconds()
+                reason = f"worker lost: no heartbeat from {job.worker} for {age:.0f} s"
+        elif owner.current_job != job.id and aware(owner.heartbeat_at) > aware(job.updated_at) + grace:
+            # The worker lives, but a heartbeat written well after the job's
+            # last change says it runs something else: its job process died.
+            reason = f"worker lost: {job.worker} no longer runs it"
+        else:
+            continue
+        if hand_back(db, job, reason, settings, farm):
+            log.warning("job %s: %s", job.id, reason)
+
+
+def _queued_without_message(db: Database, settings: Settings, farm: str) -> None:
+    # A submit writes its row a moment before its message; leave it time.
+    stale = jobs.queued_since(db, older_than_s=max(5.0, 3 * settings.heartbeat_interval_s))
+    if not stale:
+        return
+    waiting = queue.waiting_job_ids(settings.broker_url, sorted({j.queue for j in stale}))
+    if waiting is None:
+        return
+    for job in stale:
+        if job.id in waiting:
+            continue
+        _send(settings, job, farm)
+        jobs.note(db, job.id, "the broker held no message for this queued job (was Redis restarted?): sent it again")
+        jobs.record(db, job.id)  # touches updated_at, so it is not sent again at once
+        log.warning("job %s was queued with no message in the broker; sent it again", job.id)
+
+
+def _pending_cleanups(db: Database, settings: Settings) -> None:
+    for job in jobs.pending_cleanups(db):
+        uri = job.cleanup_uri or ""
+        try:
+            store = open_store(settings.storage_url)
+            store.delete_prefix(store.key_of(uri))
+        except Exception as exc:  # noqa: BLE001 - tried again next time
+            log.info("partial upload of job %s still cannot be removed: %s", job.id, first_line(exc))
+            continue
+        jobs.record(db, job.id, cleanup_uri=None)
+        jobs.note(db, job.id, f"partial upload {uri} removed")
+        log.info("job %s: partial upload %s removed", job.id, uri)
