@@ -10,10 +10,11 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from api_client.errors import QFarmError
 from api_client.storage import Store, StoredObject, StoreError, TransferCancelled, open_store, sha256_file
@@ -71,11 +72,12 @@ class Upload:
                 rel = path.relative_to(self.local_dir).as_posix()
                 if self.progress:
                     self.progress(rel)
-                entry = {"path": rel, "bytes": path.stat().st_size, "sha256": sha256_file(path)}
+                digest = sha256_file(path)
+                entry = {"path": rel, "bytes": path.stat().st_size, "sha256": digest}
                 self._check_stop()
                 self.store.put_file(path, self.prefix + rel, should_stop=self._stop.is_set)
                 self._check_stop()
-                self.store.verify(path, self.prefix + rel, entry["sha256"])
+                self.store.verify(path, self.prefix + rel, digest)
                 self.files.append(entry)
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that calls finish
             self._error = exc
@@ -99,7 +101,7 @@ class Upload:
         except BaseException:
             try:
                 self.abort()
-            except Exception:
+            except Exception:  # noqa: BLE001 - the failure being raised matters more than its cleanup
                 pass
             raise
         return self.store.uri(self.prefix)
@@ -145,9 +147,12 @@ def incomplete(store: Store, older_than_s: float) -> list[Incomplete]:
 def read_manifest(artifact_uri: str) -> dict[str, Any]:
     store = open_store(artifact_uri)
     try:
-        return json.loads(store.get_bytes(MANIFEST))
-    except StoreError as exc:
+        manifest = json.loads(store.get_bytes(MANIFEST))
+    except (StoreError, ValueError) as exc:
         raise QFarmError(f"artifact at {artifact_uri} has no readable manifest: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise QFarmError(f"artifact at {artifact_uri} has a manifest that is not a JSON object")
+    return manifest
 
 
 def manifest_files(manifest: Any, artifact_uri: str) -> list[dict[str, Any]]:

@@ -2,30 +2,65 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
+from api_client import catalog
 from api_client.config import redact
 from api_client.errors import QFarmError, first_line, printable
+from api_client.spec import WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
 
-STAGES = ("loading", "calibrating", "quantizing", "evaluating", "uploading")
+if TYPE_CHECKING:
+    from api_client.client import Client
+    from api_client.db import Job
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _client():
+class QFarmGroup(click.Group):
+    """The `qfarm` group: a QFarmError becomes one `error: …` line and exit
+    status 2, wherever the command runs (the shell, Click's CliRunner), and
+    subcommands named in `lazy` load from their module only when used (the
+    `worker` commands live in worker/cli.py, which a client install may lack
+    the libraries of)."""
+
+    lazy: ClassVar[dict[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, _, attr = self.lazy[name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QFarmError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+
+
+def _client() -> Client:
     from api_client.client import Client
 
     return Client()
 
 
-def _emit_json(data) -> None:
+def _emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=QFarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """qfarm: a team's LLM quantization farm.
 
@@ -34,44 +69,62 @@ def cli() -> None:
     """
 
 
+def method_options(fn: F) -> F:
+    """The method options of `qfarm submit`, generated from the catalog: a
+    flag per option name, its type, and help naming the methods that take it
+    with the values and default of each. Click passes them on in `params`."""
+    from api_client.catalog.options import cli_name, off_flag
+
+    users: dict[str, list] = {}
+    for name in catalog.names():
+        for f in catalog.get(name).options.knobs():
+            users.setdefault(f.name, []).append((name, f))
+    for field_name in sorted(users, reverse=True):  # decorators apply bottom-up
+        first = max((f for _, f in users[field_name]), key=lambda f: len(f.metadata.get("help", "")))
+        per_method = "; ".join(
+            f"{m}: {'/'.join(map(str, f.metadata['choices'])) + ', ' if f.metadata.get('choices') else ''}default {f.default}"
+            for m, f in users[field_name])
+        text = first.metadata.get("help", "")
+        help_text = f"{text[:1].upper()}{text[1:]} ({per_method})."
+        if isinstance(first.default, bool):
+            fn = click.option(f"{cli_name(field_name)}/{off_flag(first)}", field_name, default=None, help=help_text)(fn)
+        else:
+            kind = type(first.default) if type(first.default) in (int, float) else str
+            fn = click.option(cli_name(field_name), field_name, type=kind, default=None, help=help_text)(fn)
+    return fn
+
+
 @cli.command()
 @click.argument("model")
-@click.option("--method", "-m", required=True, help="gptq, awq, rtn, fp8, nf4, fp4 or int8 (`qfarm methods` lists them).")
+@click.option("--method", "-m", required=True, help=f"{', '.join(catalog.names())} (`qfarm methods` describes them).")
 @click.option("--format", "fmt", help="Artifact format; the method's first format by default.")
-@click.option("--bits", type=int)
-@click.option("--group-size", type=int, help="Columns per scale; -1 for one scale per output channel.")
-@click.option("--act-order/--no-act-order", default=None, help="GPTQ: quantize columns by activation size.")
-@click.option("--symmetric/--asymmetric", default=None, help="GPTQ/RTN: symmetric scales, or a zero point.")
-@click.option("--dampening", type=float, help="GPTQ: Hessian dampening fraction.")
-@click.option("--zero-point/--no-zero-point", default=None, help="AWQ: asymmetric scales with a zero point.")
-@click.option("--double-quant/--no-double-quant", default=None, help="NF4/FP4: quantize the scales too.")
-@click.option("--compute-dtype", help="NF4/FP4: auto, float16, bfloat16 or float32.")
-@click.option("--threshold", type=float, help="INT8: outlier threshold.")
+@method_options
 @click.option("--calib", help="Calibration text: builtin, a .txt/.jsonl file, s3://bucket/key or hf:NAME[:CONFIG][@SPLIT].")
-@click.option("--calib-samples", type=int, help="Calibration windows (default 128).")
-@click.option("--calib-seqlen", type=int, help="Tokens per calibration window (default 512).")
+@click.option("--calib-samples", type=int, help=f"Calibration windows (default {CalibSpec.samples}).")
+@click.option("--calib-seqlen", type=int, help=f"Tokens per calibration window (default {CalibSpec.seqlen}).")
 @click.option("--eval", "eval_source", help="Evaluation text, same forms as --calib (default: builtin).")
 @click.option("--eval-seqlen", type=int, help="Tokens per perplexity window (default: the model's context, at most 2048).")
 @click.option("--eval-windows", type=int, help="At most this many perplexity windows (default: the whole text).")
-@click.option("--decode-tokens", type=int, default=64, show_default=True, help="Tokens generated to time decoding (0: skip).")
+@click.option("--decode-tokens", type=int, help=f"Tokens generated to time decoding (default {EvalSpec.decode_tokens}; 0: skip).")
 @click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced).")
-@click.option("--weights", type=click.Choice(["auto", "gpu", "cpu"]), default="auto", show_default=True,
+@click.option("--weights", type=click.Choice(WEIGHTS_PLACEMENTS), default="auto", show_default=True,
               help="Where the full-precision weights live while quantizing; cpu onloads one layer at a time.")
 @click.option("--allow-remote-code", is_flag=True,
               help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit non-zero if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def submit(model, method, fmt, bits, group_size, act_order, symmetric, dampening, zero_point, double_quant,
-           compute_dtype, threshold, calib, calib_samples, calib_seqlen, eval_source, eval_seqlen, eval_windows,
-           decode_tokens, max_vram, weights, allow_remote_code, wait, as_json):
+def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_samples: int | None,
+           calib_seqlen: int | None, eval_source: str | None, eval_seqlen: int | None, eval_windows: int | None,
+           decode_tokens: int | None, max_vram: str | None, weights: str, allow_remote_code: bool, wait: bool,
+           as_json: bool, **params: Any) -> None:
     """Queue MODEL (a local directory, an s3:// prefix or a Hugging Face id) for quantization."""
-    from api_client.spec import CalibSpec, EvalSpec, JobSpec
+    from api_client.spec import JobSpec
 
-    params = dict(bits=bits, group_size=group_size, act_order=act_order, symmetric=symmetric, dampening=dampening,
-                  zero_point=zero_point, double_quant=double_quant, compute_dtype=compute_dtype, threshold=threshold)
-    calib_given = {k: v for k, v in dict(source=calib, samples=calib_samples, seqlen=calib_seqlen).items() if v is not None}
-    eval_spec = EvalSpec(**{k: v for k, v in dict(source=eval_source, seqlen=eval_seqlen, windows=eval_windows,
-                                                  decode_tokens=decode_tokens).items() if v is not None})
+    calib_given: dict[str, Any] = {k: v for k, v in dict(source=calib, samples=calib_samples, seqlen=calib_seqlen).items()
+                                   if v is not None}
+    eval_given: dict[str, Any] = {k: v for k, v in dict(source=eval_source, seqlen=eval_seqlen, windows=eval_windows,
+                                                        decode_tokens=decode_tokens).items() if v is not None}
+    eval_spec = EvalSpec(**eval_given)
     spec = JobSpec(model=model, method=method, params=params, format=fmt,
                    calib=CalibSpec(**calib_given) if calib_given else None, eval=eval_spec,
                    max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code)
@@ -93,16 +146,16 @@ def submit(model, method, fmt, bits, group_size, act_order, symmetric, dampening
     sys.exit(0 if final.state == "succeeded" else 1)
 
 
-def _follow(client, job_id: str, quiet: bool = False):
+def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     """Show the job's stages as a progress bar until it ends."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True, quiet=quiet)
     job = client.status(job_id)
-    from worker import methods
+    from api_client.states import Stage
 
-    stages = [s for s in STAGES if s != "calibrating" or methods.get(job.method).calibrated]
+    stages = [s.value for s in Stage.of(catalog.get(job.method).calibrated)]
     with Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(job.state, total=len(stages) + 1, job=job.id)
@@ -111,7 +164,10 @@ def _follow(client, job_id: str, quiet: bool = False):
             label = ev.stage or ev.state
             if ev.message and ev.state not in ("queued",):
                 label = f"{label}: {ev.message}"
-            bar.update(task, description=label[:100], **({} if done is None else {"completed": done}))
+            if done is None:
+                bar.update(task, description=label[:100])
+            else:
+                bar.update(task, description=label[:100], completed=done)
             if ev.state in ("failed", "cancelled"):
                 bar.stop()
     final = client.status(job_id)
@@ -127,7 +183,7 @@ def _follow(client, job_id: str, quiet: bool = False):
 @cli.command()
 @click.argument("job")
 @click.option("--json", "as_json", is_flag=True)
-def status(job, as_json):
+def status(job: str, as_json: bool) -> None:
     """Show a job (its id or a unique prefix of it)."""
     from api_client import render
     from api_client.db.jobs import to_dict
@@ -144,7 +200,7 @@ def status(job, as_json):
 @click.option("--limit", type=int, default=50, show_default=True)
 @click.option("--mine", is_flag=True, help="Only jobs submitted by you.")
 @click.option("--json", "as_json", is_flag=True)
-def list_(state, limit, mine, as_json):
+def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
     """List jobs, newest first."""
     from api_client import render
     from api_client.db.jobs import to_dict
@@ -157,12 +213,12 @@ def list_(state, limit, mine, as_json):
     rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "PPL RATIO", "MODEL")] + [render.list_row(j) for j in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
 
 
 @cli.command()
 @click.argument("job")
-def watch(job):
+def watch(job: str) -> None:
     """Print a job's events as they happen, until it ends."""
     from api_client.db.jobs import aware
 
@@ -179,7 +235,7 @@ def watch(job):
 @cli.command()
 @click.argument("job")
 @click.option("--force", is_flag=True, help="Cancel another user's job (the event records who did).")
-def cancel(job, force):
+def cancel(job: str, force: bool) -> None:
     """Cancel a queued or running job (your own, or another's with --force)."""
     done = _client().cancel(job, force=force)
     if done.signalled:
@@ -191,7 +247,7 @@ def cancel(job, force):
 
 @cli.command()
 @click.argument("job")
-def requeue(job):
+def requeue(job: str) -> None:
     """Send a queued job's message again (the broker lost it), or hand a
     running job whose worker is dead to the next worker."""
     found = _client().requeue(job)
@@ -201,7 +257,7 @@ def requeue(job):
 @cli.command()
 @click.option("--older-than", default="1d", show_default=True, help="Age of the newest object, e.g. 12h, 1d, 3600s.")
 @click.option("--yes", is_flag=True, help="Delete them; without it, only list them (a dry run).")
-def gc(older_than, yes):
+def gc(older_than: str, yes: bool) -> None:
     """Remove artifact uploads that never got their manifest (cut short)."""
     from api_client import render
 
@@ -225,7 +281,7 @@ def parse_age(text: str) -> float:
 
 @cli.command("workers")
 @click.option("--json", "as_json", is_flag=True)
-def workers_(as_json):
+def workers_(as_json: bool) -> None:
     """Live workers: host, GPU, queues, current job, last heartbeat."""
     from api_client import render
     from api_client.db.workers import to_dict
@@ -237,70 +293,44 @@ def workers_(as_json):
     rows = [("NAME", "HOST", "GPU", "JOB", "DONE", "HEARTBEAT")] + [render.worker_row(w) for w in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
 @cli.command()
 @click.argument("job")
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
-def download(job, dest):
+def download(job: str, dest: Path) -> None:
     """Download a job's artifact into DEST, checking every file's sha256."""
     manifest = _client().download(job, dest, progress=lambda e: click.echo(f"  {e['path']} ({e['bytes']} bytes) ok", err=True))
     click.echo(f"{len(manifest['files'])} files verified in {dest}")
 
 
 @cli.command()
-def methods():
+def methods() -> None:
     """List the methods, their formats and their options."""
-    from worker import methods as registry
-    from worker.methods.base import cli_flags
+    from api_client.catalog.options import cli_flags
 
-    for name in registry.names():
-        m = registry.get(name)
+    for name in catalog.names():
+        m = catalog.get(name)
         click.echo(f"{name}: {m.summary}")
-        click.echo(f"    formats: {', '.join(m.formats)}; calibration: {'yes' if m.calibrated else 'no'}")
-        for f in m.Params.knobs():
+        needs = f"; needs compute capability {m.min_capability[0]}.{m.min_capability[1]}+" if m.min_capability else ""
+        click.echo(f"    formats: {', '.join(m.formats)}; calibration: {'yes' if m.calibrated else 'no'}{needs}")
+        for f in m.options.knobs():
             choices = f.metadata.get("choices")
             allowed = f" ({'/'.join(map(str, choices))})" if choices else ""
             click.echo(f"    {cli_flags(f)}{allowed}, default {f.default}: {f.metadata.get('help', '')}")
 
 
-@cli.group()
-def worker():
-    """Run GPU workers."""
-
-
-@worker.command("start")
-@click.option("--gpus", default="auto", show_default=True, help="all, cpu, auto (all GPUs, or the CPU without one) or indices: 0,1.")
-@click.option("--allow-remote-code", is_flag=True,
-              help="Also take jobs that run a model's own code (auto_map, *.py): only on hosts you trust with it.")
-@click.option("--loglevel", default="INFO", show_default=True)
-def worker_start(gpus, allow_remote_code, loglevel):
-    """Start one worker process per GPU (concurrency 1, pinned with CUDA_VISIBLE_DEVICES)."""
-    from api_client import queue
-    from api_client.config import Settings
-    from api_client.db import Database, jobs
-    from worker import launcher
-
-    settings = Settings.from_env()
-    db = Database(settings.database_url)
-    try:
-        db.check()
-        farm = jobs.farm_id(db)
-    finally:
-        db.dispose()
-    plans = launcher.plan(gpus, farm, remote_code=allow_remote_code)
-    queue.check_broker(settings.broker_url)
-    sys.exit(launcher.run(plans, loglevel, echo=lambda m: click.echo(m, err=True)))
+QFarmGroup.lazy = {"worker": "worker.cli:worker"}
 
 
 @cli.group()
-def db():
+def db() -> None:
     """The job database."""
 
 
 @db.command("upgrade")
-def db_upgrade():
+def db_upgrade() -> None:
     """Create or migrate the database schema (Alembic)."""
     from api_client.config import Settings
     from api_client.db import Database
@@ -308,7 +338,7 @@ def db_upgrade():
     database = Database(Settings.from_env().database_url)
     try:
         head = database.upgrade()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unexpected failure: one line, the traceback on request
         reason = first_line(getattr(exc, "orig", None) or exc)
         raise QFarmError(f"cannot migrate the database at {database.display_url}: {reason}") from None
     click.echo(f"database at {database.display_url} is at schema {head}")
@@ -316,10 +346,14 @@ def db_upgrade():
 
 def main() -> None:
     try:
-        cli.main(standalone_mode=False)
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)

@@ -6,13 +6,13 @@
 
 from __future__ import annotations
 
+import builtins
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any, Callable
-
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from api_client import artifacts, queue, routing, sources
 from api_client.config import Settings
@@ -20,7 +20,7 @@ from api_client.db import Database, Job, JobEvent, JobState, jobs, workers
 from api_client.db.models import Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.spec import JobSpec, ResolvedSpec, resolve
-from api_client.storage import open_store, sha256_file
+from api_client.storage import Store, open_store, sha256_file
 
 
 def new_job_id() -> str:
@@ -94,7 +94,7 @@ class Client:
         if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
             raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
         job_id = new_job_id()
-        store = None
+        store: Store | None = None
         calib = dict(vars(r.calib)) if r.calib else None
         evals = dict(vars(r.eval))
         local_inputs = [(d, name) for d, name in ((calib, "calib"), (evals, "eval"))
@@ -112,14 +112,14 @@ class Client:
             raise
         try:
             queue.enqueue(self.settings.broker_url, job_id, queue_name, farm)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the row goes, whatever the broker said
             jobs.delete(self.db, job_id)
             self._drop_inputs(store, job_id)
             raise ServiceUnavailable(f"could not queue the job: {first_line(exc)}") from None
         return job
 
     @staticmethod
-    def _upload_input(store, job_id: str, source: str, name: str) -> str:
+    def _upload_input(store: Store, job_id: str, source: str, name: str) -> str:
         path = sources.check_local_text(source, "calibration" if name == "calib" else "evaluation")
         key = f"inputs/{job_id}/{name}{path.suffix.lower()}"
         store.put_file(path, key)
@@ -127,7 +127,7 @@ class Client:
         return store.uri(key)
 
     @staticmethod
-    def _drop_inputs(store, job_id: str) -> None:
+    def _drop_inputs(store: Store | None, job_id: str) -> None:
         if store is not None:
             store.delete_prefix(f"inputs/{job_id}/")
 
@@ -135,15 +135,15 @@ class Client:
     def status(self, job_ref: str) -> Job:
         return jobs.get(self.db, job_ref)
 
-    def list(self, state: str | None = None, limit: int = 50, user: str | None = None) -> list[Job]:
+    def list(self, state: str | None = None, limit: int = 50, user: str | None = None) -> builtins.list[Job]:
         if state is not None and state not in {s.value for s in JobState}:
             raise SpecError(f"unknown state {state!r} (choose from {', '.join(s.value for s in JobState)})")
         return jobs.list_jobs(self.db, state=state, limit=limit, user=user)
 
-    def events(self, job_id: str, after_id: int = 0) -> list[JobEvent]:
+    def events(self, job_id: str, after_id: int = 0) -> builtins.list[JobEvent]:
         return jobs.events(self.db, job_id, after_id)
 
-    def workers(self) -> list[Worker]:
+    def workers(self) -> builtins.list[Worker]:
         """Workers whose heartbeat is younger than QFARM_HEARTBEAT_TIMEOUT."""
         return workers.live(self.db, self.settings.heartbeat_timeout_s)
 
@@ -225,7 +225,7 @@ class Client:
             raise QFarmError(f"job {job.id} is {job.state}: it has no artifact to download")
         return artifacts.download(job.artifact_uri, dest, progress)
 
-    def gc(self, older_than_s: float = 86400, delete: bool = False) -> list[artifacts.Incomplete]:
+    def gc(self, older_than_s: float = 86400, delete: bool = False) -> builtins.list[artifacts.Incomplete]:
         """Artifacts without a manifest (uploads cut short) older than
         `older_than_s`, whose job is not queued or running; deleted only
         with `delete`."""

@@ -70,7 +70,7 @@ class Settings:
         return max(0.5, min(10.0, self.heartbeat_timeout_s / 6))
 
     @classmethod
-    def from_env(cls) -> "Settings":
+    def from_env(cls) -> Settings:
         home = qfarm_home()
         return cls(
             broker_url=os.environ.get("QFARM_BROKER_URL", "redis://127.0.0.1:6379/0"),

@@ -37,7 +37,7 @@ def check_broker(broker_url: str) -> None:
     try:
         with app(broker_url).connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=5)
-    except Exception as exc:  # kombu raises OperationalError, socket errors…
+    except Exception as exc:  # noqa: BLE001 - kombu raises OperationalError, socket errors…
         raise ServiceUnavailable(f"cannot reach the broker at {redact(broker_url)}: {first_line(exc)}") from None
 
 

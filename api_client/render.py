@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from api_client.db import Job
 from api_client.db.jobs import aware
+from api_client.db.models import Worker
 
 
-def size(n: int | None) -> str:
+def size(n: float | None) -> str:
     if n is None:
         return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -20,7 +23,7 @@ def num(x: float | None, fmt: str = ".4g") -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def when(dt) -> str:
+def when(dt: datetime | None) -> str:
     return "-" if dt is None else aware(dt).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
@@ -54,7 +57,7 @@ def list_row(job: Job) -> tuple[str, ...]:
     return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at), ratio, job.model)
 
 
-def ago(dt) -> str:
+def ago(dt: datetime | None) -> str:
     if dt is None:
         return "-"
     from api_client.db.models import utcnow
@@ -62,6 +65,6 @@ def ago(dt) -> str:
     return f"{(utcnow() - aware(dt)).total_seconds():.0f} s ago"
 
 
-def worker_row(w) -> tuple[str, ...]:
+def worker_row(w: Worker) -> tuple[str, ...]:
     gpu = "cpu" if w.gpu_index is None else f"{w.gpu_index}: {w.gpu_name or '?'}"
     return (w.name, w.host, gpu, w.current_job or "-", str(w.jobs_done), ago(w.heartbeat_at))

@@ -7,7 +7,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from api_client import sources
+from api_client import catalog, sources
 from api_client.errors import SpecError
 
 WEIGHTS_PLACEMENTS = ("auto", "gpu", "cpu")
@@ -100,9 +100,7 @@ class ResolvedSpec:
 
 def resolve(spec: JobSpec) -> ResolvedSpec:
     """Validate everything that can be checked on the submitting machine."""
-    from worker import methods
-
-    method = methods.get(spec.method)
+    method = catalog.get(spec.method)
     fmt = spec.format or method.formats[0]
     if fmt not in method.formats:
         raise SpecError(f"--method {method.name} writes {'/'.join(method.formats)}, not --format {fmt}")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_client import Client, JobSpec  # noqa: E402
-from api_client.db.jobs import aware  # noqa: E402
-from api_client.spec import CalibSpec, EvalSpec  # noqa: E402
+from api_client import Client, JobSpec
+from api_client.db.jobs import aware
+from api_client.spec import CalibSpec, EvalSpec
 
 # Perplexity ratios measured on one H100 calling the libraries directly
 # (issue 3), W4 g128 where it applies.
@@ -76,13 +76,13 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float,
         print(f"submitted {label}: {job.id}", flush=True)
         submitted.append((label, job.id))
     for label, job_id in submitted:
-        job = client.wait(job_id, timeout_s=timeout_s, on_event=lambda e: print(
+        job = client.wait(job_id, timeout_s=timeout_s, on_event=lambda e, job_id=job_id: print(
             f"  {aware(e.at):%H:%M:%S} {job_id} {e.state} {e.stage or ''} {e.message or ''}"[:160], flush=True))
         wall = (aware(job.finished_at) - aware(job.started_at)).total_seconds() if job.started_at and job.finished_at else None
         # Seconds from each stage's event to the next one.
         evs = [e for e in client.events(job_id) if e.state in ("running", "succeeded", "failed")]
         stage_s: dict[str, float] = {}
-        for e, nxt in zip(evs, evs[1:]):
+        for e, nxt in zip(evs, evs[1:], strict=False):
             if e.stage:
                 stage_s[e.stage] = stage_s.get(e.stage, 0.0) + (aware(nxt.at) - aware(e.at)).total_seconds()
         rows.append({"label": label, "id": job.id, "state": job.state, "error": job.error, "method": job.method,

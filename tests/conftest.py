@@ -186,6 +186,25 @@ def qfarm_env(monkeypatch, tmp_path, redis_url):
     return home
 
 
+def invoke(*args: str, env: dict | None = None, check: bool = False):
+    """Run `qfarm ARGS` in this process with Click's CliRunner: what a user
+    sees (stdout, stderr, exit status) without a subprocess's start-up.
+    `env` is the whole environment the command should see."""
+    from types import SimpleNamespace
+
+    from click.testing import CliRunner
+
+    from api_client.cli import cli
+
+    overrides = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
+    overrides.update({k: None for k in os.environ if env is not None and k not in env})
+    result = CliRunner().invoke(cli, list(args), env=overrides, catch_exceptions=False)
+    out = SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+    if check and out.returncode != 0:
+        raise AssertionError(f"qfarm {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
+    return out
+
+
 def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     """Run the installed `qfarm` entry point as a user would."""
     proc = subprocess.run([sys.executable, "-c", "from api_client.cli import main; main()", *args],

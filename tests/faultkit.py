@@ -47,8 +47,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import psutil
 
@@ -324,7 +324,7 @@ class ProcessGroup(_Managed):
         self.proc: subprocess.Popen | None = None
         self._log = None
 
-    def start(self) -> "ProcessGroup":
+    def start(self) -> ProcessGroup:
         if self.running:
             return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -504,7 +504,7 @@ class PrivateRedis(_Managed):
             argv += ["--appendfsync", "always"]
         return argv + self.extra_args
 
-    def start(self, timeout: float | None = None) -> "PrivateRedis":
+    def start(self, timeout: float | None = None) -> PrivateRedis:
         """Start (or start again, same port and dir) and wait for PING."""
         if self.running:
             return self
@@ -566,7 +566,7 @@ class PrivateRedis(_Managed):
         """Graceful SIGTERM shutdown (SIGKILL after ``timeout``)."""
         _stop_popen(self.proc, timeout)
 
-    def restart(self, hard: bool = True) -> "PrivateRedis":
+    def restart(self, hard: bool = True) -> PrivateRedis:
         """kill() (or stop() with hard=False) then start() on the same port."""
         self.kill() if hard else self.stop()
         return self.start()
@@ -762,7 +762,7 @@ class PrivatePostgres(_Managed):
             f.write("\n# faultkit\n" + "".join(f"{k} = {v}\n" for k, v in conf.items()))
         self._initialized = True
 
-    def start(self, timeout: float | None = None) -> "PrivatePostgres":
+    def start(self, timeout: float | None = None) -> PrivatePostgres:
         """initdb if needed, pg_ctl -w start, create the database once."""
         _register(self)
         self.initdb()
@@ -809,7 +809,7 @@ class PrivatePostgres(_Managed):
         """Immediate shutdown (no checkpoint; crash recovery on next start)."""
         self.stop(mode="immediate")
 
-    def restart(self, mode: str = "fast") -> "PrivatePostgres":
+    def restart(self, mode: str = "fast") -> PrivatePostgres:
         self.stop(mode=mode)
         return self.start()
 
@@ -903,7 +903,7 @@ class CuttableProxy(_Managed):
         return len(self._conns)
 
     # public API -----------------------------------------------------------
-    def start(self) -> "CuttableProxy":
+    def start(self) -> CuttableProxy:
         if self.running:
             return self
         self._wake_r, self._wake_w = socket.socketpair()
@@ -1187,7 +1187,7 @@ class MotoS3(_Managed):
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def start(self, timeout: float | None = None) -> "MotoS3":
+    def start(self, timeout: float | None = None) -> MotoS3:
         if not self.running:
             self.dir.mkdir(parents=True, exist_ok=True)
             if self._log is not None:

@@ -1,5 +1,7 @@
 """The CLI as a user runs it: bad input gets one line and a non-zero exit
-before anything is queued or recorded."""
+before anything is queued or recorded. In-process (Click's CliRunner); the
+installed entry point as a subprocess is exercised by the e2e and fault
+suites."""
 
 import json
 import os
@@ -9,7 +11,7 @@ import pytest
 
 from api_client.db import Database
 from api_client.db.jobs import list_jobs
-from tests.conftest import run_cli
+from tests.conftest import invoke as run_cli
 
 
 @pytest.fixture
@@ -19,7 +21,7 @@ def env(qfarm_env, redis_conn):
 
 
 def assert_nothing_queued(redis_conn, env):
-    assert [k for k in redis_conn.keys("qfarm*")] == []
+    assert list(redis_conn.keys("qfarm*")) == []
     db = Database(env["QFARM_DATABASE_URL"])
     assert list_jobs(db) == []
     db.dispose()
@@ -94,7 +96,7 @@ def test_submit_queues_one_message_and_one_row(env, redis_conn, tiny_model):
     proc = run_cli("submit", str(tiny_model), "--method", "gptq", "--json", env=env, check=True)
     out = json.loads(proc.stdout)
     assert out["state"] == "queued" and len(out["id"]) == 12
-    [key] = [k for k in redis_conn.keys("qfarm.*")]
+    [key] = list(redis_conn.keys("qfarm.*"))
     assert redis_conn.llen(key) == 1
     message = json.loads(redis_conn.lindex(key, 0))
     assert message["headers"]["id"] == out["id"] and message["headers"]["task"] == "qfarm.run_job"

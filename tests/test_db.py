@@ -66,7 +66,7 @@ def test_transitions_are_conditional_and_each_one_is_an_event(migrated_db):
     assert job.state == "cancelled" and job.finished_at is not None and job.worker == "gpu0@h"
     evs = jobs.events(migrated_db, jid)
     assert [(e.state, e.stage) for e in evs] == [("queued", None), ("running", None), ("running", "loading"), ("cancelled", None)]
-    assert all(a.at <= b.at for a, b in zip(evs, evs[1:]))
+    assert all(a.at <= b.at for a, b in zip(evs, evs[1:], strict=False))
     assert [e.id for e in jobs.events(migrated_db, jid, after_id=evs[1].id)] == [e.id for e in evs[2:]]
 
 

@@ -1,6 +1,8 @@
 """The whole path, for real: the `qfarm` CLI → Redis → a `qfarm worker start
 --gpus cpu` process (Celery) → quantize → S3 (moto's HTTP server) →
-PostgreSQL, checked the way a user would check it."""
+PostgreSQL, checked the way a user would check it. One worker serves the
+module; what happens when workers die is tests/test_faults.py's."""
+
 
 import hashlib
 import json
@@ -9,8 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
-import psutil
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -18,27 +20,44 @@ from api_client.db import Database, jobs
 from api_client.storage.s3 import s3_client
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow
+
 FAST = ["--calib-samples", "8", "--calib-seqlen", "128", "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8"]
 
 
-@pytest.fixture
-def farm_env(tmp_path, pg_url, redis_conn, redis_url, bucket, aws_env):
+@pytest.fixture(scope="module")
+def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
+    """One farm for the module: PostgreSQL, Redis, a bucket in moto's S3."""
+    import redis
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, workers, farm, alembic_version CASCADE"))
+    engine.dispose()
+    redis.Redis.from_url(redis_url).flushdb()
+    bucket = f"qfarm-{uuid.uuid4().hex[:10]}"
     env = {
         **os.environ,
-        "QFARM_HOME": str(tmp_path / "home"),
-        "QFARM_DATABASE_URL": pg_url,
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+        "QFARM_S3_ENDPOINT_URL": s3_endpoint,
+        "QFARM_HOME": str(tmp_path_factory.mktemp("home")),
+        "QFARM_DATABASE_URL": pg_server_url,
         "QFARM_BROKER_URL": redis_url,
         "QFARM_STORAGE_URL": f"s3://{bucket}/farm",
         "QFARM_USER": "ann",
         "HF_HUB_OFFLINE": "1",
     }
+    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     run_cli("db", "upgrade", env=env, check=True)
     return env
 
 
-@pytest.fixture
-def worker(farm_env, tmp_path):
-    log = open(tmp_path / "worker.log", "w")
+@pytest.fixture(scope="module")
+def worker(farm_env, tmp_path_factory):
+    """One worker for the module's jobs, as `qfarm worker start` runs it."""
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-c", "from api_client.cli import main; main()", "worker", "start", "--gpus", "cpu"],
                             env=farm_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     from api_client import queue
@@ -46,7 +65,7 @@ def worker(farm_env, tmp_path):
     deadline = time.monotonic() + 90
     while not any(q.startswith("qfarm.") for q in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0)):
         if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("worker did not come up:\n" + (tmp_path / "worker.log").read_text()[-3000:])
+            pytest.fail("worker did not come up:\n" + log_path.read_text()[-3000:])
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -65,6 +84,21 @@ def s3_objects(env, uri):
     client = s3_client(env["QFARM_S3_ENDPOINT_URL"])
     listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
     return {o["Key"][len(prefix):]: client.get_object(Bucket=bucket, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def reached(env, job_id, stage, timeout=180):
+    """Wait for the event of `stage` (a poll of the row can miss a stage a
+    fast machine passes between two polls)."""
+    db = db_of(env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if any(e.stage == stage for e in jobs.events(db, job_id)):
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} never reached {stage}")
+    finally:
+        db.dispose()
 
 
 def wait_for(env, job_id, predicate, timeout=180):
@@ -126,11 +160,10 @@ def test_gptq_and_nf4_through_the_farm(farm_env, worker, tiny_model, tmp_path):
 
 def test_cancel_a_running_job_leaves_nothing_behind(farm_env, worker, tiny_model):
     # Enough calibration to keep AWQ busy for a while on the CPU.
-    job_id = run_cli("submit", str(tiny_model), "--method", "awq", "--calib-samples", "128", "--calib-seqlen", "512",
+    job_id = run_cli("submit", str(tiny_model), "--method", "awq", "--calib-samples", "64", "--calib-seqlen", "512",
                      env=farm_env, check=True).stdout.strip()
-    wait_for(farm_env, job_id, lambda j: j.stage == "quantizing")
+    reached(farm_env, job_id, "quantizing")
     assert run_cli("cancel", job_id, env=farm_env, check=True).stdout.strip() == f"{job_id} cancelled"
-    time.sleep(3)
     job = wait_for(farm_env, job_id, lambda j: j.state == "cancelled")
     assert job.artifact_uri is None
     bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
@@ -148,19 +181,3 @@ def test_a_failing_job_says_why(farm_env, worker):
     assert status["state"] == "failed" and status["stage"] is None
     assert status["error"].startswith("cannot download acme/no-such-model from the Hugging Face hub")
     assert status["artifact_uri"] is None
-
-
-def test_a_job_whose_worker_dies_is_run_again(farm_env, worker, tiny_model):
-    # GPTQ: long enough on the CPU to be killed mid-quantizing, short enough to run twice.
-    job_id = run_cli("submit", str(tiny_model), "--method", "gptq", "--calib-samples", "128", "--calib-seqlen", "512",
-                     "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8", env=farm_env, check=True).stdout.strip()
-    wait_for(farm_env, job_id, lambda j: j.stage == "quantizing")
-    # Kill the process running the job, as the kernel's OOM killer would.
-    celery_main = psutil.Process(worker.pid).children()[0]
-    for child in celery_main.children():
-        child.kill()
-    job = wait_for(farm_env, job_id, lambda j: j.state in ("succeeded", "failed"), timeout=400)
-    assert job.state == "succeeded", job.error
-    assert job.attempts == 2
-    messages = [e.message or "" for e in jobs.events(db_of(farm_env), job_id)]
-    assert any(m.startswith("restarted on cpu-") and "was lost" in m for m in messages)

@@ -8,11 +8,9 @@ import subprocess
 import threading
 import time
 
+import faultkit as fk
 import psutil
 import pytest
-
-import faultkit as fk
-
 
 # -- utilities ---------------------------------------------------------------
 

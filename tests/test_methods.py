@@ -16,6 +16,8 @@ from api_client.db import Database, jobs
 from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
 from worker import runner
 
+pytestmark = pytest.mark.slow
+
 CASES = [
     # method, format, params, what the saved config must say
     ("gptq", None, {}, {"quant_method": "compressed-tensors", "num_bits": 4, "group_size": 128, "symmetric": True}),

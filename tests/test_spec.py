@@ -41,10 +41,10 @@ def test_knobs_a_method_cannot_use_are_refused(tiny_model, method, params, fmt, 
 
 
 def test_every_method_takes_its_defaults(tiny_model):
-    from worker import methods
+    from api_client import catalog
 
-    for name in methods.names():
-        m = methods.get(name)
+    for name in catalog.names():
+        m = catalog.get(name)
         for fmt in m.formats:
             r = resolve(spec(tiny_model, name, format=fmt))
             assert r.format == fmt

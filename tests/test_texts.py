@@ -27,7 +27,7 @@ def test_s3_object(bucket, aws_env, tmp_path):
     from api_client.storage.s3 import s3_client
 
     s3_client(aws_env).put_object(Bucket=bucket, Key="data/calib.txt", Body=b"hello from s3")
-    assert texts.load_text(f"s3://{bucket}/data/calib.txt", "calib", aws_env) == "hello from s3"
+    assert texts.load_text(f"s3://{bucket}/data/calib.txt", "calib") == "hello from s3"
 
 
 def test_missing_file_and_unreachable_hub(tmp_path, monkeypatch):
@@ -46,7 +46,7 @@ def test_windows_are_consecutive_and_full(tiny_model):
     windows = texts.token_windows(tok, text, 64, 10)
     assert len(windows) == 10 and all(len(w) == 64 for w in windows)
     ids = tok(text[:20000], add_special_tokens=False)["input_ids"]
-    assert sum(windows[:3], []) == ids[:192]
+    assert [t for w in windows[:3] for t in w] == ids[:192]
     assert texts.token_windows(tok, "short", 64, None) == []
 
 

@@ -5,15 +5,16 @@ the library call."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 from api_client.errors import QFarmError
 from api_client.spec import CalibSpec
-from worker.gpu import Device
+from api_client.states import Stage
 from worker import texts
+from worker.gpu import Device
 
 GiB = 2**30
 
@@ -32,13 +33,13 @@ class JobContext:
     # Whether libraries may run the model's own code (the job allows it and
     # this worker was started with --allow-remote-code).
     trust_remote_code: bool
-    on_stage: Callable[[str, str | None], None]
+    on_stage: Callable[[Stage, str | None], None]
     on_note: Callable[[str], None]
     library_seconds: float = 0.0
     facts: dict = field(default_factory=dict)
 
-    def stage(self, name: str, message: str | None = None) -> None:
-        self.on_stage(name, message)
+    def stage(self, stage: Stage, message: str | None = None) -> None:
+        self.on_stage(stage, message)
 
     def note(self, message: str) -> None:
         self.on_note(message)
@@ -55,9 +56,10 @@ class JobContext:
             self.library_seconds += time.perf_counter() - start
 
     def gpu_budget(self) -> int | None:
-        if not self.device.is_cuda:
+        total = self.device.total_bytes
+        if not self.device.is_cuda or total is None:
             return None
-        return min(self.max_vram_bytes or self.device.total_bytes, self.device.total_bytes)
+        return min(self.max_vram_bytes or total, total)
 
     def weights_on_gpu(self) -> bool:
         """Whether the full-precision weights go on the GPU while quantizing.
@@ -70,7 +72,8 @@ class JobContext:
             return False
         if self.weights == "gpu":
             return True
-        return self.model_bytes * 1.25 + 2 * GiB <= self.gpu_budget()
+        budget = self.gpu_budget()
+        return budget is not None and self.model_bytes * 1.25 + 2 * GiB <= budget
 
     def calibration_windows(self, tokenizer) -> list[list[int]]:
         if self.calib is None:

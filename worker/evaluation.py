@@ -119,7 +119,7 @@ def _loading_options(path: Path, device: Device) -> dict:
     if method == "awq":
         from transformers import AwqConfig
 
-        return {"quantization_config": AwqConfig(bits=qc["bits"], backend="gemm_triton")}
+        return {"quantization_config": AwqConfig(bits=qc["bits"], backend="gemm_triton")}  # type: ignore[arg-type]  # a str it converts
     return {}
 
 

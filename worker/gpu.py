@@ -34,7 +34,7 @@ def nvml_gpus() -> list[GpuInfo]:
         return []
     try:
         pynvml.nvmlInit()
-    except Exception:
+    except Exception:  # noqa: BLE001 - no NVIDIA driver: no GPUs
         return []
     try:
         out = []
@@ -70,8 +70,8 @@ class Device:
     def require_capability(self, needed: tuple[int, int], what: str) -> None:
         if not self.is_cuda:
             raise DeviceUnsupported(f"{what} needs an NVIDIA GPU of compute capability {needed[0]}.{needed[1]} or newer; this worker runs on the CPU")
-        if self.capability < needed:
-            have = f"{self.capability[0]}.{self.capability[1]}"
+        if self.capability is None or self.capability < needed:
+            have = f"{self.capability[0]}.{self.capability[1]}" if self.capability else "an unknown one"
             raise DeviceUnsupported(f"{what} needs compute capability {needed[0]}.{needed[1]} or newer (Ada, Hopper); {self.name} has {have}")
 
 
@@ -96,7 +96,7 @@ def detect() -> Device:
 
 def limit_memory(device: Device, max_bytes: int | None) -> None:
     """Cap what torch may allocate on the GPU; allocations past it raise OOM."""
-    if not device.is_cuda or max_bytes is None:
+    if not device.is_cuda or max_bytes is None or device.total_bytes is None:
         return
     import torch
 
@@ -118,7 +118,7 @@ class PeakMemory:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         if self.device.is_cuda:
             import torch
 
@@ -144,7 +144,7 @@ class PeakMemory:
             import pynvml
 
             pynvml.nvmlInit()
-        except Exception:
+        except Exception:  # noqa: BLE001 - NVML unavailable: the torch figure stands alone
             return
         try:
             h = pynvml.nvmlDeviceGetHandleByIndex(self.device.index or 0)

@@ -11,20 +11,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from api_client import routing
+from api_client import catalog, routing
 from api_client.errors import SpecError
 from worker.gpu import GpuInfo, nvml_gpus
 
 
-def method_capabilities() -> list[tuple[int, int]]:
-    """The GPU generations some method needs (FP8: 8.9)."""
-    from worker import methods
-
-    return [c for c in (methods.get(n).min_capability for n in methods.names()) if c is not None]
-
-
 def queues_for_device(farm: str, capability: tuple[int, int] | None, remote_code: bool = False) -> list[str]:
-    return routing.queues_for_worker(farm, capability, method_capabilities(), remote_code)
+    return routing.queues_for_worker(farm, capability, catalog.capabilities(), remote_code)
 
 
 @dataclass

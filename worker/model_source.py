@@ -62,5 +62,5 @@ def _fetch_hub(model: str, dest: Path, remote_code: bool) -> Path:
 
         patterns = list(WANTED + REMOTE_CODE) if remote_code else list(WANTED)
         return Path(snapshot_download(model, local_dir=dest, allow_patterns=patterns))
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one line for the user
         raise QFarmError(f"cannot download {model} from the Hugging Face hub: {first_line(exc)}") from None

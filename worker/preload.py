@@ -19,8 +19,8 @@ import importlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 log = logging.getLogger("qfarm.worker")
 
@@ -68,7 +68,7 @@ def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Pr
     start = time.perf_counter()
     done = Preloaded(0.0)
     for name in modules:
-        if probe and not _in_child(lambda: _leaves_cuda_alone(name)):
+        if probe and not _in_child(lambda: _leaves_cuda_alone(name)):  # noqa: B023 - runs in this iteration
             done.skipped.append(name)
             continue
         try:

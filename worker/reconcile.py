@@ -73,7 +73,7 @@ def _lost_running(db: Database, settings: Settings, farm: str) -> None:
             else:
                 age = (utcnow() - aware(owner.heartbeat_at)).total_seconds()
                 reason = f"worker lost: no heartbeat from {job.worker} for {age:.0f} s"
-        elif owner.current_job != job.id and aware(owner.heartbeat_at) > aware(job.updated_at) + grace:
+        elif owner is not None and owner.current_job != job.id and aware(owner.heartbeat_at) > aware(job.updated_at) + grace:
             # The worker lives, but a heartbeat written well after the job's
             # last change says it runs something else: its job process died.
             reason = f"worker lost: {job.worker} no longer runs it"

@@ -11,17 +11,19 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
-from api_client import artifacts, checkpoint
+from api_client import artifacts, catalog, checkpoint
 from api_client.config import Settings, redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
 from api_client.errors import JobNotFound, QFarmError, first_line, printable
 from api_client.spec import CalibSpec, EvalSpec
+from api_client.states import Stage
 from api_client.storage import open_store
 from worker import evaluation, gpu, methods, model_source, reconcile, texts
 from worker.context import JobContext
@@ -136,7 +138,7 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
                     os.chdir(cwd)
         except (DatabaseGone, Interrupted):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - disk full, permissions: recorded as the job's failure
             # Run records its own failures; this is the directory's (disk full, permissions).
             error = redact(f"cannot prepare the job's working directory under {scratch}: {exc}")
             rec(jobs.transition, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
@@ -209,10 +211,12 @@ class Run:
         self.current_stage: str | None = None
 
     # -- reporting ---------------------------------------------------------
-    def stage(self, name: str, message: str | None = None) -> None:
-        if not self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=name, message=message):
+    def stage(self, stage: Stage, message: str | None = None) -> None:
+        if not self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=stage.value,
+                        message=message):
             raise JobCancelled()
-        self.current_stage = name
+        self.current_stage = stage.value
+        name = stage.value
         log.info("job %s: %s%s", self.job.id, name, f" ({printable(message)})" if message else "")
 
     def note(self, message: str) -> None:
@@ -247,7 +251,7 @@ class Run:
             # starts clean.
             self._unpublish()
             raise
-        except BaseException as exc:  # noqa: BLE001 - every failure is recorded
+        except BaseException as exc:
             self._unpublish()
             if _is_time_limit(exc):
                 exc = QFarmError(f"the job ran past the time limit of {self.settings.job_time_limit_s} s (QFARM_JOB_TIME_LIMIT)")
@@ -270,7 +274,7 @@ class Run:
 
     def _run(self) -> None:
         job, device = self.job, self.device
-        method_cls = methods.get(job.method)
+        method_cls = catalog.get(job.method)
         params = method_cls.parse_params(job.params, job.format)
         gpu.limit_memory(device, job.max_vram_bytes)
         wall_start = time.perf_counter()
@@ -278,7 +282,7 @@ class Run:
         if job.allow_remote_code and not remote_code_allowed():
             raise QFarmError("this job runs the model's own code, and this worker was not started with "
                              "--allow-remote-code")
-        self.stage("loading", f"fetching {job.model}")
+        self.stage(Stage.LOADING, f"fetching {job.model}")
         model_dir, info = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code)
         checkpoint.check_quantizable(info, method_cls.group_size(params))
         self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
@@ -292,20 +296,20 @@ class Run:
             on_stage=self.stage, on_note=self.note,
         )
         with gpu.PeakMemory(device) as peak:
-            method_cls().quantize(ctx, params, job.format)
+            methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
         self.rec(jobs.record, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
                     quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes)
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
-        self.stage("evaluating", f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
+        self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
         figures = self._evaluate(model_dir, output_dir, info.weight_bytes)
         self.rec(jobs.record, job.id, **figures["columns"])
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
 
-        self.stage("uploading", "finishing the upload, then the manifest")
+        self.stage(Stage.UPLOADING, "finishing the upload, then the manifest")
         metrics = {
             **figures["columns"], **figures["extra"], **ctx.facts,
             "model_bytes": info.weight_bytes, "artifact_bytes": artifact_bytes,
@@ -317,11 +321,12 @@ class Run:
         self.rec(jobs.record, job.id, metrics=metrics, library_versions=versions)
         uri = self.upload.finish(self._manifest(metrics, versions))
         metrics["wall_seconds"] = time.perf_counter() - wall_start
+        # A False with the job succeeded: a commit whose acknowledgement was
+        # lost with its connection.
         if not self.rec(jobs.transition, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
-                        message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics):
-            # A commit whose acknowledgement was lost with its connection.
-            if self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
-                raise JobCancelled()
+                        message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics) \
+                and self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
+            raise JobCancelled()
 
     def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int) -> dict:
         from transformers import AutoTokenizer
@@ -385,7 +390,7 @@ class Run:
         try:
             self.rec(jobs.record, self.job.id, cleanup_uri=uri)
             self.note(f"partial upload {uri} could not be removed now ({reason}); it will be")
-        except Exception:  # noqa: BLE001 - `qfarm gc` still finds it
+        except Exception:
             log.exception("job %s: could not record the pending cleanup", self.job.id)
 
 

@@ -31,7 +31,7 @@ def _universal_newlines(text: str) -> str:
 
 def builtin_text(purpose: str) -> str:
     name = BUILTIN_FILES[purpose]
-    return _decode(gzip.decompress(resources.files("worker").joinpath("data", name).read_bytes()), name)
+    return _decode(gzip.decompress(resources.files("worker").joinpath("data").joinpath(name).read_bytes()), name)
 
 
 def _decode(raw: bytes, name: str) -> str:
@@ -78,7 +78,7 @@ def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
         import datasets
 
         ds = datasets.load_dataset(ds_ref.name, ds_ref.config, split=ds_ref.split)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any datasets failure is one line for the user
         raise QFarmError(f"cannot load dataset {ds_ref.name} from the Hugging Face hub: {first_line(exc)}") from None
     column = "text" if "text" in ds.column_names else next(
         (c for c, f in ds.features.items() if getattr(f, "dtype", None) == "string"), None)

@@ -27,14 +27,14 @@ class MethodSpec:
     summary: ClassVar[str]
     formats: ClassVar[tuple[str, ...]]
     calibrated: ClassVar[bool] = False
-    Params: ClassVar[type[Params]] = NoParams
+    options: ClassVar[type[Params]] = NoParams
     # Compute capability a GPU needs to run this method (None: any GPU or CPU);
     # such jobs go to a queue only those GPUs' workers consume (api_client/routing.py).
     min_capability: ClassVar[tuple[int, int] | None] = None
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], fmt: str) -> Params:
-        params = cls.Params.parse(cls.name, raw)
+        params = cls.options.parse(cls.name, raw)
         cls.check_format(params, fmt)
         return params
 

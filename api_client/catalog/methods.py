@@ -33,7 +33,7 @@ class GPTQ(MethodSpec):
     summary = "GPTQ, W4A16 group 128 by default"
     formats = ("compressed-tensors", "gptq")
     calibrated = True
-    Params = GPTQParams
+    options = GPTQParams
 
     @classmethod
     def check_format(cls, params: GPTQParams, fmt: str) -> None:
@@ -58,7 +58,7 @@ class AWQ(MethodSpec):
     summary = "AWQ, W4A16 group 128 with zero point by default"
     formats = ("compressed-tensors", "awq")
     calibrated = True
-    Params = AWQParams
+    options = AWQParams
 
     @classmethod
     def check_format(cls, params: AWQParams, fmt: str) -> None:
@@ -81,7 +81,7 @@ class RTN(MethodSpec):
     name = "rtn"
     summary = "round-to-nearest, W4A16 group 128 by default, no calibration"
     formats = ("compressed-tensors",)
-    Params = RTNParams
+    options = RTNParams
 
 
 @register
@@ -109,7 +109,7 @@ class NF4(MethodSpec):
     name = "nf4"
     summary = "bitsandbytes NF4 (4-bit NormalFloat), double quantization by default"
     formats = ("bitsandbytes",)
-    Params = BnB4BitParams
+    options = BnB4BitParams
 
 
 @register
@@ -119,7 +119,7 @@ class FP4(MethodSpec):
     name = "fp4"
     summary = "bitsandbytes FP4, double quantization by default"
     formats = ("bitsandbytes",)
-    Params = BnB4BitParams
+    options = BnB4BitParams
 
 
 @dataclass(frozen=True)
@@ -135,4 +135,4 @@ class Int8(MethodSpec):
     name = "int8"
     summary = "bitsandbytes LLM.int8() with outlier decomposition"
     formats = ("bitsandbytes",)
-    Params = Int8Params
+    options = Int8Params

@@ -59,7 +59,7 @@ class Params:
 
 def check(method: str, f: dataclasses.Field[Any], value: Any) -> Any:
     meta = f.metadata
-    kind = type(f.default)
+    kind: Any = type(f.default)
     if kind is bool:
         if not isinstance(value, bool):
             raise SpecError(f"{cli_name(f.name)} must be true or false for {method}, not {value!r}")

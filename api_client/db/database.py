@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, SQLAlchemyError
-from sqlalchemy.pool import NullPool
 from sqlalchemy.orm import Session, sessionmaker
-
-from api_client.errors import ServiceUnavailable, first_line
+from sqlalchemy.pool import NullPool
 
 import migrations
+from api_client.errors import ServiceUnavailable, first_line
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
@@ -56,9 +56,8 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        with self._sessions() as session:
-            with session.begin():
-                yield session
+        with self._sessions() as session, session.begin():
+            yield session
 
     def check(self) -> None:
         """Fail with one line unless the database answers and is migrated."""
@@ -120,7 +119,7 @@ def with_retry(fn: Callable[[], T], retry_s: float, what: str = "the database",
         delay = min(delay * 2, 10.0)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     # WAL lets the CLI read while a worker writes.
     cur.execute("PRAGMA journal_mode=WAL")
@@ -128,7 +127,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def alembic_config(url: str):
+def alembic_config(url: str) -> Any:
     from alembic.config import Config
 
     cfg = Config()
@@ -141,10 +140,12 @@ def alembic_config(url: str):
 def head_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None, "migrations/ holds no revision"
+    return head
 
 
-def _current_revision(conn) -> str | None:
+def _current_revision(conn: Any) -> str | None:
     if not inspect(conn).has_table("alembic_version"):
         return None
     row = conn.execute(text("SELECT version_num FROM alembic_version")).first()

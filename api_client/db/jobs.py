@@ -6,10 +6,8 @@ the same transaction."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timezone
-from typing import Any
-
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
+from typing import Any, overload
 
 from sqlalchemy import insert, select, update
 
@@ -92,7 +90,7 @@ def transition(
         cond.append(Job.attempts == expect_attempts)
     with db.session() as s:
         res = s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
-        if res.rowcount != 1:
+        if res.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
             return False
         s.execute(insert(JobEvent).values(job_id=job_id, at=now, state=state.value, stage=stage, message=message))
     return True
@@ -141,6 +139,10 @@ def pending_cleanups(db: Database) -> list[Job]:
         return list(s.scalars(select(Job).where(Job.cleanup_uri.is_not(None))))
 
 
+@overload
+def aware(dt: datetime) -> datetime: ...
+@overload
+def aware(dt: None) -> None: ...
 def aware(dt: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; they were written in UTC."""
     if dt is None:

@@ -3,31 +3,14 @@
 
 from __future__ import annotations
 
-import enum
 from datetime import datetime, timezone
 
 from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from api_client.states import JobState, Stage
 
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
-
-
-class Stage(str, enum.Enum):
-    LOADING = "loading"
-    CALIBRATING = "calibrating"
-    QUANTIZING = "quantizing"
-    EVALUATING = "evaluating"
-    UPLOADING = "uploading"
+__all__ = ["Base", "Farm", "Job", "JobEvent", "JobState", "Stage", "Worker", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -89,7 +72,7 @@ class Job(Base):
     # worker's reconciler retries it until it is gone.
     cleanup_uri: Mapped[str | None] = mapped_column(Text)
 
-    events: Mapped[list["JobEvent"]] = relationship(
+    events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"
     )
 

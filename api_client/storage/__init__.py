@@ -4,7 +4,7 @@ registers its URL scheme with `@register`."""
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from api_client.errors import SpecError
 from api_client.storage.base import Store, StoredObject, StoreError, TransferCancelled, sha256_file

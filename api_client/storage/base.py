@@ -4,11 +4,11 @@ store's own prefix."""
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from api_client.errors import QFarmError
 
@@ -74,6 +74,7 @@ class Store(ABC):
     @abstractmethod
     def exists(self, key: str) -> bool: ...
 
+    @abstractmethod
     def check(self) -> None:
         """Fail with one line unless the store can be reached."""
 

@@ -4,10 +4,10 @@ shared filesystem every worker mounts at the same path."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
 import shutil
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 from urllib.parse import unquote, urlparse
 
 from api_client.errors import ServiceUnavailable

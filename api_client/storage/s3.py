@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, BinaryIO
 
 from api_client.errors import ServiceUnavailable, first_line
 from api_client.sources import parse_s3_url
@@ -28,7 +29,7 @@ def endpoint_from_env() -> str | None:
     return os.environ.get("QFARM_S3_ENDPOINT_URL") or None
 
 
-def s3_client(endpoint_url: str | None = None):
+def s3_client(endpoint_url: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -73,7 +74,7 @@ class S3Store(Store):
             raise StoreError(f"{uri} is not inside the store {self.url}")
         return loc.key[len(self.prefix) + 1:] if self.prefix else loc.key
 
-    def _transfer(self):
+    def _transfer(self) -> Any:
         from boto3.s3.transfer import TransferConfig
 
         return TransferConfig(multipart_threshold=self.part_size, multipart_chunksize=self.part_size, max_concurrency=8)
@@ -127,7 +128,8 @@ class S3Store(Store):
 
     def get_bytes(self, key: str) -> bytes:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+            return body
         except Exception as exc:
             raise StoreError(f"cannot read {self.uri(key)}: {_describe(exc)}") from None
 
@@ -180,7 +182,7 @@ def _is_md5_etag(etag: str) -> bool:
     return len(head) == 32 and all(c in "0123456789abcdef" for c in head.lower())
 
 
-def _part_md5s(f, part: int):
+def _part_md5s(f: BinaryIO, part: int) -> Iterator[bytes]:
     """MD5 of each `part`-byte slice of an open file, read in small chunks."""
     while True:
         h, n = hashlib.md5(), 0

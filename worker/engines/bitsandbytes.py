@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from api_client.states import Stage
+
 
 def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
     import torch
@@ -15,7 +17,7 @@ def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
         dtype = _model_dtype(ctx) if compute_dtype == "auto" else getattr(torch, compute_dtype)
         config["bnb_4bit_compute_dtype"] = dtype
     ctx.facts["weights_on"] = "gpu" if ctx.device.is_cuda else "cpu"
-    ctx.stage("quantizing", "bitsandbytes quantizes the weights as they load")
+    ctx.stage(Stage.QUANTIZING, "bitsandbytes quantizes the weights as they load")
     with ctx.library_call():
         model = AutoModelForCausalLM.from_pretrained(
             ctx.model_dir, quantization_config=BitsAndBytesConfig(**config), dtype="auto",

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from api_client.states import Stage
+
 
 def _cpu_workers() -> None:
     # GPTQModel sizes its CPU thread pool to half the cores; with one worker
@@ -20,7 +22,7 @@ def quantize(ctx, *, method: str, checkpoint_format: str, bits: int, group_size:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
-    ctx.stage("calibrating")
+    ctx.stage(Stage.CALIBRATING)
     windows = ctx.calibration_windows(tokenizer)
     calibration = [{"input_ids": w, "attention_mask": [1] * len(w)} for w in windows]
     offload = ctx.scratch_dir / "gptqmodel-offload"
@@ -33,7 +35,7 @@ def quantize(ctx, *, method: str, checkpoint_format: str, bits: int, group_size:
     if not ctx.device.is_cuda and method == "awq":
         backend = BACKEND.TORCH_AWQ
     ctx.facts["weights_on"] = "cpu"  # GPTQModel keeps weights on the CPU and moves a layer at a time
-    ctx.stage("quantizing", f"GPTQModel, {checkpoint_format} format")
+    ctx.stage(Stage.QUANTIZING, f"GPTQModel, {checkpoint_format} format")
     with ctx.library_call():
         model = GPTQModel.load(str(ctx.model_dir), config, device=ctx.device.torch_device,
                                trust_remote_code=ctx.trust_remote_code)

@@ -11,6 +11,8 @@ import time
 from contextlib import contextmanager
 from typing import Any
 
+from api_client.states import Stage
+
 IGNORE = ["lm_head"]
 
 
@@ -32,7 +34,7 @@ def modifier(class_name: str, scheme: str | dict, **kwargs: Any):
     from llmcompressor.modifiers.awq import AWQModifier
     from llmcompressor.modifiers.quantization import GPTQModifier, QuantizationModifier
 
-    cls = {"GPTQModifier": GPTQModifier, "AWQModifier": AWQModifier, "QuantizationModifier": QuantizationModifier}[class_name]
+    cls: Any = {"GPTQModifier": GPTQModifier, "AWQModifier": AWQModifier, "QuantizationModifier": QuantizationModifier}[class_name]
     if isinstance(scheme, str):
         return cls(targets=["Linear"], scheme=scheme, ignore=IGNORE, **kwargs)
     return cls(config_groups={"group_0": {"targets": ["Linear"], **scheme}}, ignore=IGNORE, **kwargs)
@@ -49,11 +51,11 @@ def _no_pinning_without_accelerator():
         yield
         return
     original = IntermediatesCache.pin_memory
-    IntermediatesCache.pin_memory = lambda self, *args, **kwargs: None
+    setattr(IntermediatesCache, "pin_memory", lambda self, *args, **kwargs: None)  # noqa: B010 - patched for the call
     try:
         yield
     finally:
-        IntermediatesCache.pin_memory = original
+        setattr(IntermediatesCache, "pin_memory", original)  # noqa: B010
 
 
 def quantize(ctx, modifiers: list, calibrated: bool) -> None:
@@ -67,7 +69,7 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
     if calibrated:
         from datasets import Dataset
 
-        ctx.stage("calibrating")
+        ctx.stage(Stage.CALIBRATING)
         windows = ctx.calibration_windows(tokenizer)
         kwargs = dict(
             dataset=Dataset.from_dict({"input_ids": windows, "attention_mask": [[1] * len(w) for w in windows]}),
@@ -75,7 +77,7 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
             max_seq_length=len(windows[0]),
             shuffle_calibration_samples=False,
         )
-    ctx.stage("quantizing", "weights on the GPU" if on_gpu else
+    ctx.stage(Stage.QUANTIZING, "weights on the GPU" if on_gpu else
               ("weights in CPU memory, onloaded to the GPU a layer at a time" if ctx.device.is_cuda else "on the CPU"))
     from llmcompressor import oneshot
 

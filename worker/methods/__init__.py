@@ -1,35 +1,43 @@
-"""The method registry: `--method NAME` → the class that implements it.
-
-Each method lives in its own module and registers itself with `@register`.
-"""
+"""The code behind each method of the catalog (api_client/catalog): one
+module per method, each registering its `quantize` under the catalog's name.
+The catalog says what a method is; this says how the worker runs it."""
 
 from __future__ import annotations
 
-from api_client.errors import SpecError
-from worker.methods.base import Method
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-_REGISTRY: dict[str, type[Method]] = {}
+from api_client import catalog
+from api_client.catalog.options import Params
 
+if TYPE_CHECKING:
+    from worker.context import JobContext
 
-def register(cls: type[Method]) -> type[Method]:
-    if cls.name in _REGISTRY:
-        raise RuntimeError(f"method {cls.name} registered twice")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get(name: str) -> type[Method]:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise SpecError(f"unknown method {name!r} (choose from {', '.join(names())})") from None
+Quantize = Callable[["JobContext", Any, str], None]
+_IMPLEMENTATIONS: dict[str, Quantize] = {}
 
 
-def names() -> list[str]:
-    return sorted(_REGISTRY)
+def implements(spec: type[catalog.MethodSpec]) -> Callable[[Quantize], Quantize]:
+    """Register `fn(ctx, params, fmt)` as the code that runs `spec`."""
+    def add(fn: Quantize) -> Quantize:
+        if spec.name in _IMPLEMENTATIONS:
+            raise RuntimeError(f"method {spec.name} implemented twice")
+        _IMPLEMENTATIONS[spec.name] = fn
+        return fn
+    return add
+
+
+def quantize(name: str, ctx: JobContext, params: Params, fmt: str) -> None:
+    """Quantize ctx.model_dir into ctx.output_dir with method `name`."""
+    catalog.get(name)  # one clear error for a name the catalog does not know
+    _IMPLEMENTATIONS[name](ctx, params, fmt)
+
+
+def implemented() -> list[str]:
+    return sorted(_IMPLEMENTATIONS)
 
 
 # Importing the modules registers them.
 from worker.methods import awq, bnb4bit, fp8, gptq, int8, rtn  # noqa: E402,F401
 
-__all__ = ["Method", "register", "get", "names"]
+__all__ = ["implements", "quantize", "implemented"]
