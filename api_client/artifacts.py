@@ -189,6 +189,10 @@ def download(artifact_uri: str, dest: Path,
     entries = manifest_files(manifest, artifact_uri)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    # mkdtemp makes 0700; the artifact lands with the mode any new directory gets.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         for entry in entries:
             target = tmp / entry["path"]

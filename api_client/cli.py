@@ -15,7 +15,7 @@ import click
 from api_client import catalog
 from api_client.config import redact
 from api_client.errors import QFarmError, first_line, printable
-from api_client.spec import WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
+from api_client.spec import CPU_DEFAULTS, GPU_DEFAULTS, WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
 
 if TYPE_CHECKING:
     from api_client.client import Client
@@ -61,6 +61,7 @@ def _emit_json(data: Any) -> None:
 
 
 @click.group(cls=QFarmGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qfarm", message="qfarm %(version)s")
 def cli() -> None:
     """qfarm: a team's LLM quantization farm.
 
@@ -100,11 +101,14 @@ def method_options(fn: F) -> F:
 @click.option("--format", "fmt", help="Artifact format; the method's first format by default.")
 @method_options
 @click.option("--calib", help="Calibration text: builtin, a .txt/.jsonl file, s3://bucket/key or hf:NAME[:CONFIG][@SPLIT].")
-@click.option("--calib-samples", type=int, help=f"Calibration windows (default {CalibSpec.samples}).")
-@click.option("--calib-seqlen", type=int, help=f"Tokens per calibration window (default {CalibSpec.seqlen}).")
+@click.option("--calib-samples", type=int, help=f"Calibration windows (default {GPU_DEFAULTS.calib_samples} on a GPU worker, "
+                                                f"{CPU_DEFAULTS.calib_samples} on a CPU worker).")
+@click.option("--calib-seqlen", type=int, help=f"Tokens per calibration window (default {GPU_DEFAULTS.calib_seqlen}).")
 @click.option("--eval", "eval_source", help="Evaluation text, same forms as --calib (default: builtin).")
-@click.option("--eval-seqlen", type=int, help="Tokens per perplexity window (default: the model's context, at most 2048).")
-@click.option("--eval-windows", type=int, help="At most this many perplexity windows (default: the whole text).")
+@click.option("--eval-seqlen", type=int, help=f"Tokens per perplexity window (default: the model's context, at most "
+                                              f"{GPU_DEFAULTS.eval_seqlen} on a GPU worker, {CPU_DEFAULTS.eval_seqlen} on a CPU worker).")
+@click.option("--eval-windows", type=int, help=f"At most this many perplexity windows (default: the whole text on a GPU "
+                                               f"worker, {CPU_DEFAULTS.eval_windows} on a CPU worker).")
 @click.option("--decode-tokens", type=int, help=f"Tokens generated to time decoding (default {EvalSpec.decode_tokens}; 0: skip).")
 @click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced).")
 @click.option("--weights", type=click.Choice(WEIGHTS_PLACEMENTS), default="auto", show_default=True,
@@ -112,7 +116,7 @@ def method_options(fn: F) -> F:
 @click.option("--allow-remote-code", is_flag=True,
               help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit non-zero if it fails.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (with --wait, its final row).")
 def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_samples: int | None,
            calib_seqlen: int | None, eval_source: str | None, eval_seqlen: int | None, eval_windows: int | None,
            decode_tokens: int | None, max_vram: str | None, weights: str, allow_remote_code: bool, wait: bool,
@@ -182,24 +186,27 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
 
 @cli.command()
 @click.argument("job")
-@click.option("--json", "as_json", is_flag=True)
-def status(job: str, as_json: bool) -> None:
+@click.option("--traceback", "show_traceback", is_flag=True, help="Also print the stored traceback of a failed job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the job's row as JSON.")
+def status(job: str, show_traceback: bool, as_json: bool) -> None:
     """Show a job (its id or a unique prefix of it)."""
     from api_client import render
     from api_client.db.jobs import to_dict
 
     found = _client().status(job)
     if as_json:
-        _emit_json(to_dict(found))
-    else:
-        click.echo("\n".join(render.status_lines(found)))
+        _emit_json({**to_dict(found), **({"error_traceback": found.error_traceback} if show_traceback else {})})
+        return
+    click.echo("\n".join(render.status_lines(found)))
+    if show_traceback:
+        click.echo(found.error_traceback.rstrip() if found.error_traceback else "(no traceback stored)")
 
 
 @cli.command("list")
 @click.option("--state", help="queued, running, succeeded, failed or cancelled.")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many jobs.")
 @click.option("--mine", is_flag=True, help="Only jobs submitted by you.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the jobs' rows as JSON.")
 def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
     """List jobs, newest first."""
     from api_client import render
@@ -210,7 +217,8 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
     if as_json:
         _emit_json([to_dict(j) for j in found])
         return
-    rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "PPL RATIO", "MODEL")] + [render.list_row(j) for j in found]
+    # Ratios compare only on the same text and windows: EVAL names them.
+    rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "PPL RATIO", "EVAL", "MODEL")] + [render.list_row(j) for j in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
@@ -280,7 +288,7 @@ def parse_age(text: str) -> float:
 
 
 @cli.command("workers")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the workers' rows as JSON.")
 def workers_(as_json: bool) -> None:
     """Live workers: host, GPU, queues, current job, last heartbeat."""
     from api_client import render
@@ -301,7 +309,9 @@ def workers_(as_json: bool) -> None:
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 def download(job: str, dest: Path) -> None:
     """Download a job's artifact into DEST, checking every file's sha256."""
-    manifest = _client().download(job, dest, progress=lambda e: click.echo(f"  {e['path']} ({e['bytes']} bytes) ok", err=True))
+    from api_client.render import size
+
+    manifest = _client().download(job, dest, progress=lambda e: click.echo(f"  {e['path']} ({size(e['bytes'])}) ok", err=True))
     click.echo(f"{len(manifest['files'])} files verified in {dest}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from api_client.db import Job
 from api_client.db.jobs import aware
@@ -17,6 +18,19 @@ def size(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
         n /= 1024
     return str(n)
+
+
+def duration(seconds: float | None) -> str:
+    """1283.4 → '21 min 23 s'; 49.2 → '49.2 s'; 7300 → '2 h 1 min'."""
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
 
 
 def num(x: float | None, fmt: str = ".4g") -> str:
@@ -36,10 +50,14 @@ def status_lines(job: Job) -> list[str]:
         ("started", when(job.started_at)), ("finished", when(job.finished_at)),
         ("worker", f"{job.worker} (GPU {job.gpu_index}: {job.gpu_name})" if job.gpu_index is not None else (job.worker or "-")),
         ("model size", size(job.model_bytes)), ("artifact size", size(job.artifact_bytes)),
-        ("quantize time", "-" if job.quantize_seconds is None else f"{job.quantize_seconds:.1f} s"),
+        ("quantize time", duration(job.quantize_seconds)),
+        ("evaluation time", duration(job.eval_seconds)),
+        ("total time", duration((aware(job.finished_at) - aware(job.started_at)).total_seconds()
+                                if job.started_at and job.finished_at else None)),
         ("peak VRAM", f"{size(job.peak_vram_bytes)} (torch), {size(job.peak_vram_nvml_bytes)} (NVML)"),
         ("eval peak VRAM", size(job.eval_peak_vram_bytes)),
         ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')})"),
+        ("evaluated on", evaluated_on(job)),
         ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"),
         ("artifact", job.artifact_uri or "-"),
     ]
@@ -54,7 +72,30 @@ def status_lines(job: Job) -> list[str]:
 def list_row(job: Job) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
-    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at), ratio, job.model)
+    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at), ratio,
+            eval_key(job), job.model)
+
+
+def _eval_figures(job: Job) -> tuple[str, Any, Any, Any]:
+    source = str((job.eval or {}).get("source") or "builtin")
+    m = job.metrics or {}
+    return source, m.get("eval_seqlen"), m.get("eval_windows"), m.get("eval_tokens")
+
+
+def evaluated_on(job: Job) -> str:
+    """Which text, window length and count the perplexity came from."""
+    source, seqlen, windows, tokens = _eval_figures(job)
+    if seqlen is None:
+        return f"{source} (windows not measured yet)"
+    return f"{source}: {windows} windows of {seqlen} tokens ({tokens} tokens predicted)"
+
+
+def eval_key(job: Job) -> str:
+    """Short: the text's name, tokens per window × windows. Two jobs' ratios
+    compare when their keys (and models) are equal."""
+    source, seqlen, windows, _ = _eval_figures(job)
+    name = source.rstrip("/").rsplit("/", 1)[-1]
+    return "-" if seqlen is None else f"{name}:{seqlen}x{windows}"
 
 
 def ago(dt: datetime | None) -> str:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api_client.config import redact
-from api_client.errors import SpecError, printable
+from api_client.errors import QFarmError, SpecError, printable
 
 BUILTIN = "builtin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
@@ -112,6 +112,31 @@ def parse_hf_dataset(source: str) -> HFDataset:
     return HFDataset(m.group("name"), m.group("config"), m.group("split") or "train")
 
 
+def check_hub_model(model: str) -> None:
+    """Refuse a hub id the hub says does not exist (a mistyped local path
+    looks like one). Where the hub cannot be reached from here (offline, or
+    HF_HUB_OFFLINE=1) the id is accepted: a worker may reach it."""
+    import os
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/api/models/{model}", method="HEAD")
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        urllib.request.urlopen(request, timeout=3).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 404):
+            private = "" if token else " (or it is private: set HF_TOKEN)"
+            raise SpecError(f"model {model} is no local directory, and the Hugging Face hub has no model {model}{private}") from None
+    except (OSError, ValueError):
+        return
+
+
 def check_local_text(source: str, what: str) -> Path:
     try:
         path = Path(source).expanduser().resolve()
@@ -124,4 +149,10 @@ def check_local_text(source: str, what: str) -> Path:
         raise SpecError(f"{what} file {source} must be .txt, .md or .jsonl (one JSON object with a 'text' field per line)")
     if path.stat().st_size == 0:
         raise SpecError(f"{what} file {source} is empty")
+    from api_client.texts import decode_text
+
+    try:  # read as a worker will, so a malformed file fails here, naming the user's file
+        decode_text(path.read_bytes(), path.name)
+    except QFarmError as exc:
+        raise SpecError(f"{what} file {source}: {str(exc).removeprefix(path.name + ' ')}") from None
     return path

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from api_client import catalog, sources
+from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
 
 WEIGHTS_PLACEMENTS = ("auto", "gpu", "cpu")
@@ -26,27 +27,55 @@ def parse_size(text: str | int | None) -> int | None:
     return int(float(m.group("num")) * _UNITS[(m.group("unit") or "").upper()])
 
 
+@dataclass(frozen=True)
+class Defaults:
+    """What a job runs with where its submitter set nothing, by the kind of
+    worker that takes it. A CPU worker is for small models and first tries:
+    its defaults are sized so the quickstart (GPTQ of a 13.8M-parameter
+    model) finishes in about a minute on two cores, where the GPU defaults
+    took six (bench/RESULTS.md); the job records what it used."""
+
+    calib_samples: int
+    calib_seqlen: int
+    # Perplexity windows: tokens each (capped by the model's context), and
+    # how many (None: the whole text).
+    eval_seqlen: int
+    eval_windows: int | None
+
+
+GPU_DEFAULTS = Defaults(calib_samples=128, calib_seqlen=512, eval_seqlen=2048, eval_windows=None)
+CPU_DEFAULTS = Defaults(calib_samples=32, calib_seqlen=512, eval_seqlen=512, eval_windows=40)
+
+
+def defaults_for(on_gpu: bool) -> Defaults:
+    return GPU_DEFAULTS if on_gpu else CPU_DEFAULTS
+
+
 @dataclass
 class CalibSpec:
     source: str = sources.BUILTIN
-    samples: int = 128
-    seqlen: int = 512
+    # None: the worker's default (Defaults).
+    samples: int | None = None
+    seqlen: int | None = None
 
     def validate(self) -> None:
         if sources.text_source_kind(self.source) == "local":
             sources.check_local_text(self.source, "calibration")
-        if not 1 <= self.samples <= 100_000:
+        if self.samples is not None and not 1 <= self.samples <= 100_000:
             raise SpecError(f"--calib-samples must be between 1 and 100000, not {self.samples}")
-        if not 16 <= self.seqlen <= 131_072:
+        if self.seqlen is not None and not 16 <= self.seqlen <= 131_072:
             raise SpecError(f"--calib-seqlen must be between 16 and 131072, not {self.seqlen}")
+
+    def resolved(self, defaults: Defaults) -> CalibSpec:
+        return CalibSpec(self.source, self.samples or defaults.calib_samples, self.seqlen or defaults.calib_seqlen)
 
 
 @dataclass
 class EvalSpec:
     source: str = sources.BUILTIN
-    # Tokens per window; None: the model's context, capped at 2048.
+    # Tokens per window; None: the worker's default (Defaults), capped at the model's context.
     seqlen: int | None = None
-    # At most this many windows (None: the whole text).
+    # At most this many windows; None: the worker's default (the whole text on a GPU).
     windows: int | None = None
     # Decode speed is measured by generating this many tokens at batch 1.
     decode_tokens: int = 64
@@ -98,6 +127,51 @@ class ResolvedSpec:
     model_bytes: int | None = None
 
 
+def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalSpec) -> None:
+    """Windows no longer than the model's context, and texts long enough for
+    the windows asked for, counted with the model's own tokenizer where it
+    has a tokenizer.json (and the `tokenizers` library is installed)."""
+    context = info.config.get("max_position_embeddings")
+    for flag, seqlen in (("--calib-seqlen", calib.seqlen if calib else None), ("--eval-seqlen", evals.seqlen)):
+        if isinstance(context, int) and seqlen is not None and seqlen > context:
+            raise SpecError(f"{flag} {seqlen} is longer than the model's context of {context} tokens "
+                            f"(max_position_embeddings in config.json)")
+    tokenizer = next((f.target for f in info.files if f.name == "tokenizer.json"), None)
+    if tokenizer is None:
+        return
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        return
+    tok = Tokenizer.from_file(str(tokenizer))
+    if calib is not None and sources.text_source_kind(calib.source) in ("builtin", "local"):
+        # A count asked for must be there; the worker's default count takes
+        # what the text holds (and says so), but needs one window at least.
+        seqlen = calib.seqlen or GPU_DEFAULTS.calib_seqlen
+        have = _windows(tok, calib.source, "calib", seqlen)
+        if have == 0:
+            raise SpecError(f"calibration text {calib.source} is shorter than one window of {seqlen} tokens with this "
+                            f"model's tokenizer: give a longer text or shorter windows (--calib-seqlen)")
+        if calib.samples is not None and have < calib.samples:
+            raise SpecError(f"calibration text {calib.source} holds {have} windows of {seqlen} tokens with this "
+                            f"model's tokenizer, fewer than --calib-samples {calib.samples}: ask for {have} or fewer, "
+                            f"shorter windows (--calib-seqlen), or a longer text")
+    if (sources.text_source_kind(evals.source) in ("builtin", "local") and evals.seqlen is not None
+            and _windows(tok, evals.source, "eval", evals.seqlen) < 1):
+        raise SpecError(f"evaluation text {evals.source} is shorter than one window of {evals.seqlen} tokens")
+
+
+def _windows(tok: Any, source: str, purpose: str, seqlen: int) -> int:
+    from api_client import texts
+
+    if source == sources.BUILTIN:
+        text = texts.builtin_text(purpose)
+    else:
+        path = sources.check_local_text(source, "calibration" if purpose == "calib" else "evaluation")
+        text = texts.decode_text(path.read_bytes(), path.name)
+    return len(tok.encode(text, add_special_tokens=False).ids) // seqlen
+
+
 def resolve(spec: JobSpec) -> ResolvedSpec:
     """Validate everything that can be checked on the submitting machine."""
     method = catalog.get(spec.method)
@@ -128,7 +202,10 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         path = sources.local_model_path(spec.model)
         info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
+        _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
+    elif kind == "hub":
+        sources.check_hub_model(spec.model)
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,

@@ -102,7 +102,7 @@ def test_submit_queues_one_message_and_one_row(env, redis_conn, tiny_model):
     assert message["headers"]["id"] == out["id"] and message["headers"]["task"] == "qfarm.run_job"
     status = json.loads(run_cli("status", out["id"][:6], "--json", env=env, check=True).stdout)
     assert status["state"] == "queued" and status["method"] == "gptq" and status["submitted_by"] == "tester"
-    assert status["params"]["group_size"] == 128 and status["calib"]["samples"] == 128
+    assert status["params"]["group_size"] == 128 and status["calib"] == {"source": "builtin", "samples": None, "seqlen": None}
     listed = json.loads(run_cli("list", "--state", "queued", "--json", env=env, check=True).stdout)
     assert [j["id"] for j in listed] == [out["id"]]
     cancelled = run_cli("cancel", out["id"], env=env, check=True)
@@ -113,7 +113,7 @@ def test_submit_queues_one_message_and_one_row(env, redis_conn, tiny_model):
 
 def test_local_calibration_file_travels_with_the_job(env, redis_conn, tiny_model, tmp_path):
     calib = tmp_path / "mine.jsonl"
-    calib.write_text('{"text": "some calibration text"}\n')
+    calib.write_text('{"text": "some calibration text"}\n' * 300)
     proc = run_cli("submit", str(tiny_model), "--method", "awq", "--calib", str(calib), "--json", env=env, check=True)
     job_id = json.loads(proc.stdout)["id"]
     status = json.loads(run_cli("status", job_id, "--json", env=env, check=True).stdout)
@@ -125,3 +125,36 @@ def test_local_calibration_file_travels_with_the_job(env, redis_conn, tiny_model
 def test_unknown_job(env):
     proc = run_cli("status", "ffffffff", env=env)
     assert proc.returncode != 0 and proc.stderr.strip() == "error: no job 'ffffffff'"
+
+
+def test_what_a_worker_would_trip_on_is_said_at_submit(env, redis_conn, tiny_model, tmp_path):
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "llama"}')
+    cases = [
+        (["--method", "rtn", "--eval-seqlen", "4096"],
+         "error: --eval-seqlen 4096 is longer than the model's context of 512 tokens (max_position_embeddings in config.json)"),
+        (["--method", "gptq", "--calib-samples", "99999"],
+         "error: calibration text builtin holds "),
+        (["--method", "gptq", "--calib", str(config)],
+         f"error: calibration file {config}: line 1 has no 'text' string field"),
+    ]
+    for args, message in cases:
+        proc = run_cli("submit", str(tiny_model), *args, env=env)
+        assert proc.returncode == 2 and proc.stderr.startswith(message), proc.stderr
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_job_references_version_and_traceback(env, tiny_model):
+    from api_client.db import JobState, jobs
+
+    ids = [json.loads(run_cli("submit", str(tiny_model), "--method", "rtn", "--json", env=env, check=True).stdout)["id"]
+           for _ in range(2)]
+    short = run_cli("status", ids[0][:2], env=env)
+    assert short.returncode == 2 and short.stderr.strip() == f"error: give at least 4 characters of a job id, not {ids[0][:2]!r}"
+    db = Database(env["QFARM_DATABASE_URL"])
+    jobs.transition(db, ids[0], expect=[JobState.QUEUED], state=JobState.FAILED, error="boom",
+                    error_traceback="Traceback (most recent call last):\n  ValueError: boom")
+    db.dispose()
+    shown = run_cli("status", ids[0], "--traceback", env=env, check=True).stdout
+    assert "error            boom" in shown and shown.rstrip().endswith("ValueError: boom")
+    assert run_cli("--version", env=env, check=True).stdout.startswith("qfarm 0.")

@@ -45,8 +45,10 @@ def test_create_get_by_prefix_and_list(migrated_db):
         jobs.get(migrated_db, "aaaa")
     with pytest.raises(JobNotFound):
         jobs.get(migrated_db, "cccc")
-    with pytest.raises(JobNotFound):
+    with pytest.raises(SpecError, match="give at least 4 characters of a job id, not 'a'"):
         jobs.get(migrated_db, "a")  # too short to be a prefix
+    with pytest.raises(SpecError, match="it starts aaaa33334444, aaaa11112222|it starts aaaa11112222, aaaa33334444"):
+        jobs.get(migrated_db, "aaaa")
     assert {j.id for j in jobs.list_jobs(migrated_db, state="queued")} == {"aaaa11112222", "aaaa33334444"}
     assert [j.id for j in jobs.list_jobs(migrated_db, user="bob")] == ["aaaa33334444"]
     got = jobs.get(migrated_db, "aaaa11112222")

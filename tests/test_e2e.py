@@ -48,9 +48,19 @@ def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
         "QFARM_USER": "ann",
         "HF_HUB_OFFLINE": "1",
     }
-    s3_client(s3_endpoint).create_bucket(Bucket=bucket)
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"):
+            mp.setenv(key, env[key])
+        s3_client(s3_endpoint).create_bucket(Bucket=bucket)
     run_cli("db", "upgrade", env=env, check=True)
     return env
+
+
+@pytest.fixture(autouse=True)
+def _aws_credentials(monkeypatch, farm_env):
+    """This process reads the bucket too (to check what the worker wrote)."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "QFARM_S3_ENDPOINT_URL"):
+        monkeypatch.setenv(key, farm_env[key])
 
 
 @pytest.fixture(scope="module")

@@ -25,8 +25,8 @@ def test_perplexity_matches_the_models_own_loss(tiny_model):
     assert result.peak_vram_bytes is None  # CPU
 
 
-def test_default_window_is_the_context_capped_at_2048(tiny_model):
-    assert evaluation.default_seqlen(tiny_model) == 512
+def test_the_models_context_bounds_the_windows(tiny_model):
+    assert evaluation.model_context(tiny_model) == 512
 
 
 def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):

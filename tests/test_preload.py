@@ -8,6 +8,8 @@ import pytest
 
 from worker import preload
 
+pytestmark = pytest.mark.slow
+
 FORKED_JOB = r"""
 import os, sys
 from worker import preload
@@ -32,8 +34,6 @@ torch.cuda.is_initialized = lambda: True
 PROBED = r"""
 import sys
 from worker import preload
-
-pytestmark = pytest.mark.slow
 done = preload.preload(("json", "cuda_on_import", "csv"), probe=True)
 print(done.loaded, done.skipped, "cuda_on_import" in sys.modules)
 """

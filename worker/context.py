@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from api_client.errors import QFarmError
 from api_client.spec import CalibSpec
@@ -55,6 +56,19 @@ class JobContext:
         finally:
             self.library_seconds += time.perf_counter() - start
 
+    def model_config(self) -> dict[str, Any]:
+        import json
+
+        config: dict[str, Any] = json.loads((self.model_dir / "config.json").read_text())
+        return config
+
+    def model_dtype(self) -> Any:
+        """The torch dtype the checkpoint was saved in (config.json)."""
+        import torch
+
+        config = self.model_config()
+        return getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float16"), torch.float16)
+
     def gpu_budget(self) -> int | None:
         total = self.device.total_bytes
         if not self.device.is_cuda or total is None:
@@ -78,13 +92,15 @@ class JobContext:
     def calibration_windows(self, tokenizer) -> list[list[int]]:
         if self.calib is None:
             raise QFarmError("this method needs calibration data but the job has none")
-        text = texts.load_text(self.calib.source, "calib",
-                               max_chars=self.calib.samples * self.calib.seqlen * 12)
-        windows = texts.token_windows(tokenizer, text, self.calib.seqlen, self.calib.samples)
+        # The runner resolved the worker's defaults into the spec (runner._calib).
+        source, samples, seqlen = self.calib.source, self.calib.samples, self.calib.seqlen
+        assert samples is not None and seqlen is not None
+        text = texts.load_text(source, "calib", max_chars=samples * seqlen * 12)
+        windows = texts.token_windows(tokenizer, text, seqlen, samples)
         if not windows:
-            raise QFarmError(f"calibration text {self.calib.source} is shorter than one window of {self.calib.seqlen} tokens")
+            raise QFarmError(f"calibration text {source} is shorter than one window of {seqlen} tokens")
         self.facts["calib_samples_used"] = len(windows)
-        self.facts["calib_seqlen"] = self.calib.seqlen
-        if len(windows) < self.calib.samples:
-            self.note(f"calibration text holds only {len(windows)} windows of {self.calib.seqlen} tokens; using those, not {self.calib.samples}")
+        self.facts["calib_seqlen"] = seqlen
+        if len(windows) < samples:
+            self.note(f"calibration text holds only {len(windows)} windows of {seqlen} tokens; using those, not {samples}")
         return windows

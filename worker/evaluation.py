@@ -32,11 +32,12 @@ class EvalResult:
     seconds: float
 
 
-def default_seqlen(model_dir: Path) -> int:
+def model_context(model_dir: Path) -> int | None:
+    """The longest sequence the model takes (max_position_embeddings)."""
     import json
 
-    cfg = json.loads((model_dir / "config.json").read_text())
-    return min(2048, int(cfg.get("max_position_embeddings") or 2048))
+    value = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,

@@ -22,7 +22,7 @@ from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
 from api_client.errors import JobNotFound, QFarmError, first_line, printable
-from api_client.spec import CalibSpec, EvalSpec
+from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
 from worker import evaluation, gpu, methods, model_source, reconcile, texts
@@ -291,7 +291,7 @@ class Run:
         output_dir.mkdir()
         ctx = JobContext(
             job_id=job.id, model_dir=model_dir, output_dir=output_dir, scratch_dir=self.job_dir, device=device,
-            calib=_calib(job), max_vram_bytes=job.max_vram_bytes, weights=job.weights,
+            calib=_calib(job, device), max_vram_bytes=job.max_vram_bytes, weights=job.weights,
             model_bytes=info.weight_bytes, trust_remote_code=job.allow_remote_code,
             on_stage=self.stage, on_note=self.note,
         )
@@ -332,11 +332,15 @@ class Run:
         from transformers import AutoTokenizer
 
         spec = EvalSpec(**(self.job.eval or {}))
-        seqlen = spec.seqlen or evaluation.default_seqlen(model_dir)
+        defaults = defaults_for(self.device.is_cuda)
+        context = evaluation.model_context(model_dir)
+        if spec.seqlen and context and spec.seqlen > context:
+            raise QFarmError(f"--eval-seqlen {spec.seqlen} is longer than the model's context of {context} tokens")
+        seqlen = spec.seqlen or min(defaults.eval_seqlen, context or defaults.eval_seqlen)
         code = self.job.allow_remote_code
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=code)
         text = texts.load_text(spec.source, "eval")
-        windows = texts.token_windows(tokenizer, text, seqlen, spec.windows)
+        windows = texts.token_windows(tokenizer, text, seqlen, spec.windows or defaults.eval_windows)
         if not windows:
             raise QFarmError(f"evaluation text {spec.source} is shorter than one window of {seqlen} tokens")
         base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, spec.decode_tokens,
@@ -394,8 +398,8 @@ class Run:
             log.exception("job %s: could not record the pending cleanup", self.job.id)
 
 
-def _calib(job: Job) -> CalibSpec | None:
-    return CalibSpec(**job.calib) if job.calib else None
+def _calib(job: Job, device: gpu.Device) -> CalibSpec | None:
+    return CalibSpec(**job.calib).resolved(defaults_for(device.is_cuda)) if job.calib else None
 
 
 def remote_code_allowed() -> bool:

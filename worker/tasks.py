@@ -21,12 +21,12 @@ def _on_sigterm(signum, frame):
     raise runner.Interrupted()
 
 
-# A job the database does not know yet (or any more) is tried again this
-# often before its message is dropped, loudly.
-UNKNOWN_RETRIES, UNKNOWN_DELAY_S = 20, 30
+# A job this farm's database does not know (yet) is looked up again this
+# often, loudly each time; its message is never dropped (issue 7).
+UNKNOWN_DELAY_S = 30
 
 
-@app.task(name=TASK_NAME, bind=True, max_retries=UNKNOWN_RETRIES)
+@app.task(name=TASK_NAME, bind=True, max_retries=None)
 def run_job(self, job_id: str, farm: str | None = None) -> None:
     # `qfarm cancel` revokes a running job with SIGTERM, and a stopping
     # worker's job gets it too; turning the signal into an exception lets

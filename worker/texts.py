@@ -7,51 +7,16 @@ Sources: `builtin` (public-domain books shipped with qfarm), a local or
 
 from __future__ import annotations
 
-import gzip
-import json
-from importlib import resources
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from api_client import sources
 from api_client.errors import QFarmError, first_line
 from api_client.storage import open_store
+from api_client.texts import builtin_text, decode_text, universal_newlines
 
-BUILTIN_FILES = {"calib": "calib-news-from-nowhere.txt.gz", "eval": "eval-log-school-house.txt.gz"}
 # A token is rarely longer than this many characters; bounds what is tokenized.
 _CHARS_PER_TOKEN_MAX = 12
-
-
-def _universal_newlines(text: str) -> str:
-    """As Python's text mode reads files: CRLF and CR become LF. A model
-    trained on text read that way has never seen a carriage return, and
-    Gutenberg books ship with CRLF."""
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def builtin_text(purpose: str) -> str:
-    name = BUILTIN_FILES[purpose]
-    return _decode(gzip.decompress(resources.files("worker").joinpath("data").joinpath(name).read_bytes()), name)
-
-
-def _decode(raw: bytes, name: str) -> str:
-    text = _universal_newlines(raw.decode("utf-8", errors="replace"))
-    if name.endswith((".jsonl", ".json")):
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise QFarmError(f"{name} line {n} is not JSON (JSONL needs one object with a 'text' field per line)") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("text"), str):
-                raise QFarmError(f"{name} line {n} has no 'text' string field")
-            records.append(rec["text"])
-        text = "\n\n".join(records)
-    if not text.strip():
-        raise QFarmError(f"{name} holds no text")
-    return text
 
 
 def load_text(source: str, purpose: str, max_chars: int | None = None) -> str:
@@ -62,14 +27,14 @@ def load_text(source: str, purpose: str, max_chars: int | None = None) -> str:
         loc = sources.parse_s3_url(source)
         parent, _, name = loc.key.rpartition("/")
         store = open_store(f"s3://{loc.bucket}/{parent}")
-        text = _decode(store.get_bytes(name), name)
+        text = decode_text(store.get_bytes(name), name)
     elif kind == "hf":
         text = _load_hf(sources.parse_hf_dataset(source), max_chars)
     else:
         path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
         if not path.is_file():
             raise QFarmError(f"{purpose} file {path} does not exist on this worker")
-        text = _decode(path.read_bytes(), path.name)
+        text = decode_text(path.read_bytes(), path.name)
     return text[:max_chars] if max_chars else text
 
 
@@ -91,7 +56,7 @@ def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
             size += len(value)
             if max_chars and size >= max_chars:
                 break
-    return _universal_newlines("\n\n".join(parts))
+    return universal_newlines("\n\n".join(parts))
 
 
 def token_windows(tokenizer, text: str, seqlen: int, limit: int | None) -> list[list[int]]:

@@ -41,12 +41,15 @@ def get(db: Database, job_ref: str) -> Job:
         if job is not None:
             return job
         if len(job_ref) < MIN_PREFIX:
-            raise JobNotFound(f"no job {job_ref!r}")
-        found = s.scalars(select(Job).where(Job.id.startswith(job_ref, autoescape=True)).limit(2)).all()
+            raise SpecError(f"give at least {MIN_PREFIX} characters of a job id, not {job_ref!r}")
+        found = s.scalars(select(Job).where(Job.id.startswith(job_ref, autoescape=True))
+                          .order_by(Job.created_at.desc()).limit(6)).all()
     if not found:
         raise JobNotFound(f"no job {job_ref!r}")
     if len(found) > 1:
-        raise SpecError(f"job id prefix {job_ref!r} is ambiguous: give more characters")
+        more = ", …" if len(found) > 5 else ""
+        raise SpecError(f"job id prefix {job_ref!r} is ambiguous: it starts "
+                        f"{', '.join(j.id for j in found[:5])}{more}; give more characters")
     return found[0]
 
 

@@ -14,7 +14,7 @@ def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
     if compute_dtype is not None:
-        dtype = _model_dtype(ctx) if compute_dtype == "auto" else getattr(torch, compute_dtype)
+        dtype = ctx.model_dtype() if compute_dtype == "auto" else getattr(torch, compute_dtype)
         config["bnb_4bit_compute_dtype"] = dtype
     ctx.facts["weights_on"] = "gpu" if ctx.device.is_cuda else "cpu"
     ctx.stage(Stage.QUANTIZING, "bitsandbytes quantizes the weights as they load")
@@ -26,11 +26,3 @@ def quantize(ctx, compute_dtype: str | None = None, **config: Any) -> None:
         model.save_pretrained(ctx.output_dir)
     tokenizer.save_pretrained(ctx.output_dir)
 
-
-def _model_dtype(ctx):
-    import json
-
-    import torch
-
-    config = json.loads((ctx.model_dir / "config.json").read_text())
-    return getattr(torch, config.get("dtype") or config.get("torch_dtype") or "float16", torch.float16)
