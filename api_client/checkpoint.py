@@ -31,6 +31,16 @@ class CheckpointInfo:
     weight_bytes: int = 0
 
     @property
+    def params(self) -> int:
+        total = 0
+        for shape in self.shapes.values():
+            n = 1
+            for d in shape:
+                n *= d
+            total += n
+        return total
+
+    @property
     def model_type(self) -> str | None:
         return self.config.get("model_type")
 

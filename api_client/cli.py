@@ -134,6 +134,10 @@ def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_sa
                    max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code)
     client = _client()
     job = client.submit(spec)
+    if job.estimates and not as_json:
+        from api_client.render import estimated
+
+        click.echo(f"estimated {estimated(job)}", err=True)
     if not wait:
         if as_json:
             _emit_json({"id": job.id, "state": job.state})
@@ -166,7 +170,12 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
         for ev in client.watch(job_id):
             done = stages.index(ev.stage) if ev.stage in stages else (len(stages) + 1 if ev.state == "succeeded" else None)
             label = ev.stage or ev.state
-            if ev.message and ev.state not in ("queued",):
+            if ev.state == "queued" and not ev.stage:
+                ahead = client.queue_ahead(job_id)
+                if ahead:
+                    first = ", ".join(f"{j.id} {j.method} ({j.state})" for j in ahead[:3])
+                    label = f"queued behind {len(ahead)} job(s): {first}{', …' if len(ahead) > 3 else ''}"
+            elif ev.message:
                 label = f"{label}: {ev.message}"
             if done is None:
                 bar.update(task, description=label[:100])
@@ -218,7 +227,8 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
         _emit_json([to_dict(j) for j in found])
         return
     # Ratios compare only on the same text and windows: EVAL names them.
-    rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "PPL RATIO", "EVAL", "MODEL")] + [render.list_row(j) for j in found]
+    rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO", "EVAL", "MODEL")] + \
+        [render.list_row(j) for j in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
@@ -231,6 +241,11 @@ def watch(job: str) -> None:
     from api_client.db.jobs import aware
 
     client = _client()
+    found = client.status(job)
+    if found.estimates:
+        from api_client.render import estimated
+
+        click.echo(f"estimated {estimated(found)}")
     final_state = None
     for ev in client.watch(job):
         stage = f" [{ev.stage}]" if ev.stage else ""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client import artifacts, queue, routing, sources
+from api_client import artifacts, estimate, queue, routing, sources
 from api_client.config import Settings
 from api_client.db import Database, Job, JobEvent, JobState, jobs, workers
 from api_client.db.models import Worker
@@ -90,7 +90,8 @@ class Client:
         r = resolve(spec)
         farm = self.farm()
         queue.check_broker(self.settings.broker_url)
-        queue_name = routing.queue_for(farm, r.min_capability, r.allow_remote_code)
+        queue_name = routing.queue_for(farm, r.min_capability, r.allow_remote_code,
+                                       gpu=r.weights == "gpu" or r.max_vram_bytes is not None)
         if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
             raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
         job_id = new_job_id()
@@ -105,6 +106,8 @@ class Client:
             for d, name in local_inputs:
                 d["source"] = self._upload_input(store, job_id, d["source"], name)
         job = job_row(r, job_id, self.settings.user, queue_name, calib=calib, evals=evals)
+        job.estimates = {e.device + ("" if e.measured else " (H100 figures)"): round(e.seconds, 1)
+                         for e in self.estimates(r, queue_name)} or None
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:
@@ -130,6 +133,35 @@ class Client:
     def _drop_inputs(store: Store | None, job_id: str) -> None:
         if store is not None:
             store.delete_prefix(f"inputs/{job_id}/")
+
+    def estimates(self, r: ResolvedSpec, queue_name: str) -> builtins.list[estimate.Estimate]:
+        """The job's time on each kind of live worker that serves its queue
+        (a CPU and an H100 where none answers); none without the model's size
+        (an s3:// or hub model is only measured on the worker)."""
+        if not (r.param_count and r.model_bytes):
+            return []
+        names = sorted({w.gpu_name or "cpu" for w in self.workers() if queue_name in (w.queues or [])}) or ["cpu", "NVIDIA H100"]
+        calib = r.calib or None
+        text_tokens = estimate.BUILTIN_EVAL_TOKENS
+        if sources.text_source_kind(r.eval.source) == "local":
+            text_tokens = int(Path(r.eval.source).expanduser().stat().st_size / estimate.CHARS_PER_TOKEN)
+        return [estimate.estimate(r.method, r.format, r.param_count / 1e6, r.layers or 1, r.model_bytes / 1e9,
+                                  calib.samples if calib else None, calib.seqlen if calib else None,
+                                  r.eval.seqlen, r.eval.windows, text_tokens, r.context, name,
+                                  max_vram_gb=r.max_vram_bytes / 1e9 if r.max_vram_bytes else None,
+                                  decode_tokens=r.eval.decode_tokens)
+                for name in names]
+
+    def queue_ahead(self, job_ref: str) -> builtins.list[Job]:
+        """Jobs that run before this queued one: those running on its queue,
+        and those queued on it earlier."""
+        job = self.status(job_ref)
+        if job.state != JobState.QUEUED.value:
+            return []
+        ahead = [j for j in jobs.list_jobs(self.db, state=JobState.RUNNING.value, limit=1000) if j.queue == job.queue]
+        ahead += [j for j in reversed(jobs.list_jobs(self.db, state=JobState.QUEUED.value, limit=1000))
+                  if j.queue == job.queue and (j.created_at, j.id) < (job.created_at, job.id)]
+        return ahead
 
     # -- reading -----------------------------------------------------------
     def status(self, job_ref: str) -> Job:
@@ -240,6 +272,8 @@ class Client:
 
 def _needs(r: ResolvedSpec) -> str:
     needs = []
+    if r.weights == "gpu" or r.max_vram_bytes is not None:
+        needs.append("--weights gpu and --max-vram need a GPU worker")
     if r.min_capability:
         major, minor = r.min_capability
         needs.append(f"--method {r.method} needs a GPU of compute capability {major}.{minor} or newer (Ada, Hopper)")

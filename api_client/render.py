@@ -48,6 +48,7 @@ def status_lines(job: Job) -> list[str]:
         ("id", job.id), ("state", state), ("method", f"{job.method} → {job.format}"), ("params", params),
         ("model", job.model), ("submitted by", job.submitted_by), ("created", when(job.created_at)),
         ("started", when(job.started_at)), ("finished", when(job.finished_at)),
+        ("estimate", estimated(job)), ("elapsed / estimate", elapsed_vs_estimate(job)),
         ("worker", f"{job.worker} (GPU {job.gpu_index}: {job.gpu_name})" if job.gpu_index is not None else (job.worker or "-")),
         ("model size", size(job.model_bytes)), ("artifact size", size(job.artifact_bytes)),
         ("quantize time", duration(job.quantize_seconds)),
@@ -55,6 +56,7 @@ def status_lines(job: Job) -> list[str]:
         ("total time", duration((aware(job.finished_at) - aware(job.started_at)).total_seconds()
                                 if job.started_at and job.finished_at else None)),
         ("peak VRAM", f"{size(job.peak_vram_bytes)} (torch), {size(job.peak_vram_nvml_bytes)} (NVML)"),
+        ("peak memory (RSS)", f"{size(job.peak_rss_bytes)} quantizing, {size(job.eval_peak_rss_bytes)} whole job"),
         ("eval peak VRAM", size(job.eval_peak_vram_bytes)),
         ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')})"),
         ("evaluated on", evaluated_on(job)),
@@ -72,8 +74,8 @@ def status_lines(job: Job) -> list[str]:
 def list_row(job: Job) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
-    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at), ratio,
-            eval_key(job), job.model)
+    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at),
+            elapsed_vs_estimate(job), ratio, eval_key(job), job.model)
 
 
 def _eval_figures(job: Job) -> tuple[str, Any, Any, Any]:
@@ -96,6 +98,34 @@ def eval_key(job: Job) -> str:
     source, seqlen, windows, _ = _eval_figures(job)
     name = source.rstrip("/").rsplit("/", 1)[-1]
     return "-" if seqlen is None else f"{name}:{seqlen}x{windows}"
+
+
+def estimated(job: Job) -> str:
+    """'~44.1 s on CPU workers, ~6.6 s on H100 workers'."""
+    if not job.estimates:
+        return "-"
+    return ", ".join(f"~{duration(s)} on {d.split()[0]} workers{d[len(d.split()[0]):]}" for d, s in job.estimates.items())
+
+
+def elapsed(job: Job) -> float | None:
+    """Seconds the job has run (so far, or in all)."""
+    from api_client.db.models import utcnow
+
+    if job.started_at is None:
+        return None
+    end = aware(job.finished_at) if job.finished_at else utcnow()
+    return (end - aware(job.started_at)).total_seconds()
+
+
+def elapsed_vs_estimate(job: Job) -> str:
+    """'12.0 s / ~44.1 s': elapsed beside the estimate for the device it runs on."""
+    mine = None
+    if job.estimates:
+        device = "CPU" if not job.gpu_name or job.gpu_name == "cpu" else job.gpu_name.replace("NVIDIA ", "").split()[0]
+        mine = next((s for d, s in job.estimates.items() if d.split()[0] == device), None)
+        if mine is None and job.started_at is None:
+            mine = min(job.estimates.values())
+    return f"{duration(elapsed(job)) if job.started_at else '-'} / {'~' + duration(mine) if mine else '-'}"
 
 
 def ago(dt: datetime | None) -> str:

@@ -8,6 +8,9 @@ database, even on the same Redis, never take this farm's jobs. Then:
 - `.sm89`: a method that needs a newer GPU (FP8 needs compute capability 8.9:
   Ada or Hopper) goes to a queue named for that capability, which only
   workers whose GPU has it consume, so no worker has to refuse such a job;
+- `.gpu`: a job that asks for a GPU (`--weights gpu`, `--max-vram`) goes to a
+  queue only GPU workers consume, instead of running on a CPU worker that
+  would ignore what it asked;
 - `.code`: a job that may run the model's own code (--allow-remote-code) goes
   to a queue only workers started with --allow-remote-code consume.
 """
@@ -23,10 +26,12 @@ def base_queue(farm: str) -> str:
     return f"{PREFIX}.{farm}"
 
 
-def queue_for(farm: str, min_capability: tuple[int, int] | None, remote_code: bool) -> str:
+def queue_for(farm: str, min_capability: tuple[int, int] | None, remote_code: bool, gpu: bool = False) -> str:
     name = base_queue(farm)
     if min_capability is not None:
         name += f".sm{min_capability[0]}{min_capability[1]}"
+    elif gpu:
+        name += ".gpu"
     if remote_code:
         name += ".code"
     return name
@@ -37,7 +42,13 @@ def queues_for_worker(farm: str, capability: tuple[int, int] | None, method_capa
     """The queues a worker on a GPU of `capability` (None: a CPU) consumes."""
     caps: list[tuple[int, int] | None] = [None]
     caps += sorted({c for c in method_capabilities if capability is not None and capability >= c})
-    return [queue_for(farm, c, code) for code in ((False, True) if remote_code else (False,)) for c in caps]
+    queues = []
+    for code in (False, True) if remote_code else (False,):
+        queues.append(queue_for(farm, None, code))
+        if capability is not None:
+            queues.append(queue_for(farm, None, code, gpu=True))
+        queues += [queue_for(farm, c, code) for c in caps[1:]]
+    return queues
 
 
 def is_default(queue: str, farm: str) -> bool:

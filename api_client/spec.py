@@ -125,6 +125,10 @@ class ResolvedSpec:
     allow_remote_code: bool = False
     min_capability: tuple[int, int] | None = None
     model_bytes: int | None = None
+    # What the checkpoint's files say (local models only), for the estimate.
+    param_count: int | None = None
+    layers: int | None = None
+    context: int | None = None
 
 
 def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalSpec) -> None:
@@ -195,7 +199,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
 
     kind = sources.model_source_kind(spec.model)
     model = spec.model
-    model_bytes = None
+    model_bytes = params_count = layers = context = None
     if kind == "local":
         from api_client import checkpoint
 
@@ -204,11 +208,18 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         checkpoint.check_quantizable(info, method.group_size(params))
         _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
+        params_count = info.params or None
+        layers = _int_or_none(info.config.get("num_hidden_layers"))
+        context = _int_or_none(info.config.get("max_position_embeddings"))
     elif kind == "hub":
         sources.check_hub_model(spec.model)
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,
         allow_remote_code=bool(spec.allow_remote_code), min_capability=method.min_capability,
-        model_bytes=model_bytes,
+        model_bytes=model_bytes, param_count=params_count, layers=layers, context=context,
     )
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None

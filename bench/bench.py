@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api_client import Client, JobSpec
+from api_client.db import Database, jobs
 from api_client.db.jobs import aware
 from api_client.spec import CalibSpec, EvalSpec
 
@@ -56,7 +57,7 @@ def start_worker(gpus: str, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "api_client.cli", "worker", "start", "--gpus", gpus],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 120
-    while "qfarm" not in queue.served_queues(os.environ.get("QFARM_BROKER_URL", "redis://127.0.0.1:6379/0"), 1.0):
+    while not any(q.startswith("qfarm.") for q in queue.served_queues(os.environ.get("QFARM_BROKER_URL", "redis://127.0.0.1:6379/0"), 1.0)):
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit("worker did not start:\n" + log.read_text()[-4000:])
     return proc
@@ -85,15 +86,9 @@ def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float,
         for e, nxt in zip(evs, evs[1:], strict=False):
             if e.stage:
                 stage_s[e.stage] = stage_s.get(e.stage, 0.0) + (aware(nxt.at) - aware(e.at)).total_seconds()
-        rows.append({"label": label, "id": job.id, "state": job.state, "error": job.error, "method": job.method,
-                     "format": job.format, "params": job.params, "ppl_baseline": job.ppl_baseline,
-                     "ppl_quantized": job.ppl_quantized, "ppl_ratio": job.ppl_ratio,
-                     "quantize_seconds": job.quantize_seconds, "eval_seconds": job.eval_seconds, "wall_seconds": wall,
-                     "peak_vram_bytes": job.peak_vram_bytes, "peak_vram_nvml_bytes": job.peak_vram_nvml_bytes,
-                     "eval_peak_vram_bytes": job.eval_peak_vram_bytes, "artifact_bytes": job.artifact_bytes,
-                     "model_bytes": job.model_bytes, "tokens_per_s_baseline": job.tokens_per_s_baseline,
-                     "tokens_per_s_quantized": job.tokens_per_s_quantized, "max_vram_bytes": job.max_vram_bytes,
-                     "metrics": job.metrics or {}, "gpu_name": job.gpu_name, "stage_seconds": stage_s})
+        row = jobs.to_dict(job)
+        row.update(label=label, wall_seconds=wall, stage_seconds=stage_s, metrics=job.metrics or {})
+        rows.append(row)
         on_row(rows)
     return rows
 
@@ -158,6 +153,35 @@ def refmodel_specs(a) -> list[tuple[str, JobSpec]]:
     return specs
 
 
+def quickstart_specs(a) -> list[tuple[str, JobSpec]]:
+    """The reference model with every default (the builtin texts, the
+    worker's defaults): what `bash scripts/quickstart.sh` runs, per method."""
+    model = str(Path(a.model).resolve())
+    plan = ["gptq", "rtn", "awq", "nf4", "int8", "fp4"]
+    only = set(a.only.split(",")) if a.only else None
+    return [(m, JobSpec(model=model, method=m)) for m in plan if not only or m in only]
+
+
+def table_quickstart(rows: list[dict]) -> str:
+    """Job time (started → finished, as `qfarm status` shows it) beside the
+    estimate made at submit for the device that ran it."""
+    out = ["| method | device | job s | quantize s | eval s | estimate s | measured / estimate | ppl ratio | eval windows | peak RSS quantize / job |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if r["state"] != "succeeded":
+            out.append(f"| {r['label']} | {r['state']}: {r['error']} |||||||||")
+            continue
+        device = "CPU" if r["gpu_name"] in (None, "cpu") else r["gpu_name"].replace("NVIDIA ", "").split()[0]
+        est = next((s for d, s in (r.get("estimates") or {}).items() if d.split()[0] == device), None)
+        m = r["metrics"]
+        out.append(
+            f"| {r['label']} | {device} | {r['wall_seconds']:.1f} | {r['quantize_seconds']:.1f} | {r['eval_seconds']:.1f} | "
+            f"{fmt(est, '.1f')} | {fmt(r['wall_seconds'] / est if est else None, '.2f')} | {r['ppl_ratio']:.4f} | "
+            f"{m.get('eval_windows')}×{m.get('eval_seqlen')} | "
+            f"{fmt(r['peak_rss_bytes'], '.0f', MiB)} / {fmt(r['eval_peak_rss_bytes'], '.0f', MiB)} MiB |")
+    return "\n".join(out)
+
+
 def big_specs(a) -> list[tuple[str, JobSpec]]:
     calib = CalibSpec(source=str(Path(a.calib).resolve()) if a.calib else "builtin", samples=128, seqlen=256)
     ev = EvalSpec(seqlen=2048, windows=4, decode_tokens=32)
@@ -175,7 +199,7 @@ def big_specs(a) -> list[tuple[str, JobSpec]]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("suite", choices=["refmodel", "big"])
+    p.add_argument("suite", choices=["refmodel", "big", "quickstart"])
     p.add_argument("--model", required=True)
     p.add_argument("--calib")
     p.add_argument("--eval")
@@ -198,11 +222,12 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     client = Client()
-    client.db.upgrade()
+    Database(client.settings.database_url).upgrade()
     home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
     home.mkdir(parents=True, exist_ok=True)
     worker = start_worker(a.gpus, home / f"worker-{a.suite}.log")
-    table = table_refmodel if a.suite == "refmodel" else table_big
+    table = {"refmodel": table_refmodel, "big": table_big, "quickstart": table_quickstart}[a.suite]
+    specs = {"refmodel": refmodel_specs, "big": big_specs, "quickstart": quickstart_specs}[a.suite]
 
     def progress(rows):
         # Written after every job, so a run cut short still reports what it did.
@@ -211,7 +236,7 @@ def main() -> None:
         print(table(rows).splitlines()[-1], flush=True)
 
     try:
-        rows = run_jobs(client, refmodel_specs(a) if a.suite == "refmodel" else big_specs(a), a.timeout, progress)
+        rows = run_jobs(client, specs(a), a.timeout, progress)
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)

@@ -156,5 +156,25 @@ def test_job_references_version_and_traceback(env, tiny_model):
                     error_traceback="Traceback (most recent call last):\n  ValueError: boom")
     db.dispose()
     shown = run_cli("status", ids[0], "--traceback", env=env, check=True).stdout
-    assert "error            boom" in shown and shown.rstrip().endswith("ValueError: boom")
+    assert re.search(r"^error +boom$", shown, re.M) and shown.rstrip().endswith("ValueError: boom")
     assert run_cli("--version", env=env, check=True).stdout.startswith("qfarm 0.")
+
+
+def test_submit_says_how_long_and_wait_says_what_runs_ahead(env, tiny_model):
+    first = run_cli("submit", str(tiny_model), "--method", "rtn", env=env, check=True)
+    assert re.fullmatch(r"estimated ~[\d.]+ s on CPU workers, ~[\d.]+ s on H100 workers\n", first.stderr), first.stderr
+    status = run_cli("status", first.stdout.strip(), env=env, check=True).stdout
+    assert re.search(r"^estimate +~[\d.]+ s on CPU workers", status, re.M)
+    from api_client.client import Client
+
+    second = json.loads(run_cli("submit", str(tiny_model), "--method", "nf4", "--json", env=env, check=True).stdout)["id"]
+    ahead = Client().queue_ahead(second)
+    assert [j.id for j in ahead] == [first.stdout.strip()]
+
+
+def test_a_job_that_asks_for_a_gpu_waits_for_a_gpu_worker(env, redis_conn, tiny_model):
+    proc = run_cli("submit", str(tiny_model), "--method", "rtn", "--weights", "gpu", "--max-vram", "16GiB", env=env)
+    assert proc.returncode == 2
+    assert re.fullmatch(r"error: no live worker can run this job: --weights gpu and --max-vram need a GPU worker, "
+                        r"and no worker serving queue qfarm\.\w+\.gpu answered\n", proc.stderr), proc.stderr
+    assert_nothing_queued(redis_conn, env)

@@ -27,8 +27,8 @@ def test_one_pinned_worker_per_gpu():
 
 def test_queues_carry_the_farm_and_fp8_only_on_gpus_that_run_it():
     plans = plan("all", "f1", [H100, A100])
-    assert plans[0].queues == ["qfarm.f1", "qfarm.f1.sm89"]
-    assert plans[1].queues == ["qfarm.f1"]
+    assert plans[0].queues == ["qfarm.f1", "qfarm.f1.gpu", "qfarm.f1.sm89"]
+    assert plans[1].queues == ["qfarm.f1", "qfarm.f1.gpu"]
     assert queues_for_device("f1", None) == ["qfarm.f1"]
     assert plan("cpu", "other", [])[0].queues == ["qfarm.other"]
 
@@ -36,7 +36,8 @@ def test_queues_carry_the_farm_and_fp8_only_on_gpus_that_run_it():
 def test_remote_code_queues_only_with_the_flag():
     assert plans_env(plan("cpu", "f1", [], remote_code=False)) == "0"
     code = plan("all", "f1", [H100], remote_code=True)
-    assert code[0].queues == ["qfarm.f1", "qfarm.f1.sm89", "qfarm.f1.code", "qfarm.f1.sm89.code"]
+    assert code[0].queues == ["qfarm.f1", "qfarm.f1.gpu", "qfarm.f1.sm89",
+                              "qfarm.f1.code", "qfarm.f1.gpu.code", "qfarm.f1.sm89.code"]
     assert plans_env(code) == "1"
 
 

@@ -6,13 +6,21 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+from celery.signals import after_setup_logger, celeryd_after_setup, worker_ready, worker_shutdown
 
 import celery_config
 
 app = Celery("qfarm", include=["worker.tasks"])
 app.config_from_object(celery_config)
 log = logging.getLogger("qfarm.worker")
+
+
+@after_setup_logger.connect
+def _quiet_logs(**_kwargs) -> None:
+    from worker import logs
+
+    logs.quiet_python_logging()
+    logs.name_outcomes_in_celery_log()
 
 
 @celeryd_after_setup.connect
@@ -30,6 +38,9 @@ def _preload(**_kwargs) -> None:
         # it again, without the preload, rather than fail every job.
         log.error("%s; restarting the worker with QFARM_PRELOAD=0", exc)
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "QFARM_PRELOAD": "0"})
+    from worker import logs
+
+    logs.quiet_loguru()  # llm-compressor configured it as it was imported
     log.info("preloaded %d modules in %.1f s%s", len(done.loaded), done.seconds,
              f"; left to the jobs, as importing them initialises CUDA: {', '.join(done.skipped)}" if done.skipped else "")
 

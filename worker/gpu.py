@@ -94,6 +94,16 @@ def detect() -> Device:
     return Device("cuda", worker_gpu_index() or 0, props.name, (props.major, props.minor), props.total_memory)
 
 
+def peak_rss() -> int:
+    """Peak resident memory of this (job) process so far, in bytes: the
+    memory figure of a CPU worker. The job process is fresh for each job
+    (worker_max_tasks_per_child=1), so it is the job's, plus the libraries
+    its parent preloaded."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux counts KiB
+
+
 def limit_memory(device: Device, max_bytes: int | None) -> None:
     """Cap what torch may allocate on the GPU; allocations past it raise OOM."""
     if not device.is_cuda or max_bytes is None or device.total_bytes is None:

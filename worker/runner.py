@@ -155,6 +155,16 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         db.dispose()
 
 
+def final_state(job_id: str, settings: Settings) -> str:
+    db = Database(settings.database_url)
+    try:
+        return jobs.get(db, job_id).state
+    except Exception as exc:  # noqa: BLE001 - only a log line depends on it
+        return f"(state unknown: {first_line(exc)})"
+    finally:
+        db.dispose()
+
+
 @contextmanager
 def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
     """The job's working directory, removed afterwards, with what jobs that
@@ -299,13 +309,13 @@ class Run:
             methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
         self.rec(jobs.record, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
-                    quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes)
+                 quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss())
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
         figures = self._evaluate(model_dir, output_dir, info.weight_bytes)
-        self.rec(jobs.record, job.id, **figures["columns"])
+        self.rec(jobs.record, job.id, **figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
 

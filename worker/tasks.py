@@ -27,7 +27,7 @@ UNKNOWN_DELAY_S = 30
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=None)
-def run_job(self, job_id: str, farm: str | None = None) -> None:
+def run_job(self, job_id: str, farm: str | None = None) -> str:
     # `qfarm cancel` revokes a running job with SIGTERM, and a stopping
     # worker's job gets it too; turning the signal into an exception lets
     # the runner remove partial uploads and hand the job back.
@@ -41,3 +41,5 @@ def run_job(self, job_id: str, farm: str | None = None) -> None:
         raise Reject(f"job {job_id} handed back to the broker", requeue=True)
     if outcome is runner.Outcome.UNKNOWN:
         raise self.retry(countdown=UNKNOWN_DELAY_S)
+    # The line Celery logs as the task ends (worker/logs.py) says what happened.
+    return f"job {job_id} {runner.final_state(job_id, Settings.from_env())}"

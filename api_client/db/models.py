@@ -55,6 +55,13 @@ class Job(Base):
     peak_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
     peak_vram_nvml_bytes: Mapped[int | None] = mapped_column(BigInteger)
     eval_peak_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Peak resident memory of the job process through quantizing, and through
+    # the whole job: the memory figure of a CPU worker.
+    peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    eval_peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Seconds the job should take, by device class of the workers that could
+    # take it at submit (api_client/estimate.py).
+    estimates: Mapped[dict | None] = mapped_column(JSON)
     artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
     quantize_seconds: Mapped[float | None] = mapped_column(Float)
     eval_seconds: Mapped[float | None] = mapped_column(Float)

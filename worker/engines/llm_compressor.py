@@ -110,6 +110,10 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
               ("weights in CPU memory, onloaded to the GPU a layer at a time" if ctx.device.is_cuda else "on the CPU"))
     from llmcompressor import oneshot
 
+    from worker.logs import quiet_loguru
+
+    quiet_loguru()
+
     # Timed like the other engines, whose library calls load the weights
     # themselves (bitsandbytes quantizes as it loads, GPTQModel.load): loading,
     # quantizing, and writing the artifact. The load is also kept apart.
