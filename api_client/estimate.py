@@ -72,11 +72,11 @@ H100 = DeviceClass(
     offload_quantize_s_per_gb=1.5, offload_forward_s_per_gb=0.55,
 )
 CPU = DeviceClass(
-    "CPU", CPU_DEFAULTS, start_s=4.0, read_gb_per_s=0.5, forward_pt_per_s=30.0, eval_fixed_s=2.0,
+    "CPU", CPU_DEFAULTS, start_s=1.0, read_gb_per_s=0.5, forward_pt_per_s=45.0, eval_fixed_s=2.0,
     decode_s_per_token=0.02,
     costs={
         "gptq": Cost(2.0, per_layer=0.3, per_pt=0.055),
-        "awq": Cost(2.0, per_layer=2.0, per_pt=0.35),
+        "awq": Cost(2.0, per_layer=20.0, per_pt=0.1),
         "rtn": Cost(1.5, per_gb=20.0),
         "fp8": Cost(1.5, per_gb=20.0),
         "nf4": Cost(1.0, per_gb=20.0),

@@ -115,12 +115,18 @@ def parse_hf_dataset(source: str) -> HFDataset:
 def check_hub_model(model: str) -> None:
     """Refuse a hub id the hub says does not exist (a mistyped local path
     looks like one). Where the hub cannot be reached from here (offline, or
-    HF_HUB_OFFLINE=1) the id is accepted: a worker may reach it."""
+    HF_HUB_OFFLINE=1) an `org/name` id is accepted, as a worker may reach it;
+    a bare name is taken for the mistyped path it most likely is."""
     import os
     import urllib.error
     import urllib.request
 
+    if "/" not in model:
+        unconfirmed = SpecError(f"model {model} is no local directory, and the Hugging Face hub could not be reached "
+                                f"to confirm a model of that name: give a path (./{model}) or the hub's org/name")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
+        if "/" not in model:
+            raise unconfirmed
         return
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
     request = urllib.request.Request(f"{endpoint}/api/models/{model}", method="HEAD")
@@ -134,6 +140,8 @@ def check_hub_model(model: str) -> None:
             private = "" if token else " (or it is private: set HF_TOKEN)"
             raise SpecError(f"model {model} is no local directory, and the Hugging Face hub has no model {model}{private}") from None
     except (OSError, ValueError):
+        if "/" not in model:
+            raise unconfirmed from None
         return
 
 

@@ -25,6 +25,9 @@ def settings_of(row: dict, suite: str) -> dict:
     """The estimate's inputs for a stored row of `suite`."""
     weight_gb = (row.get("model_bytes") or 0) / 1e9
     calibrated = row["method"] in ("gptq", "awq")
+    if suite == "quickstart":  # every default of the worker that ran it
+        return dict(**REFMODEL, weight_gb=weight_gb, calib_samples=None, calib_seqlen=None, eval_seqlen=None,
+                    eval_windows=None, eval_text_tokens=80_325, decode_tokens=64)
     if suite == "refmodel":  # 128 × 256 calibration; all 315 windows of 256 tokens
         return dict(**REFMODEL, weight_gb=weight_gb, calib_samples=128 if calibrated else None, calib_seqlen=256,
                     eval_seqlen=256, eval_windows=None, eval_text_tokens=80_325, decode_tokens=64)
@@ -44,11 +47,7 @@ def main() -> None:
             if r.get("state") != "succeeded" or not r.get("wall_seconds"):
                 continue
             gpu = r.get("gpu_name") or "cpu"
-            if suite == "quickstart":
-                device = "CPU" if gpu == "cpu" else gpu
-                est = next((s for d, s in (r.get("estimates") or {}).items() if d.split()[0] == device.split()[0]), None)
-            else:
-                est = estimate.estimate(r["method"], r["format"], gpu_name=gpu, **settings_of(r, suite)).seconds
+            est = estimate.estimate(r["method"], r["format"], gpu_name=gpu, **settings_of(r, suite)).seconds
             if est:
                 print(f"| {suite} | {r['label']} | {gpu.replace('NVIDIA ', '')} | {r['wall_seconds']:.1f} | {est:.1f} | "
                       f"{r['wall_seconds'] / est:.2f} |")

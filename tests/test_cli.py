@@ -178,3 +178,12 @@ def test_a_job_that_asks_for_a_gpu_waits_for_a_gpu_worker(env, redis_conn, tiny_
     assert re.fullmatch(r"error: no live worker can run this job: --weights gpu and --max-vram need a GPU worker, "
                         r"and no worker serving queue qfarm\.\w+\.gpu answered\n", proc.stderr), proc.stderr
     assert_nothing_queued(redis_conn, env)
+
+
+def test_a_mistyped_path_is_not_queued_as_a_hub_model(env, redis_conn, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    proc = run_cli("submit", "nomodel", "--method", "rtn", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: model nomodel is no local directory, and the Hugging Face hub could not be "
+                                   "reached to confirm a model of that name: give a path (./nomodel) or the hub's org/name")
+    assert_nothing_queued(redis_conn, env)

@@ -6,8 +6,11 @@ what happened to the job (Celery would call a cancelled job's task
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
+
+_PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
 
 
 class OncePerProcess(logging.Filter):
@@ -18,6 +21,10 @@ class OncePerProcess(logging.Filter):
         self.seen: set[tuple[str, str]] = set()
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # Progress bars some libraries draw whatever TQDM_DISABLE says reach
+        # the log through Celery's stdout redirect; job events carry progress.
+        if _PROGRESS_BAR.search(str(record.msg)):
+            return False
         if record.name.startswith(("qfarm", "celery")) or record.levelno >= logging.ERROR:
             return True
         key = (record.name, str(record.msg))
