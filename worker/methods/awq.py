@@ -4,11 +4,12 @@ llm-compressor's AWQModifier; AutoAWQ's GEMM format through GPTQModel."""
 from __future__ import annotations
 
 from api_client.catalog.methods import AWQ, AWQParams
+from worker.context import JobContext
 from worker.methods import implements
 
 
 @implements(AWQ)
-def quantize(ctx, params: AWQParams, fmt: str) -> None:
+def quantize(ctx: JobContext, params: AWQParams, fmt: str) -> None:
     if fmt == "awq":
         from worker.engines import gptqmodel
 

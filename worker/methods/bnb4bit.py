@@ -4,11 +4,12 @@ weights quantized as they load, saved with save_pretrained."""
 from __future__ import annotations
 
 from api_client.catalog.methods import FP4, NF4, BnB4BitParams
+from worker.context import JobContext
 from worker.methods import implements
 
 
 def _four_bit(quant_type: str):
-    def quantize(ctx, params: BnB4BitParams, fmt: str) -> None:
+    def quantize(ctx: JobContext, params: BnB4BitParams, fmt: str) -> None:
         from worker.engines import bitsandbytes
 
         bitsandbytes.quantize(ctx, load_in_4bit=True, bnb_4bit_quant_type=quant_type,

@@ -4,11 +4,12 @@ job refuses a GPU without FP8 tensor cores even if routing was bypassed."""
 from __future__ import annotations
 
 from api_client.catalog.methods import FP8
+from worker.context import JobContext
 from worker.methods import implements
 
 
 @implements(FP8)
-def quantize(ctx, params, fmt: str) -> None:
+def quantize(ctx: JobContext, params, fmt: str) -> None:
     from worker.engines import llm_compressor
 
     assert FP8.min_capability is not None

@@ -4,11 +4,12 @@ llm-compressor's GPTQModifier; the classic GPTQ format through GPTQModel."""
 from __future__ import annotations
 
 from api_client.catalog.methods import GPTQ, GPTQParams
+from worker.context import JobContext
 from worker.methods import implements
 
 
 @implements(GPTQ)
-def quantize(ctx, params: GPTQParams, fmt: str) -> None:
+def quantize(ctx: JobContext, params: GPTQParams, fmt: str) -> None:
     if fmt == "gptq":
         from worker.engines import gptqmodel
 

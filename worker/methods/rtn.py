@@ -4,11 +4,12 @@ QuantizationModifier, no calibration."""
 from __future__ import annotations
 
 from api_client.catalog.methods import RTN, RTNParams
+from worker.context import JobContext
 from worker.methods import implements
 
 
 @implements(RTN)
-def quantize(ctx, params: RTNParams, fmt: str) -> None:
+def quantize(ctx: JobContext, params: RTNParams, fmt: str) -> None:
     from worker.engines import llm_compressor
 
     modifier = llm_compressor.modifier(
