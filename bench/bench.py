@@ -59,6 +59,7 @@ def start_worker(gpus: str, log: Path) -> subprocess.Popen:
     deadline = time.monotonic() + 120
     while not any(q.startswith("qfarm.") for q in queue.served_queues(os.environ.get("QFARM_BROKER_URL", "redis://127.0.0.1:6379/0"), 1.0)):
         if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, 9)  # never leave a worker behind a failed start
             raise SystemExit("worker did not start:\n" + log.read_text()[-4000:])
     return proc
 

@@ -75,6 +75,7 @@ def worker(farm_env, tmp_path_factory):
     deadline = time.monotonic() + 90
     while not any(q.startswith("qfarm.") for q in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0)):
         if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)  # never leave a worker behind a failed start
             pytest.fail("worker did not come up:\n" + log_path.read_text()[-3000:])
     yield proc
     os.killpg(proc.pid, signal.SIGTERM)
