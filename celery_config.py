@@ -62,5 +62,9 @@ worker_cancel_long_running_tasks_on_connection_loss = True
 
 # Workers announce themselves so `qfarm submit` can tell whether any worker
 # serves a capability queue (FP8 needs Ada/Hopper).
-worker_send_task_events = False
 worker_enable_remote_control = True
+# Task events on, and a "sent" event from the client, so Celery's own
+# monitor (Flower, docker/compose.yml's `monitoring` profile) shows every job
+# from submit to end; the job record itself stays in SQL.
+worker_send_task_events = True
+task_send_sent_event = True

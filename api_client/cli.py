@@ -303,17 +303,25 @@ def parse_age(text: str) -> float:
 
 
 @cli.command("workers")
+@click.option("--all", "show_all", is_flag=True, help="Also workers whose heartbeat stopped (lost) or that stopped.")
 @click.option("--json", "as_json", is_flag=True, help="Print the workers' rows as JSON.")
-def workers_(as_json: bool) -> None:
-    """Live workers: host, GPU, queues, current job, last heartbeat."""
+def workers_(show_all: bool, as_json: bool) -> None:
+    """Workers: host, GPU and its free memory, queues, current job and stage,
+    jobs done, last heartbeat. A worker whose heartbeat is older than
+    QFARM_HEARTBEAT_TIMEOUT is lost and drops off (shown with --all)."""
     from api_client import render
     from api_client.db.workers import to_dict
 
-    found = _client().workers()
+    client = _client()
+    found = client.workers(include_gone=show_all)
+    stages = client.stages_of([w.current_job for w in found if w.current_job])
+    timeout = client.settings.heartbeat_timeout_s
     if as_json:
-        _emit_json([to_dict(w) for w in found])
+        _emit_json([{**to_dict(w), "status": render.worker_status(w, timeout),
+                     "current_stage": stages.get(w.current_job or "")} for w in found])
         return
-    rows = [("NAME", "HOST", "GPU", "JOB", "DONE", "HEARTBEAT")] + [render.worker_row(w) for w in found]
+    rows = [("NAME", "STATUS", "HOST", "GPU", "GPU MEMORY FREE", "QUEUES", "JOB", "STAGE", "DONE", "HEARTBEAT")] + \
+        [render.worker_row(w, stages.get(w.current_job or ""), timeout) for w in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())

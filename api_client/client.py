@@ -175,9 +175,16 @@ class Client:
     def events(self, job_id: str, after_id: int = 0) -> builtins.list[JobEvent]:
         return jobs.events(self.db, job_id, after_id)
 
-    def workers(self) -> builtins.list[Worker]:
-        """Workers whose heartbeat is younger than QFARM_HEARTBEAT_TIMEOUT."""
+    def workers(self, include_gone: bool = False) -> builtins.list[Worker]:
+        """Workers whose heartbeat is younger than QFARM_HEARTBEAT_TIMEOUT
+        (with `include_gone`, the lost and stopped ones too)."""
+        if include_gone:
+            return workers.every(self.db)
         return workers.live(self.db, self.settings.heartbeat_timeout_s)
+
+    def stages_of(self, job_ids: builtins.list[str]) -> dict[str, str | None]:
+        """The current stage of each running job named."""
+        return {j: jobs.get(self.db, j).stage for j in job_ids}
 
     def watch(self, job_ref: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Iterator[JobEvent]:
         """Yield the job's events as they happen, until it ends."""

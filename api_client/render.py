@@ -136,6 +136,14 @@ def ago(dt: datetime | None) -> str:
     return f"{(utcnow() - aware(dt)).total_seconds():.0f} s ago"
 
 
-def worker_row(w: Worker) -> tuple[str, ...]:
+def worker_status(w: Worker, timeout_s: float) -> str:
+    from api_client.db.workers import status
+
+    return status(w, timeout_s)
+
+
+def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...]:
     gpu = "cpu" if w.gpu_index is None else f"{w.gpu_index}: {w.gpu_name or '?'}"
-    return (w.name, w.host, gpu, w.current_job or "-", str(w.jobs_done), ago(w.heartbeat_at))
+    memory = "-" if w.gpu_total_bytes is None else f"{size(w.gpu_free_bytes)} of {size(w.gpu_total_bytes)}"
+    return (w.name, worker_status(w, timeout_s), w.host, gpu, memory, ",".join(w.queues or []), w.current_job or "-",
+            stage or "-", str(w.jobs_done), ago(w.heartbeat_at))

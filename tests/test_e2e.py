@@ -192,3 +192,12 @@ def test_a_failing_job_says_why(farm_env, worker):
     assert status["state"] == "failed" and status["stage"] is None
     assert status["error"].startswith("cannot download acme/no-such-model from the Hugging Face hub")
     assert status["artifact_uri"] is None
+
+
+def test_workers_shows_the_live_worker(farm_env, worker):
+    listed = json.loads(run_cli("workers", "--json", env=farm_env, check=True).stdout)
+    [row] = [w for w in listed if w["status"] == "live"]
+    assert row["name"].startswith("cpu-") and row["gpu_index"] is None and row["gpu_name"] == "cpu"
+    assert any(q.startswith("qfarm.") for q in row["queues"]) and row["stopped_at"] is None
+    table = run_cli("workers", env=farm_env, check=True).stdout.splitlines()
+    assert table[0].split()[:3] == ["NAME", "STATUS", "HOST"] and row["name"] in table[1]

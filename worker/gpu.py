@@ -51,6 +51,23 @@ def nvml_gpus() -> list[GpuInfo]:
         pynvml.nvmlShutdown()
 
 
+def nvml_free_bytes(index: int) -> int | None:
+    """Free memory of the host's GPU `index` as NVML sees it (every process's
+    use counted), without a CUDA context; None without a driver."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no NVIDIA driver: no figure
+        return None
+    try:
+        return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+    except Exception:  # noqa: BLE001 - a GPU gone or busy: no figure this beat
+        return None
+    finally:
+        pynvml.nvmlShutdown()
+
+
 @dataclass(frozen=True)
 class Device:
     kind: str  # "cuda" or "cpu"

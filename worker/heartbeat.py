@@ -81,7 +81,8 @@ class Heartbeat(threading.Thread):
         index, name, total = self._gpu
         workers.heartbeat(self._db, workers.Beat(
             name=self.worker_name, host=socket.gethostname(), pid=os.getpid(), gpu_index=index, gpu_name=name,
-            gpu_total_bytes=total, queues=self._queues, current_job=current.id if current else None,
+            gpu_total_bytes=total, gpu_free_bytes=gpu.nvml_free_bytes(index) if index is not None else None,
+            queues=self._queues, current_job=current.id if current else None,
             jobs_done=_jobs_done(),
         ))
         if current is not None:

@@ -59,6 +59,7 @@ def reconcile(db: Database, settings: Settings, farm: str) -> None:
     _lost_running(db, settings, farm)
     _queued_without_message(db, settings, farm)
     _pending_cleanups(db, settings)
+    workers.forget_older_than(db, days=7)
 
 
 def _lost_running(db: Database, settings: Settings, farm: str) -> None:

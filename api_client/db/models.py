@@ -121,6 +121,7 @@ class Worker(Base):
     gpu_index: Mapped[int | None] = mapped_column(Integer)
     gpu_name: Mapped[str | None] = mapped_column(String(128))
     gpu_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    gpu_free_bytes: Mapped[int | None] = mapped_column(BigInteger)
     queues: Mapped[list] = mapped_column(JSON, nullable=False, default=list)
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

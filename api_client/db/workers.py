@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from api_client.db.database import Database
 from api_client.db.jobs import aware
@@ -23,6 +23,7 @@ class Beat:
     gpu_index: int | None
     gpu_name: str | None
     gpu_total_bytes: int | None
+    gpu_free_bytes: int | None
     queues: list[str]
     current_job: str | None
     jobs_done: int
@@ -66,8 +67,29 @@ def live(db: Database, timeout_s: float) -> list[Worker]:
                               .order_by(Worker.host, Worker.name)))
 
 
+def every(db: Database, limit: int = 500) -> list[Worker]:
+    """Every worker row, the newest heartbeat first (live, lost and stopped)."""
+    with db.session() as s:
+        return list(s.scalars(select(Worker).order_by(Worker.heartbeat_at.desc()).limit(limit)))
+
+
+def forget_older_than(db: Database, days: float) -> int:
+    """Drop the rows of workers silent for `days` (each start of a worker
+    writes a new row: names carry the launcher's pid)."""
+    cutoff = utcnow() - timedelta(days=days)
+    with db.session() as s:
+        result = s.execute(delete(Worker).where(Worker.heartbeat_at < cutoff))
+        return int(getattr(result, "rowcount", 0) or 0)
+
+
+def status(worker: Worker, timeout_s: float) -> str:
+    if worker.stopped_at is not None:
+        return "stopped"
+    return "live" if alive(worker, timeout_s) else "lost"
+
+
 def to_dict(w: Worker) -> dict[str, Any]:
     return {k: (aware(v).isoformat() if hasattr(v, "isoformat") else v)
             for k, v in ((c, getattr(w, c)) for c in (
-                "name", "host", "pid", "gpu_index", "gpu_name", "gpu_total_bytes", "queues", "started_at",
+                "name", "host", "pid", "gpu_index", "gpu_name", "gpu_total_bytes", "gpu_free_bytes", "queues", "started_at",
                 "heartbeat_at", "current_job", "jobs_done", "stopped_at"))}

@@ -1,4 +1,4 @@
-"""time estimates and peak resident memory
+"""time estimates, peak resident memory, a worker's free GPU memory
 
 Revision ID: 0003
 Revises: 0002
@@ -19,9 +19,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("estimates", sa.JSON))
         batch.add_column(sa.Column("peak_rss_bytes", sa.BigInteger))
         batch.add_column(sa.Column("eval_peak_rss_bytes", sa.BigInteger))
+    with op.batch_alter_table("workers") as batch:
+        batch.add_column(sa.Column("gpu_free_bytes", sa.BigInteger))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("workers") as batch:
+        batch.drop_column("gpu_free_bytes")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("eval_peak_rss_bytes")
         batch.drop_column("peak_rss_bytes")
