@@ -53,6 +53,9 @@ task_time_limit = _settings.job_time_limit_s + 600
 # a second time on another GPU, so it must outlast the longest job.
 broker_transport_options = {
     "visibility_timeout": _settings.job_time_limit_s + 3600,
+    # --priority high/normal/low (api_client/queue.py): a list per step, the
+    # lowest step served first.
+    "priority_steps": [0, 3, 6, 9],
 }
 
 # If the worker loses the broker, Redis gives its unacknowledged message back

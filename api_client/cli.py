@@ -15,7 +15,7 @@ import click
 from api_client import catalog
 from api_client.config import redact
 from api_client.errors import QFarmError, first_line, printable
-from api_client.spec import CPU_DEFAULTS, GPU_DEFAULTS, WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
+from api_client.spec import CPU_DEFAULTS, GPU_DEFAULTS, PRIORITY_NAMES, WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
 
 if TYPE_CHECKING:
     from api_client.client import Client
@@ -113,13 +113,15 @@ def method_options(fn: F) -> F:
 @click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced).")
 @click.option("--weights", type=click.Choice(WEIGHTS_PLACEMENTS), default="auto", show_default=True,
               help="Where the full-precision weights live while quantizing; cpu onloads one layer at a time.")
+@click.option("--priority", type=click.Choice(PRIORITY_NAMES), default="normal", show_default=True,
+              help="Order in the queue: a high job is taken before normal and low ones submitted earlier.")
 @click.option("--allow-remote-code", is_flag=True,
               help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code.")
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit non-zero if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (with --wait, its final row).")
 def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_samples: int | None,
            calib_seqlen: int | None, eval_source: str | None, eval_seqlen: int | None, eval_windows: int | None,
-           decode_tokens: int | None, max_vram: str | None, weights: str, allow_remote_code: bool, wait: bool,
+           decode_tokens: int | None, max_vram: str | None, weights: str, priority: str, allow_remote_code: bool, wait: bool,
            as_json: bool, **params: Any) -> None:
     """Queue MODEL (a local directory, an s3:// prefix or a Hugging Face id) for quantization."""
     from api_client.spec import JobSpec
@@ -131,7 +133,7 @@ def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_sa
     eval_spec = EvalSpec(**eval_given)
     spec = JobSpec(model=model, method=method, params=params, format=fmt,
                    calib=CalibSpec(**calib_given) if calib_given else None, eval=eval_spec,
-                   max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code)
+                   max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code, priority=priority)
     client = _client()
     job = client.submit(spec)
     if job.estimates and not as_json:
@@ -227,7 +229,7 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
         _emit_json([to_dict(j) for j in found])
         return
     # Ratios compare only on the same text and windows: EVAL names them.
-    rows = [("ID", "STATE", "STAGE", "METHOD", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO", "EVAL", "MODEL")] + \
+    rows = [("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO", "EVAL", "MODEL")] + \
         [render.list_row(j) for j in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:

@@ -35,7 +35,7 @@ def job_row(r: ResolvedSpec, job_id: str, user: str, queue_name: str, calib: dic
         model=r.model, calib=calib if calib is not None else (dict(vars(r.calib)) if r.calib else None),
         eval=evals if evals is not None else dict(vars(r.eval)), max_vram_bytes=r.max_vram_bytes,
         weights=r.weights, queue=queue_name, submitted_by=user, attempts=0, model_bytes=r.model_bytes,
-        allow_remote_code=r.allow_remote_code,
+        allow_remote_code=r.allow_remote_code, priority=r.priority,
     )
 
 
@@ -114,7 +114,7 @@ class Client:
             self._drop_inputs(store, job_id)
             raise
         try:
-            queue.enqueue(self.settings.broker_url, job_id, queue_name, farm)
+            queue.enqueue(self.settings.broker_url, job_id, queue_name, farm, job.priority)
         except Exception as exc:  # noqa: BLE001 - the row goes, whatever the broker said
             jobs.delete(self.db, job_id)
             self._drop_inputs(store, job_id)
@@ -158,9 +158,12 @@ class Client:
         job = self.status(job_ref)
         if job.state != JobState.QUEUED.value:
             return []
+        def order(j: Job) -> tuple[int, Any, str]:
+            return queue.PRIORITIES[j.priority], j.created_at, j.id
+
         ahead = [j for j in jobs.list_jobs(self.db, state=JobState.RUNNING.value, limit=1000) if j.queue == job.queue]
-        ahead += [j for j in reversed(jobs.list_jobs(self.db, state=JobState.QUEUED.value, limit=1000))
-                  if j.queue == job.queue and (j.created_at, j.id) < (job.created_at, job.id)]
+        ahead += sorted((j for j in jobs.list_jobs(self.db, state=JobState.QUEUED.value, limit=1000)
+                         if j.queue == job.queue and order(j) < order(job)), key=order)
         return ahead
 
     # -- reading -----------------------------------------------------------
@@ -255,7 +258,7 @@ class Client:
         else:
             jobs.note(self.db, job.id, f"message sent again by {self.settings.user} (qfarm requeue)")
         queue.check_broker(self.settings.broker_url)
-        queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm())
+        queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm(), job.priority)
         return self.status(job.id)
 
     def download(self, job_ref: str, dest: Path, progress: Callable[[dict], Any] | None = None) -> dict:

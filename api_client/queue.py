@@ -18,6 +18,10 @@ from api_client.config import redact
 from api_client.errors import ServiceUnavailable, first_line
 
 TASK_NAME = "qfarm.run_job"
+# --priority → the message's priority. On Redis, kombu keeps a list per
+# priority step (celery_config: 0, 3, 6, 9) and a worker pops the lowest
+# number first; within a step, the order of submission holds.
+PRIORITIES = {"high": 0, "normal": 3, "low": 9}
 
 
 @lru_cache(maxsize=8)
@@ -41,11 +45,12 @@ def check_broker(broker_url: str) -> None:
         raise ServiceUnavailable(f"cannot reach the broker at {redact(broker_url)}: {first_line(exc)}") from None
 
 
-def enqueue(broker_url: str, job_id: str, queue: str, farm: str) -> None:
+def enqueue(broker_url: str, job_id: str, queue: str, farm: str, priority: str = "normal") -> None:
     """Send the message that runs `job_id`. The job id is also the task id,
     so `qfarm cancel` can revoke it by name; the farm id lets a worker refuse
     a message that is not its farm's."""
     app(broker_url).send_task(TASK_NAME, args=[job_id], kwargs={"farm": farm}, task_id=job_id, queue=queue,
+                              priority=PRIORITIES[priority],
                               retry=True, retry_policy={"max_retries": 2, "interval_start": 0.2})
 
 

@@ -74,7 +74,7 @@ def status_lines(job: Job) -> list[str]:
 def list_row(job: Job) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
-    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.submitted_by, when(job.created_at),
+    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by, when(job.created_at),
             elapsed_vs_estimate(job), ratio, eval_key(job), job.model)
 
 

@@ -12,6 +12,7 @@ from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
 
 WEIGHTS_PLACEMENTS = ("auto", "gpu", "cpu")
+PRIORITY_NAMES = ("high", "normal", "low")
 _SIZE = re.compile(r"^\s*(?P<num>\d+(\.\d+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
           "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
@@ -104,6 +105,8 @@ class JobSpec:
     # Run the model's own code (auto_map, *.py) and publish it with the
     # artifact; only workers started with --allow-remote-code take such jobs.
     allow_remote_code: bool = False
+    # high, normal or low: the order a queue serves its jobs in.
+    priority: str = "normal"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +126,7 @@ class ResolvedSpec:
     max_vram_bytes: int | None
     weights: str
     allow_remote_code: bool = False
+    priority: str = "normal"
     min_capability: tuple[int, int] | None = None
     model_bytes: int | None = None
     # What the checkpoint's files say (local models only), for the estimate.
@@ -191,6 +195,8 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
             raise SpecError(f"--method {method.name} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
         calib = None
     spec.eval.validate()
+    if spec.priority not in PRIORITY_NAMES:
+        raise SpecError(f"--priority must be one of {'/'.join(PRIORITY_NAMES)}, not {spec.priority!r}")
     if spec.weights not in WEIGHTS_PLACEMENTS:
         raise SpecError(f"--weights must be one of {'/'.join(WEIGHTS_PLACEMENTS)}, not {spec.weights!r}")
     max_vram = parse_size(spec.max_vram)
@@ -216,7 +222,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,
-        allow_remote_code=bool(spec.allow_remote_code), min_capability=method.min_capability,
+        allow_remote_code=bool(spec.allow_remote_code), priority=spec.priority, min_capability=method.min_capability,
         model_bytes=model_bytes, param_count=params_count, layers=layers, context=context,
     )
 

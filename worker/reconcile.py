@@ -49,7 +49,7 @@ def hand_back(db: Database, job: Job, reason: str, settings: Settings, farm: str
 
 def _send(settings: Settings, job: Job, farm: str) -> None:
     try:
-        queue.enqueue(settings.broker_url, job.id, job.queue, farm)
+        queue.enqueue(settings.broker_url, job.id, job.queue, farm, job.priority)
     except Exception as exc:  # noqa: BLE001 - the next reconcile sends it
         log.warning("job %s is queued but its message could not be sent (%s); the reconciler will send it",
                     job.id, first_line(exc))

@@ -159,7 +159,7 @@ STATUS_FIELDS = (
     "worker", "gpu_index", "gpu_name", "model_bytes", "peak_vram_bytes", "peak_vram_nvml_bytes",
     "eval_peak_vram_bytes", "peak_rss_bytes", "eval_peak_rss_bytes", "estimates", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline",
     "ppl_quantized", "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "metrics",
-    "library_versions", "artifact_uri", "error", "allow_remote_code",
+    "library_versions", "artifact_uri", "error", "allow_remote_code", "priority",
 )
 
 

@@ -39,6 +39,7 @@ class Job(Base):
     # The job may run the model's own code (auto_map, *.py): only on workers
     # started with --allow-remote-code, which alone consume its queue.
     allow_remote_code: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    priority: Mapped[str] = mapped_column(String(8), nullable=False, default="normal")
     queue: Mapped[str] = mapped_column(String(64), nullable=False)
     submitted_by: Mapped[str] = mapped_column(String(128), nullable=False)
     # Lifecycle.

@@ -1,4 +1,4 @@
-"""time estimates, peak resident memory, a worker's free GPU memory
+"""time estimates, peak resident memory, priorities, a worker's free GPU memory
 
 Revision ID: 0003
 Revises: 0002
@@ -17,6 +17,7 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("estimates", sa.JSON))
+        batch.add_column(sa.Column("priority", sa.String(8), nullable=False, server_default="normal"))
         batch.add_column(sa.Column("peak_rss_bytes", sa.BigInteger))
         batch.add_column(sa.Column("eval_peak_rss_bytes", sa.BigInteger))
     with op.batch_alter_table("workers") as batch:
@@ -30,3 +31,4 @@ def downgrade() -> None:
         batch.drop_column("eval_peak_rss_bytes")
         batch.drop_column("peak_rss_bytes")
         batch.drop_column("estimates")
+        batch.drop_column("priority")
