@@ -5,6 +5,7 @@ turns several of Celery's defaults, made for many short tasks, around.
 """
 
 from api_client.config import Settings
+from api_client.queue import PRIORITY_STEPS
 
 _settings = Settings.from_env()
 
@@ -19,8 +20,6 @@ task_ignore_result = True
 result_backend = None
 task_serializer = "json"
 accept_content = ["json"]
-
-task_default_queue = "qfarm"
 
 # Acknowledge a job's message only when the job has finished: if the worker
 # dies mid-job (OOM kill, lost node), the broker hands the job to another
@@ -55,7 +54,7 @@ broker_transport_options = {
     "visibility_timeout": _settings.job_time_limit_s + 3600,
     # --priority high/normal/low (api_client/queue.py): a list per step, the
     # lowest step served first.
-    "priority_steps": [0, 3, 6, 9],
+    "priority_steps": list(PRIORITY_STEPS),
 }
 
 # If the worker loses the broker, Redis gives its unacknowledged message back

@@ -68,6 +68,8 @@ class Upload:
 
     def _upload_files(self) -> None:
         try:
+            # A clean prefix: what an earlier attempt of the job left is gone.
+            self.store.delete_prefix(self.prefix)
             for path in artifact_files(self.local_dir):
                 rel = path.relative_to(self.local_dir).as_posix()
                 if self.progress:

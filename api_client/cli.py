@@ -312,6 +312,7 @@ def workers_(show_all: bool, as_json: bool) -> None:
     jobs done, last heartbeat. A worker whose heartbeat is older than
     QFARM_HEARTBEAT_TIMEOUT is lost and drops off (shown with --all)."""
     from api_client import render
+    from api_client.db.workers import status as workers_status
     from api_client.db.workers import to_dict
 
     client = _client()
@@ -319,7 +320,7 @@ def workers_(show_all: bool, as_json: bool) -> None:
     stages = client.stages_of([w.current_job for w in found if w.current_job])
     timeout = client.settings.heartbeat_timeout_s
     if as_json:
-        _emit_json([{**to_dict(w), "status": render.worker_status(w, timeout),
+        _emit_json([{**to_dict(w), "status": workers_status(w, timeout),
                      "current_stage": stages.get(w.current_job or "")} for w in found])
         return
     rows = [("NAME", "STATUS", "HOST", "GPU", "GPU MEMORY FREE", "QUEUES", "JOB", "STAGE", "DONE", "HEARTBEAT")] + \

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client import artifacts, estimate, queue, routing, sources
+from api_client import artifacts, estimate, lifecycle, queue, routing, sources
 from api_client.config import Settings
 from api_client.db import Database, Job, JobEvent, JobState, jobs, workers
 from api_client.db.models import Worker
@@ -106,8 +106,7 @@ class Client:
             for d, name in local_inputs:
                 d["source"] = self._upload_input(store, job_id, d["source"], name)
         job = job_row(r, job_id, self.settings.user, queue_name, calib=calib, evals=evals)
-        job.estimates = {e.device + ("" if e.measured else " (H100 figures)"): round(e.seconds, 1)
-                         for e in self.estimates(r, queue_name)} or None
+        job.estimates = [e.as_dict() for e in self.estimates(r, queue_name)] or None
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:
@@ -186,8 +185,8 @@ class Client:
         return workers.live(self.db, self.settings.heartbeat_timeout_s)
 
     def stages_of(self, job_ids: builtins.list[str]) -> dict[str, str | None]:
-        """The current stage of each running job named."""
-        return {j: jobs.get(self.db, j).stage for j in job_ids}
+        """The current stage of each job named (those the database knows)."""
+        return jobs.stages(self.db, job_ids)
 
     def watch(self, job_ref: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Iterator[JobEvent]:
         """Yield the job's events as they happen, until it ends."""
@@ -230,15 +229,15 @@ class Client:
                                state=JobState.CANCELLED, message=by):
             job = self.status(job.id)
             raise QFarmError(f"job {job.id} already {job.state}")
-        # A queued job's message is dropped by the worker that takes it (the
-        # state says cancelled); a running one is stopped now, or, without a
-        # broker, by its worker's next heartbeat.
-        if was == JobState.RUNNING:
-            try:
-                queue.check_broker(self.settings.broker_url)
-                queue.revoke(self.settings.broker_url, job.id, terminate=True)
-            except Exception as exc:  # noqa: BLE001 - said to the user, and the heartbeat stops it
-                return Cancelled(self.status(job.id), False, first_line(exc))
+        # Revoked whatever the state read before: a queued job may have been
+        # claimed since. A worker drops a revoked or cancelled job's message;
+        # a running one is stopped now, or, without a broker, by its worker's
+        # next heartbeat.
+        try:
+            queue.check_broker(self.settings.broker_url)
+            queue.revoke(self.settings.broker_url, job.id, terminate=True)
+        except Exception as exc:  # noqa: BLE001 - said to the user, and the heartbeat stops it
+            return Cancelled(self.status(job.id), was == JobState.QUEUED, first_line(exc))
         return Cancelled(self.status(job.id), True)
 
     def requeue(self, job_ref: str) -> Job:
@@ -246,19 +245,18 @@ class Client:
         running job whose worker is dead to the next worker. A doubled
         message is harmless: a job is claimed once."""
         job = self.status(job_ref)
+        queue.check_broker(self.settings.broker_url)  # before anything changes
         if job.state == JobState.RUNNING.value:
             if workers.alive(workers.get(self.db, job.worker), self.settings.heartbeat_timeout_s):
                 raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current: not requeued")
-            if not jobs.transition(self.db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts,
-                                   state=JobState.QUEUED, message=f"requeued by {self.settings.user}: "
-                                   f"its worker {job.worker} is gone"):
+            reason = f"requeued by {self.settings.user}: its worker {job.worker} is gone"
+            if not lifecycle.hand_back(self.db, job, reason, self.settings, self.farm()):
                 raise QFarmError(f"job {job.id} changed meanwhile; look again")
         elif job.state != JobState.QUEUED.value:
             raise QFarmError(f"job {job.id} is {job.state}: only queued or running jobs can be requeued")
         else:
+            queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm(), job.priority)
             jobs.note(self.db, job.id, f"message sent again by {self.settings.user} (qfarm requeue)")
-        queue.check_broker(self.settings.broker_url)
-        queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm(), job.priority)
         return self.status(job.id)
 
     def download(self, job_ref: str, dest: Path, progress: Callable[[dict], Any] | None = None) -> dict:

@@ -64,6 +64,12 @@ class Settings:
     db_retry_s: int = 300
 
     @property
+    def model_cache_dir(self) -> Path:
+        """Where a worker keeps the models it fetched (worker/model_cache.py)."""
+        raw = os.environ.get("QFARM_MODEL_CACHE_DIR")
+        return Path(raw).expanduser() if raw else qfarm_home() / "model-cache"
+
+    @property
     def heartbeat_interval_s(self) -> float:
         """A worker writes its heartbeat (and reconciles) this often: a
         fraction of the timeout, so one late beat never looks like a death."""
@@ -86,6 +92,11 @@ class Settings:
 
 
 _USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
+
+
+def has_credentials(url: str) -> bool:
+    """Whether `url` carries a user or password (scheme://user:pw@host)."""
+    return _USERINFO.match(url) is not None
 
 
 def redact(text: str) -> str:

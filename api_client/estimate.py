@@ -98,11 +98,9 @@ class Estimate:
     seconds: float
     measured: bool  # False: figures of another device class stand in
 
-    def describe(self) -> str:
-        from api_client.render import duration
-
-        what = f"{self.device} workers" + ("" if self.measured else " (estimated with H100 figures)")
-        return f"~{duration(self.seconds)} on {what}"
+    def as_dict(self) -> dict[str, object]:
+        """As a job row keeps it (`jobs.estimates`)."""
+        return {"device": self.device, "seconds": round(self.seconds, 1), "measured": self.measured}
 
 
 def device_class(gpu_name: str | None) -> tuple[DeviceClass, str, bool]:

@@ -63,14 +63,22 @@ class ModelFile:
 def _allowed_roots(root: Path) -> list[Path]:
     roots = [root]
     # A Hugging Face cache snapshot (models--org--name/snapshots/<rev>/) is a
-    # directory of symlinks into the repository's blobs/.
-    if root.parent.name == "snapshots" and (root.parent.parent / "blobs").is_dir():
-        roots.append((root.parent.parent / "blobs").resolve())
+    # directory of symlinks into the repository's blobs/: a real directory
+    # of that repository, never a link (`blobs -> /proc/self` would otherwise
+    # make /proc/self/environ a "blob").
+    repo, blobs = root.parent.parent, root.parent.parent / "blobs"
+    if root.parent.name == "snapshots" and blobs.is_dir() and not blobs.is_symlink() \
+            and blobs.resolve().parent == repo.resolve():
+        roots.append(blobs.resolve())
     return roots
 
 
 def _inside(path: Path, roots: list[Path]) -> bool:
     return any(path == r or r in path.parents for r in roots)
+
+
+def _system(path: Path) -> bool:
+    return any(path == Path(s) or Path(s) in path.parents for s in _SYSTEM_ROOTS)
 
 
 def checked_files(root: Path, remote_code: bool = False) -> list[ModelFile]:
@@ -80,7 +88,7 @@ def checked_files(root: Path, remote_code: bool = False) -> list[ModelFile]:
         root = root.resolve()
     except (OSError, RuntimeError) as exc:
         raise SpecError(f"model path {root} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-    if any(root == Path(s) or Path(s) in root.parents for s in _SYSTEM_ROOTS):
+    if _system(root):
         raise SpecError(f"model path {root} is a system directory, not a model")
     if not root.is_dir():
         raise SpecError(f"model path {root} is not a directory")
@@ -98,7 +106,7 @@ def checked_files(root: Path, remote_code: bool = False) -> list[ModelFile]:
         path = root / entry.name
         if entry.is_symlink():
             target = Path(os.path.realpath(path))
-            if not _inside(target, roots):
+            if not _inside(target, roots) or _system(target):
                 raise SpecError(f"model file {path} is a symlink to {os.readlink(path)}, outside the model directory: refused")
         else:
             target = path
@@ -133,5 +141,3 @@ def _check_shard_index(root: Path, names: set[str]) -> None:
                 raise SpecError(f"{root / index} names the shard {shard}, which the model directory does not hold")
 
 
-def uses_remote_code(config: dict) -> bool:
-    return bool(config.get("auto_map"))

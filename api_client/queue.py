@@ -22,6 +22,7 @@ TASK_NAME = "qfarm.run_job"
 # priority step (celery_config: 0, 3, 6, 9) and a worker pops the lowest
 # number first; within a step, the order of submission holds.
 PRIORITIES = {"high": 0, "normal": 3, "low": 9}
+PRIORITY_STEPS = (0, 3, 6, 9)  # celery_config's broker_transport_options
 
 
 @lru_cache(maxsize=8)
@@ -79,13 +80,16 @@ def waiting_job_ids(broker_url: str, queues: list[str]) -> set[str] | None:
     try:
         ids: set[str] = set()
         sep = "\x06\x16"  # kombu's separator between a queue's name and its priority step
-        keys = list(queues) + [k.decode() for q in queues for k in client.scan_iter(match=f"{q}{sep}*")]
+        keys = [q if step == 0 else f"{q}{sep}{step}" for q in queues for step in PRIORITY_STEPS]
         for key in keys:
             for raw in client.lrange(key, 0, -1):
-                ids.add(_task_id(raw))
+                try:
+                    ids.add(_task_id(json.loads(raw)))
+                except ValueError:
+                    continue
         for raw in client.hvals("unacked"):
             try:
-                ids.add(_task_id(json.dumps(json.loads(raw)[0])))
+                ids.add(_task_id(json.loads(raw)[0]))
             except (ValueError, IndexError, TypeError):
                 continue
         ids.discard("")
@@ -94,9 +98,6 @@ def waiting_job_ids(broker_url: str, queues: list[str]) -> set[str] | None:
         client.close()
 
 
-def _task_id(raw: bytes | str) -> str:
-    try:
-        message = json.loads(raw)
-        return str(message.get("headers", {}).get("id") or "")
-    except (ValueError, AttributeError):
-        return ""
+def _task_id(message: Any) -> str:
+    headers = message.get("headers") if isinstance(message, dict) else None
+    return str(headers.get("id") or "") if isinstance(headers, dict) else ""

@@ -102,9 +102,13 @@ def eval_key(job: Job) -> str:
 
 def estimated(job: Job) -> str:
     """'~44.1 s on CPU workers, ~6.6 s on H100 workers'."""
-    if not job.estimates:
-        return "-"
-    return ", ".join(f"~{duration(s)} on {d.split()[0]} workers{d[len(d.split()[0]):]}" for d, s in job.estimates.items())
+    return ", ".join(describe_estimate(e) for e in job.estimates or []) or "-"
+
+
+def describe_estimate(e: dict[str, Any]) -> str:
+    """One estimate as a job row keeps it (api_client/estimate.Estimate.as_dict)."""
+    what = f"{e['device']} workers" + ("" if e.get("measured", True) else " (estimated with H100 figures)")
+    return f"~{duration(e['seconds'])} on {what}"
 
 
 def elapsed(job: Job) -> float | None:
@@ -119,12 +123,14 @@ def elapsed(job: Job) -> float | None:
 
 def elapsed_vs_estimate(job: Job) -> str:
     """'12.0 s / ~44.1 s': elapsed beside the estimate for the device it runs on."""
+    from api_client.estimate import device_class
+
     mine = None
     if job.estimates:
-        device = "CPU" if not job.gpu_name or job.gpu_name == "cpu" else job.gpu_name.replace("NVIDIA ", "").split()[0]
-        mine = next((s for d, s in job.estimates.items() if d.split()[0] == device), None)
+        device = device_class(job.gpu_name)[1]
+        mine = next((e["seconds"] for e in job.estimates if e["device"] == device), None)
         if mine is None and job.started_at is None:
-            mine = min(job.estimates.values())
+            mine = min(e["seconds"] for e in job.estimates)
     return f"{duration(elapsed(job)) if job.started_at else '-'} / {'~' + duration(mine) if mine else '-'}"
 
 
@@ -136,14 +142,10 @@ def ago(dt: datetime | None) -> str:
     return f"{(utcnow() - aware(dt)).total_seconds():.0f} s ago"
 
 
-def worker_status(w: Worker, timeout_s: float) -> str:
-    from api_client.db.workers import status
-
-    return status(w, timeout_s)
-
-
 def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...]:
     gpu = "cpu" if w.gpu_index is None else f"{w.gpu_index}: {w.gpu_name or '?'}"
     memory = "-" if w.gpu_total_bytes is None else f"{size(w.gpu_free_bytes)} of {size(w.gpu_total_bytes)}"
-    return (w.name, worker_status(w, timeout_s), w.host, gpu, memory, ",".join(w.queues or []), w.current_job or "-",
+    from api_client.db.workers import status
+
+    return (w.name, status(w, timeout_s), w.host, gpu, memory, ",".join(w.queues or []), w.current_job or "-",
             stage or "-", str(w.jobs_done), ago(w.heartbeat_at))

@@ -11,12 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client.config import redact
+from api_client.config import has_credentials, redact
 from api_client.errors import QFarmError, SpecError, printable
 
 BUILTIN = "builtin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-_CREDENTIALS = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*://[^/@\s]+@")
 _HF_DATASET = re.compile(r"^hf:(?P<name>[\w.\-]+(/[\w.\-]+)?)(:(?P<config>[\w.\-]+))?(@(?P<split>[\w.\-\[\]:%]+))?$")
 
 
@@ -32,7 +31,7 @@ class S3Url:
 def parse_s3_url(url: str) -> S3Url:
     if not url.startswith("s3://"):
         raise SpecError(f"not an s3:// URL: {url}")
-    if "@" in url.split("/", 3)[2]:
+    if has_credentials(url):
         raise SpecError(f"{redact(url)} holds credentials: give S3 keys through the environment or ~/.aws")
     rest = url[len("s3://"):]
     bucket, _, key = rest.partition("/")
@@ -52,7 +51,7 @@ def check_source_text(source: str, what: str) -> None:
         raise SpecError(f"{what} must be 1 to {MAX_SOURCE_CHARS} characters, not {len(source)}")
     if not source.isprintable():
         raise SpecError(f"{what} '{printable(source)}' holds control characters")
-    if _CREDENTIALS.match(source):
+    if has_credentials(source):
         raise SpecError(f"{what} {redact(source)} holds credentials: qfarm never stores them; "
                         f"give S3 keys through the environment or ~/.aws, and the hub token as HF_TOKEN")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from api_client import catalog, sources
@@ -156,7 +157,7 @@ def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalS
         # A count asked for must be there; the worker's default count takes
         # what the text holds (and says so), but needs one window at least.
         seqlen = calib.seqlen or GPU_DEFAULTS.calib_seqlen
-        have = _windows(tok, calib.source, "calib", seqlen)
+        have = _windows(tok, calib.source, "calib", seqlen, calib.samples)
         if have == 0:
             raise SpecError(f"calibration text {calib.source} is shorter than one window of {seqlen} tokens with this "
                             f"model's tokenizer: give a longer text or shorter windows (--calib-seqlen)")
@@ -165,18 +166,22 @@ def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalS
                             f"model's tokenizer, fewer than --calib-samples {calib.samples}: ask for {have} or fewer, "
                             f"shorter windows (--calib-seqlen), or a longer text")
     if (sources.text_source_kind(evals.source) in ("builtin", "local") and evals.seqlen is not None
-            and _windows(tok, evals.source, "eval", evals.seqlen) < 1):
+            and _windows(tok, evals.source, "eval", evals.seqlen, 1) < 1):
         raise SpecError(f"evaluation text {evals.source} is shorter than one window of {evals.seqlen} tokens")
 
 
-def _windows(tok: Any, source: str, purpose: str, seqlen: int) -> int:
+def _windows(tok: Any, source: str, purpose: str, seqlen: int, want: int | None = None) -> int:
+    """Windows of `seqlen` tokens the text holds (counting at most `want`:
+    only as much text is tokenized as that many windows could need)."""
     from api_client import texts
 
     if source == sources.BUILTIN:
         text = texts.builtin_text(purpose)
     else:
-        path = sources.check_local_text(source, "calibration" if purpose == "calib" else "evaluation")
+        path = Path(source).expanduser()
         text = texts.decode_text(path.read_bytes(), path.name)
+    if want:
+        text = text[: want * seqlen * 12]  # no token is longer than 12 characters here
     return len(tok.encode(text, add_special_tokens=False).ids) // seqlen
 
 

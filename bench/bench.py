@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from api_client import Client, JobSpec
 from api_client.db import Database, jobs
 from api_client.db.jobs import aware
+from api_client.estimate import device_class
 from api_client.spec import CalibSpec, EvalSpec
 
 # Perplexity ratios measured on one H100 calling the libraries directly
@@ -172,8 +173,8 @@ def table_quickstart(rows: list[dict]) -> str:
         if r["state"] != "succeeded":
             out.append(f"| {r['label']} | {r['state']}: {r['error']} |||||||||")
             continue
-        device = "CPU" if r["gpu_name"] in (None, "cpu") else r["gpu_name"].replace("NVIDIA ", "").split()[0]
-        est = next((s for d, s in (r.get("estimates") or {}).items() if d.split()[0] == device), None)
+        device = device_class(r["gpu_name"])[1]
+        est = next((e["seconds"] for e in r.get("estimates") or [] if e["device"] == device), None)
         m = r["metrics"]
         out.append(
             f"| {r['label']} | {device} | {r['wall_seconds']:.1f} | {r['quantize_seconds']:.1f} | {r['eval_seconds']:.1f} | "

@@ -120,3 +120,15 @@ def test_malformed_safetensors_headers_are_one_line(tiny_model, tmp_path, header
     (model / "model.safetensors").write_bytes(len(raw).to_bytes(8, "little") + raw)
     with pytest.raises(SpecError, match=message):
         checkpoint.inspect(model)
+
+
+def test_a_blobs_link_out_of_a_hub_cache_is_refused(tiny_model, tmp_path):
+    repo = tmp_path / "models--a--b"
+    snap = repo / "snapshots" / "rev1"
+    snap.mkdir(parents=True)
+    (repo / "blobs").symlink_to("/proc/self")
+    for f in tiny_model.iterdir():
+        shutil.copy(f, snap / f.name)
+    (snap / "chat_template.jinja").symlink_to("../../blobs/environ")
+    with pytest.raises(SpecError, match="chat_template.jinja is a symlink to ../../blobs/environ, outside the model directory"):
+        checkpoint.inspect(snap)

@@ -4,6 +4,8 @@ checkpoint says what was asked, and the manifest records parameters and
 library versions."""
 
 import json
+import os
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -122,12 +124,14 @@ def test_clearing_scratch_spares_a_running_jobs_files(tmp_path):
     scratch = tmp_path / "scratch"
     (scratch / "dead").mkdir(parents=True)
     (scratch / "dead.lock").touch()
+    os.utime(scratch / "dead.lock", (time.time() - 2 * 86400,) * 2)  # a killed job's, days ago
+    (scratch / "fresh.lock").touch()  # another worker's, about to be locked: stays
     (scratch / "running").mkdir()
     (scratch / "running" / "model.safetensors").write_bytes(b"x")
     (scratch / "new" / "model").mkdir(parents=True)  # from an attempt of "new" that was killed
     with open(scratch / "running.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         with runner.job_directory(scratch, "new") as job_dir:
-            assert sorted(p.name for p in scratch.iterdir()) == ["new", "new.lock", "running", "running.lock"]
+            assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "new", "new.lock", "running", "running.lock"]
             assert job_dir == scratch / "new" and not any(job_dir.iterdir())
-    assert sorted(p.name for p in scratch.iterdir()) == ["running", "running.lock"]
+    assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "running", "running.lock"]

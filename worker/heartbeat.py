@@ -18,9 +18,13 @@ import os
 import signal
 import socket
 import threading
+import time
+from typing import Any
 
 from api_client.config import Settings
 from api_client.db import Database, JobState, jobs, workers
+from api_client.db.jobs import aware
+from api_client.db.models import utcnow
 from api_client.errors import first_line
 from worker import gpu, reconcile
 
@@ -47,6 +51,8 @@ class Heartbeat(threading.Thread):
         self._db = Database(settings.database_url, pooled=False)
         self._farm: str | None = None
         self._failing = False
+        self._healthy_since = time.monotonic()
+        self._redis: Any = None
         index = gpu.worker_gpu_index()
         info = next((g for g in gpu.nvml_gpus() if g.index == index), None) if index is not None else None
         self._gpu = (index, info.name if info else ("cpu" if index is None else None), info.total_bytes if info else None)
@@ -66,7 +72,10 @@ class Heartbeat(threading.Thread):
             try:
                 self.beat()
                 if self._failing:
-                    log.warning("heartbeat: the database answers again")
+                    log.warning("heartbeat: written again")
+                    # Every worker's heartbeat went stale with ours: give them
+                    # a whole timeout to write theirs before judging any lost.
+                    self._healthy_since = time.monotonic()
                 self._failing = False
             except Exception as exc:  # noqa: BLE001 - a heartbeat thread must outlive any outage
                 if not self._failing:
@@ -86,41 +95,47 @@ class Heartbeat(threading.Thread):
             jobs_done=_jobs_done(),
         ))
         if current is not None:
-            self._stop_if_cancelled(current)
+            self._stop_if_not_ours(current)
         if self._farm is None:
             self._farm = jobs.farm_id(self._db)
-        if _take_turn(self.settings, self._farm, self.worker_name):
-            reconcile.reconcile(self._db, self.settings, self._farm)
+        if self._take_turn():
+            judge_lost = time.monotonic() - self._healthy_since >= self.settings.heartbeat_timeout_s
+            reconcile.reconcile(self._db, self.settings, self._farm, judge_lost=judge_lost)
 
-    def _stop_if_cancelled(self, request) -> None:
+    def _stop_if_not_ours(self, request) -> None:
+        """Stop the job process when its job is no longer running here: a
+        cancel the broker could not carry, or another worker took the job
+        over (this one's heartbeat was lost for a while)."""
         try:
             job = jobs.get(self._db, request.id)
         except Exception:  # noqa: BLE001 - not a job of ours to judge
             return
         pid = getattr(request, "worker_pid", None)
-        if job.state == JobState.CANCELLED.value and pid:
-            log.info("job %s was cancelled: stopping its process %s", job.id, pid)
+        # A job claimed a moment ago may not show this worker yet: judge it
+        # once it was last changed a beat ago or more.
+        settled = job.updated_at is not None and (utcnow() - aware(job.updated_at)).total_seconds() > self.settings.heartbeat_interval_s
+        ours = job.state == JobState.RUNNING.value and job.worker == self.worker_name
+        if pid and (job.state == JobState.CANCELLED.value or (settled and not ours)):
+            log.info("job %s is %s on %s: stopping its process %s", job.id, job.state, job.worker, pid)
             try:
                 os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
+    def _take_turn(self) -> bool:
+        """One reconciler per interval across the farm (a Redis lock that
+        expires by itself), so workers do not send the same message twice."""
+        if not self.settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return True
+        if self._redis is None:
+            import redis
 
-def _take_turn(settings: Settings, farm: str, me: str) -> bool:
-    """One reconciler per interval across the farm (a Redis lock that
-    expires by itself), so workers do not send the same message twice."""
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return True
-    import redis
-
-    client = redis.Redis.from_url(settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        ttl_ms = int(settings.heartbeat_interval_s * 900)
-        return bool(client.set(f"qfarm:{farm}:reconciler", me, nx=True, px=max(ttl_ms, 100)))
-    except Exception:  # noqa: BLE001 - no broker: the database still holds the truth; try next beat
-        return False
-    finally:
-        client.close()
+            self._redis = redis.Redis.from_url(self.settings.broker_url, socket_timeout=5, socket_connect_timeout=5)
+        try:
+            ttl_ms = int(self.settings.heartbeat_interval_s * 900)
+            return bool(self._redis.set(f"qfarm:{self._farm}:reconciler", self.worker_name, nx=True, px=max(ttl_ms, 100)))
+        except Exception:  # noqa: BLE001 - no broker: the database still holds the truth; try next beat
+            return False
 
 
 _current: Heartbeat | None = None

@@ -11,18 +11,20 @@ mends what a crash or an outage leaves behind:
   data) gets its message again;
 - a partial upload whose removal failed (the store was down) is removed.
 
-`hand_back` is also how a job process that is stopped (SIGTERM: systemd, a
-broker connection loss) returns its job.
+Handing a job back is api_client/lifecycle.py's, shared with the job process
+that is stopped (SIGTERM) and with `qfarm requeue`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from datetime import timedelta
 
-from api_client import queue
+from api_client import lifecycle, queue
 from api_client.config import Settings
-from api_client.db import Database, Job, JobState, jobs, workers
+from api_client.db import Database, JobState, jobs, workers
 from api_client.db.jobs import aware
 from api_client.db.models import utcnow
 from api_client.errors import first_line
@@ -31,35 +33,25 @@ from api_client.storage import open_store
 log = logging.getLogger("qfarm.reconcile")
 
 
-def hand_back(db: Database, job: Job, reason: str, settings: Settings, farm: str) -> bool:
-    """Return a running job to the queue for the next worker (and send its
-    message), or fail it once QFARM_MAX_ATTEMPTS runs were started. False if
-    the job moved on meanwhile (another reconciler, a cancel)."""
-    if job.attempts >= settings.max_attempts:
-        error = f"{reason}; given up after {job.attempts} attempts (QFARM_MAX_ATTEMPTS={settings.max_attempts})"
-        return jobs.transition(db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts,
-                               state=JobState.FAILED, message=error, error=error)
-    if not jobs.transition(db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts, state=JobState.QUEUED,
-                           message=f"{reason}; handed to the next worker as attempt {job.attempts + 1} "
-                                   f"of {settings.max_attempts}"):
-        return False
-    _send(settings, job, farm)
-    return True
+_last_forget = [0.0]
 
 
-def _send(settings: Settings, job: Job, farm: str) -> None:
-    try:
-        queue.enqueue(settings.broker_url, job.id, job.queue, farm, job.priority)
-    except Exception as exc:  # noqa: BLE001 - the next reconcile sends it
-        log.warning("job %s is queued but its message could not be sent (%s); the reconciler will send it",
-                    job.id, first_line(exc))
-
-
-def reconcile(db: Database, settings: Settings, farm: str) -> None:
-    _lost_running(db, settings, farm)
-    _queued_without_message(db, settings, farm)
-    _pending_cleanups(db, settings)
-    workers.forget_older_than(db, days=7)
+def reconcile(db: Database, settings: Settings, farm: str, judge_lost: bool = True) -> None:
+    """One round. `judge_lost` is False while this worker's own heartbeat
+    has been back for less than a timeout (after a database outage every
+    heartbeat is stale: the others need a timeout to write theirs)."""
+    steps: list[tuple[str, Callable[[], object]]] = [("queued jobs without a message", lambda: _queued_without_message(db, settings, farm)),
+             ("partial uploads", lambda: _pending_cleanups(db, settings))]
+    if judge_lost:
+        steps.insert(0, ("running jobs of lost workers", lambda: _lost_running(db, settings, farm)))
+    if time.monotonic() - _last_forget[0] > 3600:
+        _last_forget[0] = time.monotonic()
+        steps.append(("old worker rows", lambda: workers.forget_older_than(db, days=7)))
+    for what, step in steps:
+        try:
+            step()
+        except Exception as exc:  # noqa: BLE001 - one step's failure (Redis, the store) must not stop the others
+            log.warning("reconcile, %s: %s", what, first_line(exc))
 
 
 def _lost_running(db: Database, settings: Settings, farm: str) -> None:
@@ -80,7 +72,7 @@ def _lost_running(db: Database, settings: Settings, farm: str) -> None:
             reason = f"worker lost: {job.worker} no longer runs it"
         else:
             continue
-        if hand_back(db, job, reason, settings, farm):
+        if lifecycle.hand_back(db, job, reason, settings, farm):
             log.warning("job %s: %s", job.id, reason)
 
 
@@ -95,7 +87,8 @@ def _queued_without_message(db: Database, settings: Settings, farm: str) -> None
     for job in stale:
         if job.id in waiting:
             continue
-        _send(settings, job, farm)
+        if not lifecycle.send(settings, job, farm):
+            continue
         jobs.note(db, job.id, "the broker held no message for this queued job (was Redis restarted?): sent it again")
         jobs.record(db, job.id)  # touches updated_at, so it is not sent again at once
         log.warning("job %s was queued with no message in the broker; sent it again", job.id)
@@ -103,6 +96,8 @@ def _queued_without_message(db: Database, settings: Settings, farm: str) -> None
 
 def _pending_cleanups(db: Database, settings: Settings) -> None:
     for job in jobs.pending_cleanups(db):
+        if job.state in (JobState.RUNNING.value, JobState.SUCCEEDED.value):
+            continue  # an attempt that runs or succeeded owns the prefix now
         uri = job.cleanup_uri or ""
         try:
             store = open_store(settings.storage_url)

@@ -12,11 +12,11 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_client import artifacts, catalog, checkpoint
+from api_client import artifacts, catalog, checkpoint, lifecycle
 from api_client.config import Settings, redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
@@ -25,7 +25,7 @@ from api_client.errors import JobNotFound, QFarmError, first_line, printable
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluation, gpu, methods, model_source, reconcile, texts
+from worker import evaluation, gpu, methods, model_cache, model_source, texts
 from worker.context import JobContext
 from worker.versions import library_versions
 
@@ -67,7 +67,7 @@ class Recorder:
 T = TypeVar("T")
 
 
-def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Device, settings: Settings, farm: str) -> Job | None:
+def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Device, settings: Settings) -> Job | None:
     """Move a job to running on this worker; None if it is not ours to run.
 
     A message can be doubled (a reconciler and a hand-back both send one) or
@@ -95,8 +95,10 @@ def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Device, settings:
     else:
         log.info("job %s is %s; nothing to do", job_id, job.state)
         return None
+    # The new attempt's upload starts by clearing the prefix (artifacts.Upload),
+    # so a cleanup still pending from an earlier attempt is its own.
     ok = rec(jobs.transition, job_id, expect=[JobState(job.state)], expect_attempts=job.attempts,
-             state=JobState.RUNNING, message=message, attempts=job.attempts + 1, **where)
+             state=JobState.RUNNING, message=message, attempts=job.attempts + 1, cleanup_uri=None, **where)
     now = rec(jobs.get, job_id)
     # A commit can land although its connection dropped before saying so; the
     # row then shows our claim.
@@ -122,7 +124,7 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
                       job_id, db.display_url)
             return Outcome.UNKNOWN
         device = gpu.detect()
-        job = claim(rec, job_id, worker, device, settings, own_farm)
+        job = claim(rec, job_id, worker, device, settings)
         if job is None:
             return Outcome.DONE
         scratch = settings.scratch_dir / "jobs"
@@ -139,8 +141,9 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         except (DatabaseGone, Interrupted):
             raise
         except Exception as exc:  # noqa: BLE001 - disk full, permissions: recorded as the job's failure
-            # Run records its own failures; this is the directory's (disk full, permissions).
-            error = redact(f"cannot prepare the job's working directory under {scratch}: {exc}")
+            # Run records its own failures; these are its setting up: the
+            # working directory (disk full, permissions), the store.
+            error = redact(printable(f"cannot start the job on this worker (scratch {scratch}): {first_line(exc)}"))
             rec(jobs.transition, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
             log.error("job %s failed: %s", job_id, error)
         return Outcome.DONE
@@ -192,11 +195,17 @@ def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
 
 
 def _clear(scratch: Path) -> None:
+    """Remove what killed jobs left. Workers of one host share `scratch`: a
+    lock file another worker has just created but not yet locked looks free,
+    so lock files go only once a day old (a job's own is removed by it)."""
     for child in scratch.iterdir():
         name = child.name.removesuffix(".lock")
         if _locked(scratch / f"{name}.lock"):
             continue
-        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+        if child.is_dir():
+            shutil.rmtree(child, ignore_errors=True)
+        elif time.time() - child.stat().st_mtime > 86400:
+            child.unlink(missing_ok=True)
 
 
 def _locked(lock_path: Path) -> bool:
@@ -219,6 +228,8 @@ class Run:
         self.store = open_store(settings.storage_url)
         self.upload: artifacts.Upload | None = None
         self.current_stage: str | None = None
+        # What the job holds until it ends (its model's cache entry).
+        self.held = ExitStack()
 
     # -- reporting ---------------------------------------------------------
     def stage(self, stage: Stage, message: str | None = None) -> None:
@@ -248,13 +259,22 @@ class Run:
 
     # -- the job -----------------------------------------------------------
     def run(self) -> None:
+        with self.held:
+            self._run_and_record()
+
+    def _run_and_record(self) -> None:
         try:
             self._run()
         except JobCancelled:
-            self._unpublish()
-            log.info("job %s was cancelled", self.job.id)
+            # Cancelled, or taken over by another worker (its heartbeat was
+            # thought lost): the store's prefix is only ours to clear if the
+            # job's current attempt is this one.
+            if self._attempt_is_mine():
+                self._unpublish()
+            log.info("job %s left this worker (%s)", self.job.id, self.rec(jobs.get, self.job.id).state)
         except Interrupted:
-            self._unpublish()
+            if self._attempt_is_mine():
+                self._unpublish()
             self._stopped()
         except DatabaseGone:
             # The message goes back to the broker (execute); the next attempt
@@ -274,13 +294,20 @@ class Run:
         cancelled; any other is handed to the next worker (a restart is not
         a failure)."""
         job = self.rec(jobs.get, self.job.id)
-        if job.state != JobState.RUNNING.value:
-            log.info("job %s was %s", self.job.id, job.state)
+        if job.state != JobState.RUNNING.value or not self._attempt_is_mine(job):
+            log.info("job %s was %s (attempt %d on %s)", self.job.id, job.state, job.attempts, job.worker)
             return
         during = f" while {self.current_stage}" if self.current_stage else ""
         reason = f"the worker {self.job.worker} was stopped (SIGTERM){during}"
-        self.rec(reconcile.hand_back, job, reason, self.settings, self.farm)
+        self.rec(lifecycle.hand_back, job, reason, self.settings, self.farm)
         log.warning("job %s: %s; handed back", self.job.id, reason)
+
+    def _attempt_is_mine(self, job: Job | None = None) -> bool:
+        """Whether the job's current attempt is this process's, and not
+        finished with success (then nothing of it may be removed)."""
+        job = job or self.rec(jobs.get, self.job.id)
+        return (job.worker == self.job.worker and job.attempts == self.job.attempts
+                and job.state != JobState.SUCCEEDED.value)
 
     def _run(self) -> None:
         job, device = self.job, self.device
@@ -293,7 +320,12 @@ class Run:
             raise QFarmError("this job runs the model's own code, and this worker was not started with "
                              "--allow-remote-code")
         self.stage(Stage.LOADING, f"fetching {job.model}")
-        model_dir, info = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code)
+        fetched = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code, stack=self.held,
+                                     cache=model_cache.ModelCache(self.settings.model_cache_dir, model_cache.limit_from_env()))
+        model_dir, info = fetched.path, fetched.info
+        if fetched.cache in ("hit", "miss"):
+            self.note(f"model cache {fetched.cache}: {job.model} ({info.weight_bytes / 2**20:.1f} MiB of weights) "
+                      f"{'was on this host' if fetched.cache == 'hit' else 'fetched'} in {fetched.seconds:.1f} s")
         checkpoint.check_quantizable(info, method_cls.group_size(params))
         self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
 
@@ -322,6 +354,7 @@ class Run:
         self.stage(Stage.UPLOADING, "finishing the upload, then the manifest")
         metrics = {
             **figures["columns"], **figures["extra"], **ctx.facts,
+            "model_cache": fetched.cache, "model_fetch_seconds": fetched.seconds,
             "model_bytes": info.weight_bytes, "artifact_bytes": artifact_bytes,
             "peak_vram_bytes": peak.torch_peak, "peak_vram_nvml_bytes": peak.nvml_peak,
             "quantize_seconds": ctx.library_seconds,

@@ -85,9 +85,16 @@ class Database:
 def unreachable(exc: BaseException) -> bool:
     """Whether `exc` says the database could not be reached (down, restarting,
     a dropped connection, SQLite's lock held too long): worth retrying."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    if (isinstance(exc, DBAPIError) and exc.connection_invalidated) or isinstance(exc, InterfaceError):
         return True
-    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if not isinstance(exc, OperationalError):
+        return False
+    orig = exc.orig
+    if type(orig).__module__.startswith("sqlite3"):
+        # SQLite says "no such column" with the same class: only a lock or
+        # a file it cannot reach is worth waiting for.
+        return any(s in str(orig).lower() for s in ("locked", "busy", "unable to open", "disk i/o"))
+    return True  # PostgreSQL: refused, closed, shutting down; its schema errors are ProgrammingErrors
 
 
 class DatabaseGone(ServiceUnavailable):

@@ -124,6 +124,11 @@ def farm_id(db: Database) -> str:
     return farm.id
 
 
+def stages(db: Database, job_ids: list[str]) -> dict[str, str | None]:
+    with db.session() as s:
+        return {row.id: row.stage for row in s.execute(select(Job.id, Job.stage).where(Job.id.in_(job_ids)))}
+
+
 def queued_since(db: Database, older_than_s: float) -> list[Job]:
     """Queued jobs untouched for `older_than_s` seconds (a submit in flight
     writes its row a moment before its message)."""

@@ -62,7 +62,7 @@ class Job(Base):
     eval_peak_rss_bytes: Mapped[int | None] = mapped_column(BigInteger)
     # Seconds the job should take, by device class of the workers that could
     # take it at submit (api_client/estimate.py).
-    estimates: Mapped[dict | None] = mapped_column(JSON)
+    estimates: Mapped[list | None] = mapped_column(JSON)
     artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
     quantize_seconds: Mapped[float | None] = mapped_column(Float)
     eval_seconds: Mapped[float | None] = mapped_column(Float)

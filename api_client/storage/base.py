@@ -33,6 +33,8 @@ class StoredObject:
     size: int
     # When it was written (UTC), where the store says.
     modified: datetime | None = None
+    # What changes when the object's bytes do (S3: the ETag), where the store says.
+    version: str | None = None
 
 
 class Store(ABC):

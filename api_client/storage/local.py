@@ -17,7 +17,7 @@ from api_client.storage.base import Store, StoredObject, StoreError, sha256_file
 
 def _stored(key: str, path: Path) -> StoredObject:
     st = path.stat()
-    return StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc))
+    return StoredObject(key, st.st_size, datetime.fromtimestamp(st.st_mtime, timezone.utc), f"{st.st_mtime_ns}-{st.st_size}")
 
 
 @register("file")

@@ -147,7 +147,7 @@ class S3Store(Store):
             for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
                 for obj in page.get("Contents", []):
                     key = obj["Key"][len(self.prefix) + 1:] if self.prefix else obj["Key"]
-                    out.append(StoredObject(key, obj["Size"], obj.get("LastModified")))
+                    out.append(StoredObject(key, obj["Size"], obj.get("LastModified"), str(obj.get("ETag", "")).strip('"')))
         except Exception as exc:
             raise StoreError(f"cannot list {self.uri(prefix)}: {_describe(exc)}") from None
         return out

@@ -1,0 +1,87 @@
+"""Models fetched once per host: against moto's S3 server, a second job's
+fetch is a hit, two at once download once, a changed file is a new entry,
+and the least recently used entry that no job holds goes first."""
+
+import threading
+from contextlib import ExitStack
+
+import pytest
+
+from api_client.storage.s3 import endpoint_from_env, s3_client
+from worker import model_source
+from worker.model_cache import ModelCache
+
+
+def upload(bucket, prefix, model_dir):
+    client = s3_client(endpoint_from_env())
+    for f in model_dir.iterdir():
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{f.name}", Body=f.read_bytes())
+    return f"s3://{bucket}/{prefix}"
+
+
+@pytest.fixture
+def counted_gets(monkeypatch):
+    from api_client.storage.s3 import S3Store
+
+    calls = []
+    original = S3Store.get_file
+
+    def get_file(self, key, dest):
+        calls.append(key)
+        return original(self, key, dest)
+
+    monkeypatch.setattr(S3Store, "get_file", get_file)
+    return calls
+
+
+def test_a_second_fetch_is_a_hit_and_two_at_once_download_once(bucket, tiny_model, tmp_path, counted_gets):
+    uri = upload(bucket, "models/tiny", tiny_model)
+    cache = ModelCache(tmp_path / "cache", limit_bytes=10**9)
+    results, errors = [], []
+
+    def job(n):
+        try:
+            with ExitStack() as held:
+                results.append(model_source.fetch(uri, tmp_path / f"job{n}", stack=held, cache=cache).cache)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=job, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(results) == ["hit", "miss"]
+    files = {f.name for f in tiny_model.iterdir()}
+    assert sorted(counted_gets) == sorted(files)  # every object once
+    with ExitStack() as held:
+        again = model_source.fetch(uri, tmp_path / "job3", stack=held, cache=cache)
+        assert again.cache == "hit" and (again.path / "config.json").read_text() == (tiny_model / "config.json").read_text()
+    assert len(counted_gets) == len(files)
+
+
+def test_a_changed_file_is_a_new_entry(bucket, tiny_model, tmp_path):
+    uri = upload(bucket, "models/tiny", tiny_model)
+    cache = ModelCache(tmp_path / "cache", limit_bytes=10**9)
+    with ExitStack() as held:
+        assert model_source.fetch(uri, tmp_path / "a", stack=held, cache=cache).cache == "miss"
+    changed = (tiny_model / "generation_config.json").read_text().replace("{", '{\n  "changed": true,', 1)
+    s3_client(endpoint_from_env()).put_object(Bucket=bucket, Key="models/tiny/generation_config.json", Body=changed.encode())
+    with ExitStack() as held:
+        fetched = model_source.fetch(uri, tmp_path / "b", stack=held, cache=cache)
+        assert fetched.cache == "miss" and '"changed": true' in (fetched.path / "generation_config.json").read_text()
+
+
+def test_least_recently_used_goes_first_but_never_one_in_use(bucket, tiny_model, tmp_path):
+    a, b, c = (upload(bucket, f"models/{n}", tiny_model) for n in "abc")
+    size = sum(f.stat().st_size for f in tiny_model.iterdir())
+    cache = ModelCache(tmp_path / "cache", limit_bytes=int(size * 1.5))  # room for one model
+    with ExitStack() as held:
+        model_source.fetch(a, tmp_path / "ja", stack=held, cache=cache)
+    with ExitStack() as holding_b:
+        model_source.fetch(b, tmp_path / "jb", stack=holding_b, cache=cache)  # evicts a
+        model_source.fetch(c, tmp_path / "jc", stack=holding_b, cache=cache)  # b is in use: stays, over the bound
+        entries = {p.name for p in (tmp_path / "cache").iterdir() if p.is_dir()}
+        assert len(entries) == 2
+    with ExitStack() as held:
+        assert model_source.fetch(a, tmp_path / "ja2", stack=held, cache=cache).cache == "miss"
