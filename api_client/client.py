@@ -95,6 +95,8 @@ class Client:
         if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
             raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
         job_id = new_job_id()
+        # Before anything is written, so a failure here leaves nothing behind.
+        estimates = [e.as_dict() for e in self.estimates(r, queue_name)] or None
         store: Store | None = None
         calib = dict(vars(r.calib)) if r.calib else None
         evals = dict(vars(r.eval))
@@ -106,7 +108,7 @@ class Client:
             for d, name in local_inputs:
                 d["source"] = self._upload_input(store, job_id, d["source"], name)
         job = job_row(r, job_id, self.settings.user, queue_name, calib=calib, evals=evals)
-        job.estimates = [e.as_dict() for e in self.estimates(r, queue_name)] or None
+        job.estimates = estimates
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:

@@ -24,7 +24,7 @@ def worker() -> None:
 @click.option("--gpus", default="auto", show_default=True, help="all, cpu, auto (all GPUs, or the CPU without one) or indices: 0,1.")
 @click.option("--allow-remote-code", is_flag=True,
               help="Also take jobs that run a model's own code (auto_map, *.py): only on hosts you trust with it.")
-@click.option("--loglevel", default="INFO", show_default=True)
+@click.option("--loglevel", default="INFO", show_default=True, help="Celery's log level: DEBUG, INFO, WARNING or ERROR.")
 def start(gpus: str, allow_remote_code: bool, loglevel: str) -> None:
     """Start one worker process per GPU (concurrency 1, pinned with CUDA_VISIBLE_DEVICES)."""
     missing = [m for m in WORKER_LIBRARIES if importlib.util.find_spec(m) is None]

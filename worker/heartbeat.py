@@ -113,9 +113,12 @@ class Heartbeat(threading.Thread):
         pid = getattr(request, "worker_pid", None)
         # A job claimed a moment ago may not show this worker yet: judge it
         # once it was last changed a beat ago or more.
+        # A queued job is about to be claimed by this very request (or its
+        # message is a copy the claim drops): never stopped here.
         settled = job.updated_at is not None and (utcnow() - aware(job.updated_at)).total_seconds() > self.settings.heartbeat_interval_s
-        ours = job.state == JobState.RUNNING.value and job.worker == self.worker_name
-        if pid and (job.state == JobState.CANCELLED.value or (settled and not ours)):
+        elsewhere = job.state == JobState.RUNNING.value and job.worker != self.worker_name
+        ended = job.state in (JobState.SUCCEEDED.value, JobState.FAILED.value)
+        if pid and (job.state == JobState.CANCELLED.value or (settled and (elsewhere or ended))):
             log.info("job %s is %s on %s: stopping its process %s", job.id, job.state, job.worker, pid)
             try:
                 os.kill(pid, signal.SIGTERM)
