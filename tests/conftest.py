@@ -220,3 +220,15 @@ def pytest_terminal_summary(terminalreporter):
     report = getattr(faults, "REPORT", None)
     if report and report["faults injected"]:
         terminalreporter.write_line("fault suite: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+
+
+SERVICE_FIXTURES = {"redis_url", "redis_conn", "pg_server_url", "pg_url", "db_url", "migrated_db", "s3_endpoint",
+                    "aws_env", "bucket", "qfarm_env"}
+
+
+def pytest_collection_modifyitems(items):
+    """`services`: the tests that use the machine's Redis, PostgreSQL or moto
+    (`-m "not services"` runs the rest with none of them up)."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
