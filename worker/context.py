@@ -34,6 +34,8 @@ class JobContext:
     # Whether libraries may run the model's own code (the job allows it and
     # this worker was started with --allow-remote-code).
     trust_remote_code: bool
+    # The checkpoint's config.json, as the job read it (checkpoint.inspect).
+    model_config: dict[str, Any]
     on_stage: Callable[[Stage, str | None], None]
     on_note: Callable[[str], None]
     library_seconds: float = 0.0
@@ -56,17 +58,11 @@ class JobContext:
         finally:
             self.library_seconds += time.perf_counter() - start
 
-    def model_config(self) -> dict[str, Any]:
-        import json
-
-        config: dict[str, Any] = json.loads((self.model_dir / "config.json").read_text())
-        return config
-
     def model_dtype(self) -> Any:
         """The torch dtype the checkpoint was saved in (config.json)."""
         import torch
 
-        config = self.model_config()
+        config = self.model_config
         return getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float16"), torch.float16)
 
     def gpu_budget(self) -> int | None:

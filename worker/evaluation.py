@@ -32,14 +32,6 @@ class EvalResult:
     seconds: float
 
 
-def model_context(model_dir: Path) -> int | None:
-    """The longest sequence the model takes (max_position_embeddings)."""
-    import json
-
-    value = json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings")
-    return value if isinstance(value, int) and value > 0 else None
-
-
 def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,
          trust_remote_code: bool = False):
     """Load a checkpoint (original or quantized) for inference on `device`.

@@ -334,7 +334,7 @@ class Run:
         ctx = JobContext(
             job_id=job.id, model_dir=model_dir, output_dir=output_dir, scratch_dir=self.job_dir, device=device,
             calib=_calib(job, device), max_vram_bytes=job.max_vram_bytes, weights=job.weights,
-            model_bytes=info.weight_bytes, trust_remote_code=job.allow_remote_code,
+            model_bytes=info.weight_bytes, trust_remote_code=job.allow_remote_code, model_config=info.config,
             on_stage=self.stage, on_note=self.note,
         )
         with gpu.PeakMemory(device) as peak:
@@ -346,7 +346,7 @@ class Run:
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
-        figures = self._evaluate(model_dir, output_dir, info.weight_bytes)
+        figures = self._evaluate(model_dir, output_dir, info.weight_bytes, info.context)
         self.rec(jobs.record, job.id, **figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
@@ -371,12 +371,11 @@ class Run:
                 and self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
             raise JobCancelled()
 
-    def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int) -> dict:
+    def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int, context: int | None) -> dict:
         from transformers import AutoTokenizer
 
         spec = EvalSpec(**(self.job.eval or {}))
         defaults = defaults_for(self.device.is_cuda)
-        context = evaluation.model_context(model_dir)
         if spec.seqlen and context and spec.seqlen > context:
             raise QFarmError(f"--eval-seqlen {spec.seqlen} is longer than the model's context of {context} tokens")
         seqlen = spec.seqlen or min(defaults.eval_seqlen, context or defaults.eval_seqlen)

@@ -68,7 +68,7 @@ def _layer_progress(ctx) -> Iterator[None]:
     per decoder layer; no public hook reports it, so the call is wrapped."""
     from llmcompressor.core import LifecycleCallbacks
 
-    layers = ctx.model_config().get("num_hidden_layers")
+    layers = ctx.model_config.get("num_hidden_layers")
     original = LifecycleCallbacks.sequential_epoch_end
     done = [0]
 
