@@ -95,45 +95,70 @@ def method_options(fn: F) -> F:
     return fn
 
 
+_COMMON = ("calib", "calib_samples", "calib_seqlen", "eval_source", "eval_seqlen", "eval_windows", "decode_tokens",
+           "tasks", "tasks_dir", "limit", "max_vram", "weights", "priority", "allow_remote_code")
+
+
+def job_options(fn: F) -> F:
+    """The options every job takes, for `submit` and `compare` alike."""
+    options = [
+        click.option("--calib", help="Calibration text: builtin, a .txt/.jsonl file, s3://bucket/key or hf:NAME[:CONFIG][@SPLIT]."),
+        click.option("--calib-samples", type=int, help=f"Calibration windows (default {GPU_DEFAULTS.calib_samples} on a GPU "
+                                                       f"worker, {CPU_DEFAULTS.calib_samples} on a CPU worker)."),
+        click.option("--calib-seqlen", type=int, help=f"Tokens per calibration window (default {GPU_DEFAULTS.calib_seqlen})."),
+        click.option("--eval", "eval_source", help="Evaluation text, same forms as --calib (default: builtin)."),
+        click.option("--eval-seqlen", type=int, help=f"Tokens per perplexity window (default: the model's context, at most "
+                                                     f"{GPU_DEFAULTS.eval_seqlen} on a GPU worker, {CPU_DEFAULTS.eval_seqlen} on a CPU worker)."),
+        click.option("--eval-windows", type=int, help=f"At most this many perplexity windows (default: the whole text on a GPU "
+                                                      f"worker, {CPU_DEFAULTS.eval_windows} on a CPU worker)."),
+        click.option("--decode-tokens", type=int, help=f"Tokens generated to time decoding (default {EvalSpec.decode_tokens}; 0: skip)."),
+        click.option("--tasks", help="lm-evaluation-harness tasks to score both models on, e.g. builtin or builtin,arc_easy "
+                                     "(builtin: qfarm's own offline task, see `qfarm methods`; others need the hub or --tasks-dir)."),
+        click.option("--tasks-dir", help="A directory of lm-eval task YAML and the data files they name (relative to it); "
+                                         "uploaded with the job."),
+        click.option("--limit", type=int, help="At most this many items of each task."),
+        click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced)."),
+        click.option("--weights", type=click.Choice(WEIGHTS_PLACEMENTS), default="auto", show_default=True,
+                     help="Where the full-precision weights live while quantizing; cpu onloads one layer at a time."),
+        click.option("--priority", type=click.Choice(PRIORITY_NAMES), default="normal", show_default=True,
+                     help="Order in the queue: a high job is taken before normal and low ones submitted earlier."),
+        click.option("--allow-remote-code", is_flag=True,
+                     help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _job_spec(model: str, method: str, fmt: str | None, options: dict[str, Any]) -> Any:
+    """A JobSpec from the command's options; the method's own options are
+    what remains in `options` after the common ones are taken."""
+    from api_client.spec import JobSpec
+
+    common = {k: options.pop(k) for k in _COMMON}
+    calib_given = {k: v for k, v in dict(source=common["calib"], samples=common["calib_samples"],
+                                         seqlen=common["calib_seqlen"]).items() if v is not None}
+    eval_given = {k: v for k, v in dict(source=common["eval_source"], seqlen=common["eval_seqlen"],
+                                        windows=common["eval_windows"], decode_tokens=common["decode_tokens"],
+                                        tasks=common["tasks"].split(",") if common["tasks"] is not None else None,
+                                        tasks_dir=common["tasks_dir"], tasks_limit=common["limit"]).items() if v is not None}
+    return JobSpec(model=model, method=method, params=options, format=fmt,
+                   calib=CalibSpec(**calib_given) if calib_given else None, eval=EvalSpec(**eval_given),
+                   max_vram=common["max_vram"], weights=common["weights"], allow_remote_code=common["allow_remote_code"],
+                   priority=common["priority"])
+
+
 @cli.command()
 @click.argument("model")
 @click.option("--method", "-m", required=True, help=f"{', '.join(catalog.names())} (`qfarm methods` describes them).")
 @click.option("--format", "fmt", help="Artifact format; the method's first format by default.")
 @method_options
-@click.option("--calib", help="Calibration text: builtin, a .txt/.jsonl file, s3://bucket/key or hf:NAME[:CONFIG][@SPLIT].")
-@click.option("--calib-samples", type=int, help=f"Calibration windows (default {GPU_DEFAULTS.calib_samples} on a GPU worker, "
-                                                f"{CPU_DEFAULTS.calib_samples} on a CPU worker).")
-@click.option("--calib-seqlen", type=int, help=f"Tokens per calibration window (default {GPU_DEFAULTS.calib_seqlen}).")
-@click.option("--eval", "eval_source", help="Evaluation text, same forms as --calib (default: builtin).")
-@click.option("--eval-seqlen", type=int, help=f"Tokens per perplexity window (default: the model's context, at most "
-                                              f"{GPU_DEFAULTS.eval_seqlen} on a GPU worker, {CPU_DEFAULTS.eval_seqlen} on a CPU worker).")
-@click.option("--eval-windows", type=int, help=f"At most this many perplexity windows (default: the whole text on a GPU "
-                                               f"worker, {CPU_DEFAULTS.eval_windows} on a CPU worker).")
-@click.option("--decode-tokens", type=int, help=f"Tokens generated to time decoding (default {EvalSpec.decode_tokens}; 0: skip).")
-@click.option("--max-vram", help="Cap on the GPU memory the job may use, e.g. 16GiB (enforced).")
-@click.option("--weights", type=click.Choice(WEIGHTS_PLACEMENTS), default="auto", show_default=True,
-              help="Where the full-precision weights live while quantizing; cpu onloads one layer at a time.")
-@click.option("--priority", type=click.Choice(PRIORITY_NAMES), default="normal", show_default=True,
-              help="Order in the queue: a high job is taken before normal and low ones submitted earlier.")
-@click.option("--allow-remote-code", is_flag=True,
-              help="Run the model's own code (auto_map, *.py) and publish it; needs a worker started with --allow-remote-code.")
+@job_options
 @click.option("--wait", is_flag=True, help="Follow the job with a progress bar; exit non-zero if it fails.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON (with --wait, its final row).")
-def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_samples: int | None,
-           calib_seqlen: int | None, eval_source: str | None, eval_seqlen: int | None, eval_windows: int | None,
-           decode_tokens: int | None, max_vram: str | None, weights: str, priority: str, allow_remote_code: bool, wait: bool,
-           as_json: bool, **params: Any) -> None:
+def submit(model: str, method: str, fmt: str | None, wait: bool, as_json: bool, **options: Any) -> None:
     """Queue MODEL (a local directory, an s3:// prefix or a Hugging Face id) for quantization."""
-    from api_client.spec import JobSpec
-
-    calib_given: dict[str, Any] = {k: v for k, v in dict(source=calib, samples=calib_samples, seqlen=calib_seqlen).items()
-                                   if v is not None}
-    eval_given: dict[str, Any] = {k: v for k, v in dict(source=eval_source, seqlen=eval_seqlen, windows=eval_windows,
-                                                        decode_tokens=decode_tokens).items() if v is not None}
-    eval_spec = EvalSpec(**eval_given)
-    spec = JobSpec(model=model, method=method, params=params, format=fmt,
-                   calib=CalibSpec(**calib_given) if calib_given else None, eval=eval_spec,
-                   max_vram=max_vram, weights=weights, allow_remote_code=allow_remote_code, priority=priority)
+    spec = _job_spec(model, method, fmt, options)
     client = _client()
     job = client.submit(spec)
     if job.estimates and not as_json:
@@ -154,6 +179,66 @@ def submit(model: str, method: str, fmt: str | None, calib: str | None, calib_sa
 
         _emit_json(to_dict(final))
     sys.exit(0 if final.state == "succeeded" else 1)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--methods", "methods_", required=True,
+              help="Methods to compare, comma-separated, each NAME or NAME:FORMAT, e.g. gptq,awq,nf4,int8,fp8,gptq:gptq.")
+@click.option("--max-size", help="Recommend only artifacts at most this large, e.g. 4GiB.")
+@click.option("--max-serve-vram", "max_serve_vram",
+              help="Recommend only methods whose measured serve VRAM is at most this, e.g. 6GiB.")
+@job_options
+@click.option("--wait", is_flag=True, help="Wait for every member, then print the table.")
+@click.option("--json", "as_json", is_flag=True, help="Print the group (with --wait, the table) as JSON.")
+def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str | None, wait: bool, as_json: bool,
+            **options: Any) -> None:
+    """Quantize MODEL with several methods at once, as one group, and print
+    the table: accuracy kept, size, memory and speed to serve, with the
+    recommended row. Members run in parallel on a farm with free GPUs."""
+    import time
+
+    spec = _job_spec(model, "rtn", None, options)
+    client = _client()
+    group, members = client.compare(model, [m.strip() for m in methods_.split(",") if m.strip()], spec,
+                                     max_size=max_size, max_vram=max_serve_vram)
+    if not wait:
+        if as_json:
+            _emit_json({"group": group.id, "jobs": [{"id": j.id, "method": j.method, "format": j.format} for j in members]})
+        else:
+            click.echo(group.id)
+            for j in members:
+                click.echo(f"  {j.id} {j.method}/{j.format}", err=True)
+        return
+    if not as_json:
+        click.echo(f"group {group.id}: {len(members)} jobs queued, slowest first", err=True)
+    seen: dict[str, str] = {}
+    while True:
+        group, members = client.group(group.id)
+        for j in members:
+            if seen.get(j.id) != j.state and not as_json:
+                click.echo(f"  {j.method}/{j.format} {j.id}: {j.state}" + (f" ({j.error})" if j.error else ""), err=True)
+            seen[j.id] = j.state
+        if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+            break
+        time.sleep(2)
+    _print_comparison(group, members, as_json)
+    sys.exit(0 if any(j.state == "succeeded" for j in members) else 1)
+
+
+def _print_comparison(group: Any, members: list[Any], as_json: bool) -> None:
+    from api_client import render
+    from api_client.compare import compare as build
+
+    table = build(group, members)
+    if as_json:
+        _emit_json(table.as_dict())
+        return
+    from rich.console import Console
+
+    console = Console(width=200)
+    console.print(render.comparison_table(table))
+    console.print(f"recommended: {table.why}")
 
 
 def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
@@ -200,11 +285,17 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
 @click.option("--traceback", "show_traceback", is_flag=True, help="Also print the stored traceback of a failed job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's row as JSON.")
 def status(job: str, show_traceback: bool, as_json: bool) -> None:
-    """Show a job (its id or a unique prefix of it)."""
+    """Show a job (its id or a unique prefix of it), or a compare group's table."""
     from api_client import render
     from api_client.db.jobs import to_dict
 
-    found = _client().status(job)
+    client = _client()
+    from api_client.db import groups
+
+    if job.startswith(groups.PREFIX) and (group := groups.get(client.db, job)) is not None:
+        _print_comparison(group, groups.members(client.db, group.id), as_json)
+        return
+    found = client.status(job)
     if as_json:
         _emit_json({**to_dict(found), **({"error_traceback": found.error_traceback} if show_traceback else {})})
         return
@@ -355,6 +446,10 @@ def methods() -> None:
             choices = f.metadata.get("choices")
             allowed = f" ({'/'.join(map(str, choices))})" if choices else ""
             click.echo(f"    {cli_flags(f)}{allowed}, default {f.default}: {f.metadata.get('help', '')}")
+    from api_client import lm_tasks
+
+    click.echo(f"tasks (--tasks): {lm_tasks.describe()}; any lm-eval registry task where the hub is reachable; "
+               f"your own with --tasks-dir")
 
 
 QFarmGroup.lazy = {"worker": "worker.cli:worker"}

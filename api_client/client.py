@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import builtins
+import dataclasses
+import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client import artifacts, estimate, lifecycle, queue, routing, sources
+from api_client import artifacts, catalog, estimate, lifecycle, queue, routing, sources
 from api_client.config import Settings
-from api_client.db import Database, Job, JobEvent, JobState, jobs, workers
-from api_client.db.models import Worker
+from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, workers
+from api_client.db.models import JobGroup, Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
-from api_client.spec import JobSpec, ResolvedSpec, resolve
+from api_client.spec import JobSpec, ResolvedSpec, parse_size, resolve
 from api_client.storage import Store, open_store, sha256_file
 
 
@@ -37,6 +40,18 @@ def job_row(r: ResolvedSpec, job_id: str, user: str, queue_name: str, calib: dic
         weights=r.weights, queue=queue_name, submitted_by=user, attempts=0, model_bytes=r.model_bytes,
         allow_remote_code=r.allow_remote_code, priority=r.priority,
     )
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """Where a validated job goes and how long it should take there."""
+
+    queue: str
+    estimates: builtins.list[dict] | None
+
+    @property
+    def seconds(self) -> float:
+        return max((e.get("seconds") or 0 for e in self.estimates or []), default=0.0)
 
 
 @dataclass(frozen=True)
@@ -90,50 +105,136 @@ class Client:
         r = resolve(spec)
         farm = self.farm()
         queue.check_broker(self.settings.broker_url)
-        queue_name = routing.queue_for(farm, r.min_capability, r.allow_remote_code,
-                                       gpu=r.weights == "gpu" or r.max_vram_bytes is not None)
-        if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
-            raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
+        planned = self._plan(r, farm)
         job_id = new_job_id()
-        # Before anything is written, so a failure here leaves nothing behind.
-        estimates = [e.as_dict() for e in self.estimates(r, queue_name)] or None
-        store: Store | None = None
-        calib = dict(vars(r.calib)) if r.calib else None
-        evals = dict(vars(r.eval))
-        local_inputs = [(d, name) for d, name in ((calib, "calib"), (evals, "eval"))
-                        if d is not None and sources.text_source_kind(d["source"]) == "local"]
-        if local_inputs:
-            store = open_store(self.settings.storage_url)
-            store.check()
-            for d, name in local_inputs:
-                d["source"] = self._upload_input(store, job_id, d["source"], name)
-        job = job_row(r, job_id, self.settings.user, queue_name, calib=calib, evals=evals)
-        job.estimates = estimates
+        store, calib, evals = self._upload_inputs(job_id, r)
+        job = job_row(r, job_id, self.settings.user, planned.queue, calib=calib, evals=evals)
+        job.estimates = planned.estimates
         try:
             jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
         except Exception:
             self._drop_inputs(store, job_id)
             raise
         try:
-            queue.enqueue(self.settings.broker_url, job_id, queue_name, farm, job.priority)
+            queue.enqueue(self.settings.broker_url, job_id, planned.queue, farm, job.priority)
         except Exception as exc:  # noqa: BLE001 - the row goes, whatever the broker said
             jobs.delete(self.db, job_id)
             self._drop_inputs(store, job_id)
             raise ServiceUnavailable(f"could not queue the job: {first_line(exc)}") from None
         return job
 
+    def compare(self, model: str, methods: builtins.list[str], base: JobSpec, max_size: int | str | None = None,
+                max_vram: int | str | None = None) -> tuple[JobGroup, builtins.list[Job]]:
+        """Submit one job per method of `methods` (each `name` or
+        `name:format`) on `model` as a group, slowest first so the group
+        ends sooner on a farm of several GPUs. Every member is validated
+        before anything is written; the group and its rows are written at
+        once; if queuing fails, none stays."""
+        if not methods:
+            raise SpecError("--methods names no method: give e.g. --methods gptq,awq,nf4")
+        if len(set(methods)) != len(methods):
+            raise SpecError(f"--methods names a method twice: {','.join(methods)}")
+        limits = {"max_size_bytes": parse_size(max_size), "max_vram_bytes": parse_size(max_vram)}
+        resolved = []
+        for entry in methods:
+            name, _, fmt = entry.partition(":")
+            member = dataclasses.replace(base, model=model, method=name, format=fmt or None,
+                                         calib=base.calib if catalog.get(name).calibrated else None,
+                                         eval=dataclasses.replace(base.eval))
+            try:
+                resolved.append(resolve(member))
+            except SpecError as exc:
+                raise SpecError(f"{entry}: {exc}") from None
+        farm = self.farm()
+        queue.check_broker(self.settings.broker_url)
+        plans = [self._plan(r, farm) for r in resolved]
+        # Longest first: with N GPUs free, the last to start is a short one.
+        order = sorted(range(len(plans)), key=lambda i: -plans[i].seconds)
+        group = JobGroup(id=groups.PREFIX + uuid.uuid4().hex[:11], kind="compare", model=resolved[0].model,
+                         methods=methods, limits=limits, submitted_by=self.settings.user)
+        store, calib, evals = self._upload_inputs(group.id, resolved[0])
+        rows = []
+        for n, i in enumerate(order):
+            r = resolved[i]
+            # The original model's full figures (serving, tasks) are measured
+            # once, by the quickest member: the least likely to fail (it has
+            # the least to do), so the group's baseline rarely goes missing.
+            member_eval = dict(evals, baseline="full" if n == len(order) - 1 else "perplexity")
+            row = job_row(r, new_job_id(), self.settings.user, plans[i].queue,
+                          calib=calib if r.calib else None, evals=member_eval)
+            row.estimates = plans[i].estimates
+            rows.append(row)
+        try:
+            groups.create(self.db, group, rows, message=f"submitted by {self.settings.user} (compare group {group.id})")
+        except Exception:
+            self._drop_inputs(store, group.id)
+            raise
+        sent = 0
+        try:
+            for row in rows:
+                queue.enqueue(self.settings.broker_url, row.id, row.queue, farm, row.priority)
+                sent += 1
+        except Exception as exc:  # noqa: BLE001 - said in one line, and no member is left waiting
+            reason = f"could not queue the group: {first_line(exc)}"
+            if sent == 0:
+                groups.delete(self.db, group.id)
+                self._drop_inputs(store, group.id)
+                raise ServiceUnavailable(reason) from None
+            # Messages already sent find their job failed and are dropped.
+            for row in rows:
+                jobs.transition(self.db, row.id, expect=[JobState.QUEUED], state=JobState.FAILED, message=reason, error=reason)
+            raise ServiceUnavailable(f"{reason}; its {len(rows)} jobs are marked failed (group {group.id})") from None
+        return group, rows
+
+    def group(self, ref: str) -> tuple[JobGroup, builtins.list[Job]]:
+        group = groups.require(self.db, ref)
+        return group, groups.members(self.db, group.id)
+
+    def _plan(self, r: ResolvedSpec, farm: str) -> _Planned:
+        queue_name = routing.queue_for(farm, r.min_capability, r.allow_remote_code,
+                                       gpu=r.weights == "gpu" or r.max_vram_bytes is not None)
+        if not routing.is_default(queue_name, farm) and queue_name not in queue.served_queues(self.settings.broker_url):
+            raise SpecError(f"no live worker can run this job: {_needs(r)}, and no worker serving queue {queue_name} answered")
+        # Before anything is written, so a failure here leaves nothing behind.
+        return _Planned(queue_name, [e.as_dict() for e in self.estimates(r, queue_name)] or None)
+
+    def _upload_inputs(self, owner: str, r: ResolvedSpec) -> tuple[Store | None, dict | None, dict]:
+        """Local calibration/evaluation texts and task directories go to the
+        store under inputs/<owner>/, so any worker can read them; returns the
+        calib and eval fields rewritten to point there."""
+        calib = dict(vars(r.calib)) if r.calib else None
+        evals = dict(vars(r.eval))
+        local = [(d, "source", name) for d, name in ((calib, "calib"), (evals, "eval"))
+                 if d is not None and sources.text_source_kind(d["source"]) == "local"]
+        if evals.get("tasks_dir") and "://" not in evals["tasks_dir"]:
+            local.append((evals, "tasks_dir", "tasks"))
+        if not local:
+            return None, calib, evals
+        store = open_store(self.settings.storage_url)
+        store.check()
+        for d, key, name in local:
+            d[key] = self._upload_input(store, owner, d[key], name)
+        return store, calib, evals
+
     @staticmethod
-    def _upload_input(store: Store, job_id: str, source: str, name: str) -> str:
+    def _upload_input(store: Store, owner: str, source: str, name: str) -> str:
         path = Path(source).expanduser().resolve()  # checked and decoded by resolve()
-        key = f"inputs/{job_id}/{name}{path.suffix.lower()}"
+        if path.is_dir():
+            with tempfile.TemporaryDirectory() as tmp:
+                archive = Path(tmp) / "tasks.tar.gz"
+                with tarfile.open(archive, "w:gz") as tar:
+                    tar.add(path, arcname=".")
+                return Client._upload_input(store, owner, str(archive), name)
+        suffix = ".tar.gz" if path.name.endswith(".tar.gz") else path.suffix.lower()
+        key = f"inputs/{owner}/{name}{suffix}"
         store.put_file(path, key)
         store.verify(path, key, sha256_file(path))
         return store.uri(key)
 
     @staticmethod
-    def _drop_inputs(store: Store | None, job_id: str) -> None:
+    def _drop_inputs(store: Store | None, owner: str) -> None:
         if store is not None:
-            store.delete_prefix(f"inputs/{job_id}/")
+            store.delete_prefix(f"inputs/{owner}/")
 
     def estimates(self, r: ResolvedSpec, queue_name: str) -> builtins.list[estimate.Estimate]:
         """The job's time on each kind of live worker that serves its queue

@@ -61,6 +61,12 @@ def status_lines(job: Job) -> list[str]:
         ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')})"),
         ("evaluated on", evaluated_on(job)),
         ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"),
+        ("weights in memory", f"{size(job.weights_bytes_baseline)} → {size(job.weights_bytes)}"),
+        ("serve VRAM", serve_vram(job)),
+        ("serve decode tok/s", f"{num(job.serve_tokens_per_s_baseline, '.1f')} → {num(job.serve_tokens_per_s, '.1f')}"
+                               f" ({job.serve_kernel or '-'})"),
+        *task_lines(job),
+        ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
     ]
     if job.error:
@@ -69,6 +75,27 @@ def status_lines(job: Job) -> list[str]:
         rows.append(("attempts", str(job.attempts)))
     width = max(len(k) for k, _ in rows)
     return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def serve_vram(job: Job) -> str:
+    """Peak GPU memory serving windows at batch 1, and the path that ran."""
+    if job.serve_kernel is None:
+        return "-"
+    window = (job.metrics or {}).get("serve_window_tokens")
+    where = f"{job.serve_kernel}, batch 1 × {window} tokens" if window else job.serve_kernel
+    if job.serve_vram_bytes is None:
+        return f"- (CPU worker; {where})"
+    return f"{size(job.serve_vram_baseline_bytes)} → {size(job.serve_vram_bytes)} ({where})"
+
+
+def task_lines(job: Job) -> list[tuple[str, str]]:
+    tasks = (job.metrics or {}).get("tasks") or {}
+    lines = []
+    for name, t in tasks.items():
+        base = "-" if t.get("baseline") is None else f"{t['baseline']:.4f}"
+        rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
+        lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
+    return lines
 
 
 def list_row(job: Job) -> tuple[str, ...]:
@@ -149,3 +176,23 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
 
     return (w.name, status(w, timeout_s), w.host, gpu, memory, ",".join(w.queues or []), w.current_job or "-",
             stage or "-", str(w.jobs_done), ago(w.heartbeat_at))
+
+
+def comparison_table(table: Any) -> Any:
+    """A compare group (api_client/compare.Comparison) as a rich table: one
+    row per method and the original model, the recommended one marked."""
+    from rich.table import Table
+
+    limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
+                       (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
+    out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
+    for name in ("", "method", "format", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM", "kernel",
+                 "quantize", "decode tok/s", "state"):
+        out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
+    for r in table.rows:
+        recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
+        state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
+        out.add_row("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
+                    size(r.artifact_bytes), size(r.weights_bytes), size(r.serve_vram_bytes), r.serve_kernel or "-",
+                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
+    return out

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api_client import catalog, sources
+from api_client import catalog, lm_tasks, sources
 from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
 
@@ -81,6 +81,15 @@ class EvalSpec:
     windows: int | None = None
     # Decode speed is measured by generating this many tokens at batch 1.
     decode_tokens: int = 64
+    # lm-eval task names (api_client/lm_tasks.py; `builtin` is qfarm's own),
+    # a local directory of task YAML (uploaded with the job), and items per task.
+    tasks: list[str] | None = None
+    tasks_dir: str | None = None
+    tasks_limit: int | None = None
+    # "full": measure the original model with every evaluator; "perplexity":
+    # only what the job's own ratio needs (members of a compare group but
+    # one, whose baseline stands for the group's).
+    baseline: str = "full"
 
     def validate(self) -> None:
         if sources.text_source_kind(self.source) == "local":
@@ -91,6 +100,17 @@ class EvalSpec:
             raise SpecError(f"--eval-windows must be at least 1, not {self.windows}")
         if not 0 <= self.decode_tokens <= 4096:
             raise SpecError(f"--decode-tokens must be between 0 and 4096, not {self.decode_tokens}")
+        if self.tasks is not None:
+            self.tasks = lm_tasks.parse_names(",".join(self.tasks))
+        if self.tasks_dir is not None:
+            if not self.tasks:
+                raise SpecError("--tasks-dir needs --tasks naming the tasks to run from it")
+            if "://" not in self.tasks_dir:
+                self.tasks_dir = str(lm_tasks.check_tasks_dir(self.tasks_dir, self.tasks))
+        if self.tasks_limit is not None and (not self.tasks or self.tasks_limit < 1):
+            raise SpecError("--limit caps the items of each task: it needs --tasks and a count of at least 1")
+        if self.baseline not in ("full", "perplexity"):
+            raise SpecError(f"baseline must be full or perplexity, not {self.baseline!r}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from api_client.errors import JobNotFound, QFarmError, first_line, printable
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluation, gpu, methods, model_cache, model_source, texts
+from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.versions import library_versions
 
@@ -385,23 +385,16 @@ class Run:
         windows = texts.token_windows(tokenizer, text, seqlen, spec.windows or defaults.eval_windows)
         if not windows:
             raise QFarmError(f"evaluation text {spec.source} is shorter than one window of {seqlen} tokens")
-        base = evaluation.evaluate(model_dir, windows, self.device, self.job.max_vram_bytes, spec.decode_tokens,
-                                   trust_remote_code=code)
-        quant = evaluation.evaluate(output_dir, windows, self.device, self.job.max_vram_bytes, spec.decode_tokens,
-                                    dense_bytes=model_bytes, trust_remote_code=code)
-        return {
-            "columns": dict(
-                ppl_baseline=base.perplexity, ppl_quantized=quant.perplexity, ppl_ratio=quant.perplexity / base.perplexity,
-                eval_peak_vram_bytes=quant.peak_vram_bytes, eval_seconds=base.seconds + quant.seconds,
-                tokens_per_s_baseline=base.tokens_per_s, tokens_per_s_quantized=quant.tokens_per_s,
-            ),
-            "extra": dict(
-                eval_seqlen=seqlen, eval_windows=len(windows), eval_tokens=quant.tokens,
-                eval_peak_vram_baseline_bytes=base.peak_vram_bytes,
-                eval_peak_vram_nvml_bytes=quant.peak_vram_nvml_bytes,
-                eval_dtype="auto" if self.device.is_cuda else "float32",
-            ),
-        }
+        inputs = evaluators.Inputs(
+            device=self.device, tokenizer=tokenizer, windows=windows, max_vram_bytes=self.job.max_vram_bytes,
+            decode_tokens=spec.decode_tokens, scratch=self.job_dir / "eval", dense_bytes=model_bytes,
+            trust_remote_code=code, tasks=task_inputs.prepare(spec, self.job_dir / "tasks"),
+            full_baseline=spec.baseline == "full",
+        )
+        figures = evaluators.run(inputs, model_dir, output_dir)
+        figures.metrics.update(eval_seqlen=seqlen, eval_windows=len(windows),
+                               eval_dtype="auto" if self.device.is_cuda else "float32")
+        return {"columns": figures.columns, "extra": figures.metrics}
 
     def _manifest(self, metrics: dict, versions: dict) -> dict:
         """Everything but the files, which the upload adds as it verifies them."""

@@ -165,6 +165,8 @@ STATUS_FIELDS = (
     "eval_peak_vram_bytes", "peak_rss_bytes", "eval_peak_rss_bytes", "estimates", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline",
     "ppl_quantized", "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "metrics",
     "library_versions", "artifact_uri", "error", "allow_remote_code", "priority",
+    "weights_bytes", "weights_bytes_baseline", "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel",
+    "serve_tokens_per_s", "serve_tokens_per_s_baseline", "task_recovery", "group_id",
 )
 
 

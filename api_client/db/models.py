@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from api_client.states import JobState, Stage
 
-__all__ = ["Base", "Farm", "Job", "JobEvent", "JobState", "Stage", "Worker", "utcnow"]
+__all__ = ["Base", "Farm", "Job", "JobEvent", "JobGroup", "JobState", "Stage", "Worker", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -71,6 +71,20 @@ class Job(Base):
     ppl_ratio: Mapped[float | None] = mapped_column(Float)
     tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
     tokens_per_s_quantized: Mapped[float | None] = mapped_column(Float)
+    # Serving (worker/evaluators/serving.py): the weights as held once loaded,
+    # peak GPU memory running windows at batch 1, the kernel path those ran
+    # (e.g. gptq-tritonv2, bnb-nf4, dense) and decode speed on it.
+    weights_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    weights_bytes_baseline: Mapped[int | None] = mapped_column(BigInteger)
+    serve_vram_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    serve_vram_baseline_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    serve_kernel: Mapped[str | None] = mapped_column(String(48))
+    serve_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    serve_tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
+    # Mean over --tasks of quantized / original score (per task in metrics).
+    task_recovery: Mapped[float | None] = mapped_column(Float)
+    # The compare group the job belongs to (qfarm compare).
+    group_id: Mapped[str | None] = mapped_column(String(32), index=True)
     metrics: Mapped[dict | None] = mapped_column(JSON)
     library_versions: Mapped[dict | None] = mapped_column(JSON)
     artifact_uri: Mapped[str | None] = mapped_column(Text)
@@ -86,6 +100,22 @@ class Job(Base):
 
     __table_args__ = (Index("ix_jobs_state_created", "state", "created_at"),
                       Index("ix_jobs_state_updated", "state", "updated_at"))
+
+
+class JobGroup(Base):
+    """Jobs submitted together by `qfarm compare`: one model, several
+    methods, and the limits its recommendation honours."""
+
+    __tablename__ = "job_groups"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False, default="compare")
+    model: Mapped[str] = mapped_column(Text, nullable=False)
+    methods: Mapped[list] = mapped_column(JSON, nullable=False)
+    # max_size_bytes / max_vram_bytes (None: no limit).
+    limits: Mapped[dict] = mapped_column(JSON, nullable=False, default=dict)
+    submitted_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)
 
 
 class JobEvent(Base):

@@ -1,0 +1,151 @@
+"""The table `qfarm compare` prints: one row per method of a group, the
+original model as a row of its own (measured once, by the member that
+measured its full baseline), and the row it recommends: the best accuracy
+among the members that succeeded within the group's size and serve-VRAM
+limits. Accuracy is task recovery where every candidate has it, else the
+perplexity ratio (lower is better)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from api_client.db.models import Job, JobGroup, JobState
+
+
+@dataclass
+class Row:
+    label: str
+    job_id: str | None
+    state: str
+    format: str | None = None
+    ppl_ratio: float | None = None
+    task_recovery: float | None = None
+    artifact_bytes: int | None = None
+    weights_bytes: int | None = None
+    serve_vram_bytes: int | None = None
+    serve_kernel: str | None = None
+    quantize_seconds: float | None = None
+    serve_tokens_per_s: float | None = None
+    error: str | None = None
+    recommended: bool = False
+    # Why the row cannot be recommended (outside a limit, failed...).
+    excluded: str | None = None
+    tasks: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    group: str
+    model: str
+    limits: dict[str, Any]
+    rows: list[Row]
+    finished: bool
+    recommended: str | None
+    why: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def baseline_member(members: list[Job]) -> Job | None:
+    """The member that measured the original model in full."""
+    full = [j for j in members if (j.eval or {}).get("baseline", "full") == "full"]
+    done = [j for j in full if j.state == JobState.SUCCEEDED.value]
+    return (done or full or [None])[0]
+
+
+def compare(group: JobGroup, members: list[Job]) -> Comparison:
+    base_job = baseline_member(members)
+    base_tasks = dict(((base_job.metrics or {}).get("tasks") or {}).items()) if base_job else {}
+    rows = []
+    if base_job is not None:
+        done = base_job.state == JobState.SUCCEEDED.value
+        rows.append(Row(
+            label="original", job_id=base_job.id, state=base_job.state if not done else "measured",
+            format=(base_job.metrics or {}).get("serve_kernel_baseline") or "dense",
+            ppl_ratio=1.0 if done else None, task_recovery=1.0 if done and base_tasks else None,
+            artifact_bytes=base_job.model_bytes, weights_bytes=base_job.weights_bytes_baseline,
+            serve_vram_bytes=base_job.serve_vram_baseline_bytes, serve_kernel="dense" if done else None,
+            serve_tokens_per_s=base_job.serve_tokens_per_s_baseline, excluded="the original model",
+            tasks={n: {"metric": t["metric"], "score": t.get("baseline")} for n, t in base_tasks.items()},
+        ))
+    for job in members:
+        rows.append(_member_row(job, base_tasks))
+    _recommend(rows, group.limits or {})
+    chosen = next((r for r in rows if r.recommended), None)
+    finished = all(JobState(j.state).terminal for j in members)
+    return Comparison(group=group.id, model=group.model, limits=group.limits or {}, rows=rows, finished=finished,
+                      recommended=chosen.label if chosen else None, why=_why(rows, chosen, group.limits or {}, finished))
+
+
+def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
+    label = job.method if job.format in _DEFAULT_FORMATS.get(job.method, ()) else f"{job.method}:{job.format}"
+    row = Row(label=label, job_id=job.id, state=job.state, format=job.format, ppl_ratio=job.ppl_ratio,
+              artifact_bytes=job.artifact_bytes, weights_bytes=job.weights_bytes, serve_vram_bytes=job.serve_vram_bytes,
+              serve_kernel=job.serve_kernel, quantize_seconds=job.quantize_seconds,
+              serve_tokens_per_s=job.serve_tokens_per_s, error=job.error, task_recovery=job.task_recovery)
+    recoveries = []
+    for name, t in ((job.metrics or {}).get("tasks") or {}).items():
+        recovery = t.get("recovery")
+        base = base_tasks.get(name)
+        if recovery is None and base and base.get("baseline") and t["metric"] == base["metric"]:
+            # Measured against the group's one baseline.
+            recovery = t["quantized"] / base["baseline"]
+        row.tasks[name] = {"metric": t["metric"], "score": t["quantized"], "recovery": recovery}
+        if recovery is not None:
+            recoveries.append(recovery)
+    if row.task_recovery is None and recoveries:
+        row.task_recovery = sum(recoveries) / len(recoveries)
+    return row
+
+
+def _default_formats() -> dict[str, tuple[str, ...]]:
+    from api_client import catalog
+
+    return {name: catalog.get(name).formats[:1] for name in catalog.names()}
+
+
+_DEFAULT_FORMATS = _default_formats()
+
+
+def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
+    max_size, max_vram = limits.get("max_size_bytes"), limits.get("max_vram_bytes")
+    candidates = []
+    for row in rows:
+        if row.excluded:
+            continue
+        if row.state != JobState.SUCCEEDED.value:
+            row.excluded = row.error or row.state
+        elif max_size and (row.artifact_bytes or 0) > max_size:
+            row.excluded = f"artifact {row.artifact_bytes / 2**30:.2f} GiB > --max-size"
+        elif max_vram and row.serve_vram_bytes is None:
+            row.excluded = "serve VRAM not measured (ran on a CPU worker)"
+        elif max_vram and row.serve_vram_bytes > max_vram:
+            row.excluded = f"serve VRAM {row.serve_vram_bytes / 2**30:.2f} GiB > --max-vram"
+        else:
+            candidates.append(row)
+    if not candidates:
+        return
+    by_tasks = all(r.task_recovery is not None for r in candidates)
+
+    def score(r: Row) -> tuple[float, float]:
+        accuracy = -(r.task_recovery or 0) if by_tasks else (r.ppl_ratio or float("inf"))
+        return accuracy, r.weights_bytes or r.artifact_bytes or 0
+
+    min(candidates, key=score).recommended = True
+
+
+def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: bool) -> str:
+    limit_text = " and ".join(f"{name} {limits[key] / 2**30:.2f} GiB" for key, name in
+                              (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if limits.get(key))
+    within = f" within {limit_text}" if limit_text else ""
+    pending = "" if finished else " (so far: members are still running)"
+    if chosen is None:
+        return f"no member succeeded{within}{pending}"
+    others = [r for r in rows if r.excluded is None and not r.recommended]
+    if chosen.task_recovery is not None and all(r.task_recovery is not None for r in others):
+        accuracy = f"the best task recovery ({chosen.task_recovery * 100:.1f} %)"
+    else:
+        accuracy = f"the lowest perplexity ratio ({chosen.ppl_ratio:.4f})"
+    return f"{chosen.label}: {accuracy} of the {len(others) + 1} members that succeeded{within}{pending}"

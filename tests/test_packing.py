@@ -1,0 +1,96 @@
+"""A compressed-tensors pack-quantized artifact served packed: converted to
+the GPTQ layout without loss, run by GPTQModel's kernel, and its weights in
+memory a fraction of the original's; a checkpoint with no packed kernel says
+`dense` and why."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from tests.conftest import build_tiny_llama
+from worker import loading, packing
+from worker.gpu import Device
+
+CPU = Device("cpu", None, "cpu")
+IDS = torch.tensor([[5, 17, 99, 300, 2, 8, 45, 77, 501, 13, 640, 21]])
+
+
+@pytest.fixture(scope="module")
+def wide_model(tmp_path_factory):
+    """Linear layers dominate its weights, as in a real LLM (a 1k
+    vocabulary against hidden 512 × 4 layers)."""
+    return build_tiny_llama(tmp_path_factory.mktemp("wide") / "model", hidden=512, layers=4, intermediate=1536)
+
+
+def quantize(model_dir, dest, scheme):
+    from llmcompressor import oneshot
+    from llmcompressor.modifiers.quantization import QuantizationModifier
+
+    if not dest.exists():
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto")
+        oneshot(model=model, recipe=[QuantizationModifier(targets=["Linear"], scheme=scheme, ignore=["lm_head"])])
+        model.save_pretrained(dest, save_compressed=True)
+    return dest
+
+
+def dense_weights(model):
+    return {n: m.weight.detach().float() for n, m in model.named_modules() if type(m).__name__ == "Linear" and "layers" in n}
+
+
+@pytest.mark.parametrize("scheme", ["W4A16", "W4A16_ASYM", "W8A16"])
+def test_conversion_is_lossless(wide_model, tmp_path_factory, scheme):
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / f"ct-{scheme}", scheme)
+    converted = packing.to_gptq(art, tmp_path_factory.mktemp("conv") / "gptq")
+    config = json.loads((converted / "config.json").read_text())["quantization_config"]
+    assert config["quant_method"] == "gptq" and config["format"] == "gptq_v2"
+    assert config["sym"] == (scheme != "W4A16_ASYM")
+
+    reference = AutoModelForCausalLM.from_pretrained(art, dtype=torch.float16, **loading._loading_options(art, CPU))
+    packed = AutoModelForCausalLM.from_pretrained(converted, device_map="cpu")
+    assert loading.kernel_of(packed).startswith("gptq-") and loading.kernel_of(reference) == "dense"
+    # The weights the kernels compute with equal compressed-tensors' own
+    # dequantization, to fp16 rounding of the scales.
+    expected = dense_weights(reference)
+    for name, module in packed.named_modules():
+        if name in expected:
+            got = module.dequantize_weight().T.float() if hasattr(module, "dequantize_weight") else None
+            assert got is not None, f"{name} is not packed ({type(module).__name__})"
+            torch.testing.assert_close(got, expected[name], rtol=2e-3, atol=1e-4)
+    # And the logits: both in fp16 on the same input.
+    with torch.no_grad():
+        a, b = reference(IDS).logits.float(), packed(IDS).logits.float()
+    assert (a - b).abs().max() <= 0.02 * a.abs().max()
+
+
+def test_packed_w4_weights_are_a_third_of_fp16(wide_model, tmp_path_factory, tmp_path):
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
+    original = loading.load_for_serving(wide_model, CPU, None, tmp_path)
+    served = loading.load_for_serving(art, CPU, None, tmp_path)
+    assert original.kernel == "dense" and served.kernel.startswith("gptq-")
+    fp16 = loading.held_bytes(original.model)
+    params = sum(p.numel() for p in original.model.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in original.model.buffers())  # rotary frequencies
+    assert fp16 == 2 * params + buffers  # fp16, every weight once
+    assert loading.held_bytes(served.model) <= 0.35 * fp16
+
+
+def test_fp8_on_a_cpu_serves_dense_and_says_why(tiny_model, tmp_path):
+    art = quantize(tiny_model, tmp_path / "fp8", "FP8_DYNAMIC")
+    with pytest.raises(packing.NotConvertible, match="float-quantized|activations"):
+        packing.to_gptq(art, tmp_path / "no")
+    served = loading.load_for_serving(art, CPU, None, tmp_path)
+    assert served.kernel == "dense" and "8.9" in served.dense_reason
+
+
+def test_bitsandbytes_path_is_named_from_the_loaded_modules(tiny_model, tmp_path):
+    from transformers import BitsAndBytesConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, device_map="cpu", quantization_config=BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True))
+    assert loading.kernel_of(model) == "bnb-nf4"
+    dense = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float16)
+    linear = sum(m.weight.numel() for n, m in dense.named_modules() if "layers" in n and type(m).__name__ == "Linear")
+    # 4 bits a weight, plus the absmax scales bitsandbytes keeps beside them.
+    assert loading.held_bytes(dense) - loading.held_bytes(model) >= 1.5 * linear * 0.9

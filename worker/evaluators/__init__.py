@@ -1,0 +1,152 @@
+"""What a job measures on the original model and on its artifact, one
+module an evaluator: perplexity, decode speed, task accuracy (lm-eval) and
+the memory to serve. Each registers itself here, says which load of a model
+it measures (`reference`: the load perplexity has always used, dequantized
+for compressed-tensors; `serve`: weights packed where a kernel can run them,
+worker/loading.py), and turns its two measurements into the job's figures:
+headline numbers for the job's columns, the rest for its metrics. A new
+metric is a new module.
+
+Both models are measured by the same code on the same inputs, each freshly
+loaded from its directory, so a ratio compares like with like and the
+artifact is proven to load.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from worker import loading
+from worker.gpu import Device, PeakMemory
+
+LOADS = ("reference", "serve")
+
+
+@dataclass
+class Inputs:
+    """What every evaluator may read: the same for both models."""
+
+    device: Device
+    tokenizer: Any
+    windows: list[list[int]]
+    max_vram_bytes: int | None
+    decode_tokens: int
+    scratch: Path
+    dense_bytes: int | None = None
+    trust_remote_code: bool = False
+    # lm-eval tasks (worker/evaluators/tasks.py), already on local disk.
+    tasks: Any = None
+    # Measure the original model's figures beyond perplexity (False in all
+    # but one member of a compare group: its baseline is measured once).
+    full_baseline: bool = True
+
+
+@dataclass
+class Loaded:
+    """One load of one model, as evaluators see it."""
+
+    model: Any
+    role: str  # baseline or quantized
+    kernel: str
+    dense_reason: str | None = None
+
+
+@dataclass
+class Figures:
+    columns: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def merge(self, other: Figures) -> None:
+        self.columns.update(other.columns)
+        self.metrics.update(other.metrics)
+
+
+class Evaluator:
+    name: ClassVar[str]
+    load: ClassVar[str] = "reference"
+    # Whether the original model is measured when `full_baseline` is off.
+    baseline_always: ClassVar[bool] = False
+
+    def wanted(self, inputs: Inputs) -> bool:
+        return True
+
+    def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
+        """Figures of one model on `loaded`. `load` holds the load's own
+        figures (seconds, and peak memory once the pass has ended): an
+        evaluator may keep a reference to read them in `figures`."""
+        raise NotImplementedError
+
+    def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:
+        raise NotImplementedError
+
+
+_EVALUATORS: list[type[Evaluator]] = []
+
+
+def register(cls: type[Evaluator]) -> type[Evaluator]:
+    _EVALUATORS.append(cls)
+    return cls
+
+
+def evaluators() -> list[Evaluator]:
+    return [cls() for cls in _EVALUATORS]
+
+
+def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
+    """Measure both models with every evaluator that is wanted, a load at a
+    time (so one model is in memory at once), and return the job's figures."""
+    chosen = [e for e in evaluators() if e.wanted(inputs)]
+    measured: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "quantized": {}}
+    passes: dict[str, dict[str, Any]] = {}
+    for role, path in (("baseline", baseline), ("quantized", quantized)):
+        for load in LOADS:
+            wanted = [e for e in chosen if e.load == load
+                      and (role == "quantized" or inputs.full_baseline or e.baseline_always)]
+            if not wanted:
+                continue
+            figures: dict[str, Any] = {}
+            passes[f"{role}_{load}"] = figures
+            start = time.perf_counter()
+            with PeakMemory(inputs.device) as peak:
+                loaded = _load(load, role, path, inputs)
+                figures["load_seconds"] = time.perf_counter() - start
+                for e in wanted:
+                    measured[role][e.name] = e.measure(loaded, inputs, figures)
+                del loaded
+            figures.update(seconds=time.perf_counter() - start, peak_vram_bytes=peak.torch_peak,
+                           peak_vram_nvml_bytes=peak.nvml_peak)
+            _free(inputs.device)
+    out = Figures()
+    for e in chosen:
+        out.merge(e.figures(measured["baseline"].get(e.name), measured["quantized"][e.name]))
+    out.metrics["eval_passes"] = passes
+    out.columns["eval_seconds"] = sum(p["seconds"] for p in passes.values())
+    return out
+
+
+def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
+    if load == "serve":
+        served = loading.load_for_serving(path, inputs.device, inputs.max_vram_bytes, inputs.scratch / role,
+                                          inputs.trust_remote_code)
+        return Loaded(served.model, role, served.kernel, served.dense_reason)
+    model = loading.load(path, inputs.device, inputs.max_vram_bytes,
+                         inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
+    return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))
+
+
+def _free(device: Device) -> None:
+    gc.collect()
+    if device.is_cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+
+
+# Importing the modules registers them, in the order their figures are listed.
+from worker.evaluators import decode, perplexity, serving, tasks  # noqa: E402,F401
+
+__all__ = ["Evaluator", "Figures", "Inputs", "Loaded", "evaluators", "register", "run"]

@@ -1,0 +1,53 @@
+"""Perplexity on the evaluation windows, on the reference load: the ratio
+quantized / original is qfarm's first accuracy figure."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
+
+# Tokens per forward batch: bounds the logits' memory (tokens × vocabulary × 4 bytes).
+TOKENS_PER_BATCH = 4096
+
+
+def perplexity(model, windows: list[list[int]], tokens_per_batch: int = TOKENS_PER_BATCH) -> tuple[float, int]:
+    import torch
+
+    device = next(model.parameters()).device
+    seqlen = len(windows[0])
+    batch = max(1, tokens_per_batch // seqlen)
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(windows), batch):
+            ids = torch.tensor(windows[i:i + batch], device=device)
+            logits = model(ids).logits.float()
+            # Token t predicts token t+1: the last logit has no target.
+            loss = torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+            nll += loss.item()
+            count += ids[:, 1:].numel()
+    return math.exp(nll / count), count
+
+
+@register
+class Perplexity(Evaluator):
+    name = "perplexity"
+    # The ratio is the job's own: every job measures its original.
+    baseline_always = True
+
+    def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
+        # Under a memory cap, one window at a time bounds the logits' memory.
+        ppl, tokens = perplexity(loaded.model, inputs.windows, 1 if inputs.max_vram_bytes else TOKENS_PER_BATCH)
+        return {"perplexity": ppl, "tokens": tokens, "load": load}
+
+    def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:
+        assert baseline is not None
+        return Figures(
+            columns=dict(ppl_baseline=baseline["perplexity"], ppl_quantized=quantized["perplexity"],
+                         ppl_ratio=quantized["perplexity"] / baseline["perplexity"],
+                         eval_peak_vram_bytes=quantized["load"]["peak_vram_bytes"]),
+            metrics=dict(eval_tokens=quantized["tokens"], eval_peak_vram_baseline_bytes=baseline["load"]["peak_vram_bytes"],
+                         eval_peak_vram_nvml_bytes=quantized["load"]["peak_vram_nvml_bytes"]),
+        )

@@ -1,0 +1,225 @@
+"""How a checkpoint (the original or a quantized artifact) is loaded to be
+measured: the reference load, which perplexity and tasks use, and the serve
+load, which keeps the weights packed where a kernel can run them so.
+
+The reference load of a compressed-tensors artifact is dequantized (dense):
+transformers has no packed module for it. The serve load converts such an
+artifact to the GPTQ layout first (worker/packing.py) or, for FP8, asks
+transformers for its optimized FP8 path; where neither applies it is dense
+and says so. Every figure measured on a load names it (`kernel`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from worker.gpu import Device
+
+
+def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,
+         trust_remote_code: bool = False):
+    """Load a checkpoint (original or quantized) for inference on `device`.
+
+    `dense_bytes` is the size of the original model's weights: under a memory
+    cap, a checkpoint that is dequantized to them when it runs is placed by it.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict = _loading_options(path, device)
+    kwargs["trust_remote_code"] = trust_remote_code
+    if device.is_cuda:
+        kwargs["dtype"] = "auto"
+        kwargs["device_map"] = {"": 0}
+        if max_vram_bytes:
+            import psutil
+
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = {0: gpu_weight_budget(path, max_vram_bytes, dense_bytes),
+                                    "cpu": int(psutil.virtual_memory().available)}
+    else:
+        # CPU kernels for fp16 are slow or missing; compute in fp32.
+        kwargs["dtype"] = torch.float32
+        kwargs["device_map"] = {"": "cpu"}
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model.eval()
+    return model
+
+
+def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) -> int:
+    """How many bytes of `path`'s weights accelerate may place on the GPU
+    under a cap of `max_vram_bytes`; the rest stays in CPU memory.
+
+    Half the cap: the other half is for one window's logits (perplexity then
+    runs a window at a time) and the layer being onloaded. At 0.7 a 7B model's
+    evaluation under 10 GiB ran out of memory on an H100 (bench/RESULTS.md).
+    transformers runs a compressed-tensors checkpoint by dequantizing it in
+    place to the original dtype, so a packed layer placed on the GPU grows to
+    its dense size: the share shrinks by the packed-to-dense ratio.
+    """
+    from api_client.checkpoint import inspect
+
+    budget = int(max_vram_bytes * 0.5)
+    if _quantization_config(path).get("quant_method") == "compressed-tensors" and dense_bytes:
+        packed = inspect(path).weight_bytes
+        budget = int(budget * min(1.0, packed / dense_bytes))
+    return budget
+
+
+def _loading_options(path: Path, device: Device) -> dict:
+    """How transformers should run a quantized checkpoint here.
+
+    GPTQModel picks Machete/Marlin kernels on Hopper by default, which it
+    compiles on first use after downloading CUTLASS from GitHub; a worker may
+    have no internet and a job should not compile. Its Triton kernels compute
+    the same product and need neither.
+
+    transformers runs compressed-tensors checkpoints dequantized. By default
+    it does so in a hook on the first forward pass, which fails on a model
+    accelerate spread over GPU and CPU (under --max-vram): the hook removes
+    accelerate's hook from inside the forward call that still needs it
+    (AttributeError: no attribute '_hf_hook'). Dequantizing at load, after the
+    dispatch, takes the same memory and avoids that.
+    """
+    qc = _quantization_config(path)
+    method = qc.get("quant_method")
+    if method == "compressed-tensors":
+        from transformers import CompressedTensorsConfig
+
+        return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
+    if not device.is_cuda:
+        return {}
+    if method == "gptq":
+        from transformers import GPTQConfig
+
+        return {"quantization_config": GPTQConfig(bits=qc["bits"], backend="triton")}
+    if method == "awq":
+        from transformers import AwqConfig
+
+        return {"quantization_config": AwqConfig(bits=qc["bits"], backend="gemm_triton")}  # type: ignore[arg-type]  # a str it converts
+    return {}
+
+
+def _quantization_config(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "config.json").read_text()).get("quantization_config") or {}
+
+
+@dataclass
+class ServeLoad:
+    model: object
+    # How the weights run: e.g. gptq-tritonv2, gptq-torchaten, bnb-nf4,
+    # fp8-compressed-tensors, awq-gemmtriton, dense.
+    kernel: str
+    # Why this checkpoint runs dense when it is quantized (None otherwise).
+    dense_reason: str | None = None
+
+
+def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scratch: Path,
+                     trust_remote_code: bool = False) -> ServeLoad:
+    """Load `path` as it would be served: packed where a kernel exists, in
+    the checkpoint's own dtype (fp16/bf16), never upcast to fp32."""
+    from transformers import AutoModelForCausalLM
+
+    from worker import packing
+
+    qc = _quantization_config(path)
+    kwargs: dict = {"dtype": "auto", "trust_remote_code": trust_remote_code,
+                    "device_map": {"": 0} if device.is_cuda else {"": "cpu"}}
+    if device.is_cuda and max_vram_bytes:
+        import psutil
+
+        # Packed weights stay packed: most of the cap may hold them; the rest
+        # is for one window's activations and logits.
+        kwargs["device_map"] = "auto"
+        kwargs["max_memory"] = {0: int(max_vram_bytes * 0.75), "cpu": int(psutil.virtual_memory().available)}
+    reason = None
+    if qc.get("quant_method") == "compressed-tensors":
+        if _is_fp8(qc):
+            if device.is_cuda and device.capability and device.capability >= (8, 9):
+                from transformers import CompressedTensorsConfig
+
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
+                return ServeLoad(model.eval(), kernel_of(model))
+            reason = "FP8 runs packed only on GPUs of compute capability 8.9 or newer"
+        else:
+            try:
+                converted = packing.to_gptq(path, scratch / "serve-gptq")
+            except packing.NotConvertible as exc:
+                reason = f"no packed kernel for this checkpoint: {exc}"
+            else:
+                model = AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
+                return ServeLoad(model.eval(), kernel_of(model))
+        from transformers import CompressedTensorsConfig
+
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
+        return ServeLoad(model.eval(), "dense", reason)
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
+    return ServeLoad(model.eval(), kernel_of(model))
+
+
+def _is_fp8(qc: dict) -> bool:
+    return any((g.get("weights") or {}).get("type") == "float" and (g.get("weights") or {}).get("num_bits") == 8
+               for g in (qc.get("config_groups") or {}).values())
+
+
+def kernel_of(model) -> str:
+    """The path the model's linear layers run, read from the loaded modules
+    (not from the config): a layer that was dequantized shows as dense."""
+    import torch
+
+    for module in model.modules():
+        name = type(module).__name__
+        if name in ("Linear4bit", "Linear8bitLt"):
+            weight = module.weight
+            kind = getattr(weight, "quant_type", None) or "int8"
+            return f"bnb-{kind}"
+        qtype = getattr(module, "QUANT_TYPE", None)
+        if hasattr(module, "qweight"):
+            method = "awq" if "awq" in (qtype or name).lower() else "gptq"
+            kernel = name.lower().removesuffix("quantlinear").removesuffix("linear") or "torch"
+            return f"{method}-{kernel}"
+    if any(p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for p in model.parameters()):
+        return "fp8-compressed-tensors"
+    return "dense"
+
+
+def held_bytes(model) -> int:
+    """Bytes of the weights as the loaded model holds them: every parameter
+    and buffer once (tied weights count once), with bitsandbytes' scales,
+    which live beside its packed parameters rather than as buffers."""
+    seen: dict[tuple, int] = {}
+
+    def add(t) -> None:
+        if t is None or not hasattr(t, "untyped_storage"):
+            return
+        storage = t.untyped_storage()
+        key = (t.device.type, storage.data_ptr())
+        seen[key] = max(seen.get(key, 0), storage.nbytes())
+
+    for p in model.parameters():
+        add(p)
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            for value in _state_tensors(state):
+                add(value)
+        scb = getattr(p, "SCB", None)
+        add(scb)
+    for b in model.buffers():
+        add(b)
+    return sum(seen.values())
+
+
+def _state_tensors(state) -> list:
+    """The tensors of a bitsandbytes QuantState (absmax, the code, and the
+    nested state of double quantization)."""
+    import torch
+
+    out = [v for v in vars(state).values() if isinstance(v, torch.Tensor)]
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        out += _state_tensors(nested)
+    return out

@@ -1,0 +1,168 @@
+"""A compressed-tensors `pack-quantized` checkpoint rewritten in the classic
+GPTQ layout, so it can be served packed.
+
+compressed-tensors 0.19 has no packed module of its own any more, and
+transformers runs its checkpoints by dequantizing every weight to the dense
+dtype: a 4-bit 7B model then takes the memory of the fp16 one. GPTQModel's
+kernels (Triton on a GPU, torch on a CPU) run int4/int8 weights packed, and
+the two layouts hold the same integers:
+
+- compressed-tensors packs `weight_packed` [out, in·b/32] along the input
+  dimension, value i of a word at bit i·b, as unsigned q + 2^(b-1); the
+  classic `qweight` [in·b/32, out] packs the same values the same way along
+  the same dimension, so it is the transpose;
+- the zero point: compressed-tensors stores a signed one (or none, when
+  symmetric, meaning 0); GPTQModel's own format `gptq_v2` stores the
+  unsigned one (2^(b-1) for a symmetric scheme) packed along the output
+  dimension, which is the transpose of compressed-tensors' packing along
+  dimension 0;
+- scales [out, groups] become fp16 `scales` [groups, out];
+- the group of each input column: `weight_g_idx` where the checkpoint has
+  one (activation order "group"), column // group size otherwise.
+
+Nothing is requantized: dequantizing either checkpoint gives the same
+weights, to fp16 rounding of the scales (tests/test_packing.py checks the
+logits). `gptq_v2` rather than the classic `gptq` (v1) because v1 stores
+zero − 1, which cannot hold a zero point of 0 in 4 bits (asymmetric AWQ).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+CONVERTED = "gptq_v2"
+
+
+class NotConvertible(Exception):
+    """The checkpoint has no packed GPTQ equivalent; the message says why."""
+
+
+@dataclass(frozen=True)
+class Scheme:
+    bits: int
+    group_size: int  # -1: one scale per output channel
+    symmetric: bool
+
+
+def scheme_of(config: dict) -> Scheme:
+    """The one int4/int8 weight-only scheme of a compressed-tensors
+    quantization config, or NotConvertible."""
+    qc = config.get("quantization_config") or {}
+    if qc.get("quant_method") != "compressed-tensors":
+        raise NotConvertible("not a compressed-tensors checkpoint")
+    groups = list((qc.get("config_groups") or {}).values())
+    if not groups:
+        raise NotConvertible("no quantization scheme in config.json")
+    schemes = set()
+    for group in groups:
+        fmt = group.get("format") or qc.get("format")
+        weights = group.get("weights") or {}
+        if fmt != "pack-quantized":
+            raise NotConvertible(f"format {fmt} is not pack-quantized")
+        if group.get("input_activations") or group.get("output_activations"):
+            raise NotConvertible("activations are quantized too (no weight-only kernel)")
+        if weights.get("type") != "int" or weights.get("num_bits") not in (4, 8):
+            raise NotConvertible(f"{weights.get('type')}{weights.get('num_bits')} weights (the kernels take int4/int8)")
+        strategy = weights.get("strategy")
+        if strategy == "group":
+            size = int(weights["group_size"])
+        elif strategy == "channel":
+            size = -1
+        else:
+            raise NotConvertible(f"strategy {strategy} (the kernels take group or channel)")
+        schemes.add(Scheme(int(weights["num_bits"]), size, bool(weights.get("symmetric", True))))
+    if len(schemes) != 1:
+        raise NotConvertible("layers quantized with different schemes")
+    return schemes.pop()
+
+
+def to_gptq(src: Path, dest: Path) -> Path:
+    """Write `src` (a compressed-tensors pack-quantized checkpoint) to `dest`
+    in GPTQModel's `gptq_v2` layout; raises NotConvertible with the reason."""
+    import torch
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    config = json.loads((src / "config.json").read_text())
+    scheme = scheme_of(config)
+    shards = sorted(src.glob("*.safetensors"))
+    if not shards:
+        raise NotConvertible("no safetensors files")
+    dest.mkdir(parents=True, exist_ok=True)
+    per_block: dict[str, set[str]] = {}
+    weight_map: dict[str, str] = {}
+    desc_act = False
+    for shard in shards:
+        with safe_open(shard, framework="pt") as f:
+            names = list(f.keys())
+            tensors = {n: f.get_tensor(n) for n in names}
+        out: dict[str, torch.Tensor] = {}
+        for name in names:
+            if not name.endswith(".weight_packed"):
+                continue
+            prefix = name.removesuffix(".weight_packed")
+            block, _, module = _split_block(prefix)
+            per_block.setdefault(block, set()).add(module)
+            packed = tensors.pop(name)
+            rows, cols = (int(x) for x in tensors.pop(f"{prefix}.weight_shape").tolist())
+            scale = tensors.pop(f"{prefix}.weight_scale")
+            zero = tensors.pop(f"{prefix}.weight_zero_point", None)
+            g_idx = tensors.pop(f"{prefix}.weight_g_idx", None)
+            groups = scale.shape[1]
+            out[f"{prefix}.qweight"] = packed.t().contiguous()
+            if zero is None:
+                if not scheme.symmetric:
+                    raise NotConvertible(f"{prefix} has no zero point although the scheme is asymmetric")
+                zero_signed = torch.zeros(groups, rows, dtype=torch.int8)
+                out[f"{prefix}.qzeros"] = pack_to_int32(zero_signed, scheme.bits, packed_dim=1)
+            else:
+                out[f"{prefix}.qzeros"] = zero.t().contiguous()
+            out[f"{prefix}.scales"] = scale.t().to(torch.float16).contiguous()
+            if g_idx is None:
+                group = cols if scheme.group_size == -1 else scheme.group_size
+                g_idx = torch.arange(cols, dtype=torch.int32) // group
+            else:
+                g_idx = g_idx.to(torch.int32)
+                desc_act = desc_act or bool((g_idx[1:] < g_idx[:-1]).any())
+            out[f"{prefix}.g_idx"] = g_idx
+        leftover = [n for n in tensors if n.rsplit(".", 1)[-1].startswith("weight_")]
+        if leftover:
+            raise NotConvertible(f"{leftover[0]} has no GPTQ equivalent")
+        for name, tensor in tensors.items():
+            out[name] = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+        save_file(out, dest / shard.name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(out, shard.name))
+    if not per_block:
+        raise NotConvertible("no packed weights")
+    modules = set.union(*per_block.values())
+    if any(mods != modules for mods in per_block.values()) or "" in per_block:
+        raise NotConvertible("the packed layers differ between blocks (or lie outside them)")
+
+    for item in src.iterdir():
+        if item.is_file() and item.suffix != ".safetensors" and item.name not in ("config.json", "model.safetensors.index.json", "recipe.yaml"):
+            shutil.copy2(item, dest / item.name)
+    if len(shards) > 1:
+        (dest / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    config["quantization_config"] = {
+        "quant_method": "gptq", "bits": scheme.bits, "group_size": scheme.group_size, "sym": scheme.symmetric,
+        "desc_act": desc_act, "format": CONVERTED, "checkpoint_format": CONVERTED,
+        "modules_in_block_to_quantize": [sorted(modules)],
+    }
+    config["dtype"] = "float16"
+    config.pop("torch_dtype", None)
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    return dest
+
+
+def _split_block(prefix: str) -> tuple[str, str, str]:
+    """'model.layers.3.mlp.up_proj' → ('model.layers.3', '.', 'mlp.up_proj');
+    a module outside the numbered blocks gives block ''."""
+    parts = prefix.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i + 1]), ".", ".".join(parts[i + 1:])
+    return "", "", prefix
