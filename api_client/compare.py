@@ -129,9 +129,10 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
         return
     by_tasks = all(r.task_recovery is not None for r in candidates)
 
-    def score(r: Row) -> tuple[float, float]:
-        accuracy = -(r.task_recovery or 0) if by_tasks else (r.ppl_ratio or float("inf"))
-        return accuracy, r.weights_bytes or r.artifact_bytes or 0
+    def score(r: Row) -> tuple[float, float, float]:
+        # Ties go to the lower perplexity ratio, then to the smaller weights.
+        ratio = r.ppl_ratio or float("inf")
+        return -(r.task_recovery or 0) if by_tasks else ratio, ratio, r.weights_bytes or r.artifact_bytes or 0
 
     min(candidates, key=score).recommended = True
 

@@ -5,7 +5,8 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 unset PYTHONDONTWRITEBYTECODE
-python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+# A second run in the same call finds them installed.
+[ -d /tmp/site/celery ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD
 ldconfig -p | grep -q libpcre2-8.so.0 || export LD_LIBRARY_PATH=$PWD/.gpu/pcre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p | grep -q libpcre2-8.so.0; then mkdir -p .gpu/pcre && cp .gpu/lib/libpcre2-8.so.0 .gpu/pcre/; fi
@@ -19,8 +20,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 suite=$1; shift
 # Stop short of the call's limit (counted from this script's start) so the
-# logs and the table still come back.
-timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$suite.json" 2>&1 \
-  | tee "${OUT:-/tmp}/$suite.log" | grep -v " running " || true
-cp "$QFARM_HOME"/worker-*.log "${OUT:-/tmp}/" 2>/dev/null || true
+# logs and the table still come back. `compare` is bench/compare.py (its own
+# --timeout ends the wait and still prints the table); the rest bench.py's suites.
+name=${BENCH_NAME:-$suite}
+if [ "$suite" = compare ]; then
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.compare "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 40 )) \
+    --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
+else
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$name.json" 2>&1 \
+    | tee "${OUT:-/tmp}/$name.log" | grep -v " running " || true
+fi
+for f in "$QFARM_HOME"/worker-*.log; do [ -f "$f" ] && tail -c 300000 "$f" > "${OUT:-/tmp}/$name-$(basename "$f")"; done
 grep -h "preload" "$QFARM_HOME"/worker-*.log | cut -c1-400 || true

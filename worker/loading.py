@@ -135,30 +135,51 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         # is for one window's activations and logits.
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = {0: int(max_vram_bytes * 0.75), "cpu": int(psutil.virtual_memory().available)}
-    reason = None
-    if qc.get("quant_method") == "compressed-tensors":
+    if qc.get("quant_method") != "compressed-tensors":
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
+        return ServeLoad(model.eval(), kernel_of(model))
+    # A packed load that fails must not fail the job: its figures are then
+    # the dense load's, named `dense` with the reason.
+    try:
         if _is_fp8(qc):
-            if device.is_cuda and device.capability and device.capability >= (8, 9):
-                from transformers import CompressedTensorsConfig
+            if not (device.is_cuda and device.capability and device.capability >= (8, 9)):
+                raise packing.NotConvertible("FP8 runs packed only on GPUs of compute capability 8.9 or newer")
+            from transformers import CompressedTensorsConfig
+
+            model = AutoModelForCausalLM.from_pretrained(
+                path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
+        else:
+            converted = packing.to_gptq(path, scratch / "serve-gptq")
+            try:
+                model = AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
+            except Exception:
+                if not device.is_cuda:
+                    raise
+                # GPTQModel's torch kernel runs on a GPU too, where Triton cannot.
+                from transformers import GPTQConfig
 
                 model = AutoModelForCausalLM.from_pretrained(
-                    path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
-                return ServeLoad(model.eval(), kernel_of(model))
-            reason = "FP8 runs packed only on GPUs of compute capability 8.9 or newer"
-        else:
-            try:
-                converted = packing.to_gptq(path, scratch / "serve-gptq")
-            except packing.NotConvertible as exc:
-                reason = f"no packed kernel for this checkpoint: {exc}"
-            else:
-                model = AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
-                return ServeLoad(model.eval(), kernel_of(model))
-        from transformers import CompressedTensorsConfig
+                    converted, quantization_config=GPTQConfig(bits=qc_bits(converted), backend="torch"), **kwargs)
+        served = ServeLoad(model.eval(), kernel_of(model))
+        if served.kernel != "dense":
+            return served
+        reason = "the packed load ran dense"
+        del model, served
+    except packing.NotConvertible as exc:
+        reason = f"no packed kernel for this checkpoint: {exc}"
+    except Exception as exc:  # noqa: BLE001 - recorded as the reason for the dense figure
+        reason = f"the packed load failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+    import gc
 
-        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
-        return ServeLoad(model.eval(), "dense", reason)
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
-    return ServeLoad(model.eval(), kernel_of(model))
+    gc.collect()
+    from transformers import CompressedTensorsConfig
+
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
+    return ServeLoad(model.eval(), "dense", reason)
+
+
+def qc_bits(path: Path) -> int:
+    return int(_quantization_config(path)["bits"])
 
 
 def _is_fp8(qc: dict) -> bool:

@@ -1,0 +1,179 @@
+"""`qfarm compare` through the farm itself, with the figures a team chooses
+by, as a Markdown table: the group is submitted by the client's `compare`
+(as the CLI does), a `qfarm worker start` process serves every GPU, and the
+table is built by api_client/compare.py from the job rows.
+
+    python -m bench.compare --model .gpu/refmodel --methods gptq,awq,rtn,fp8,nf4,fp4,int8,gptq:gptq,awq:awq --tasks builtin
+    python -m bench.compare --model /tmp/llama7b --shape 7b --methods gptq,awq,nf4,int8,fp8 --tasks builtin --limit 200
+    python -m bench.compare --model /tmp/llama13b --shape 13b --methods gptq --max-vram 16GiB
+
+Also printed, for the farm (issue 10): each worker's time from start to its
+first job, and the idle gaps between one job's end and the next one's start
+on the same GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api_client import Client, JobSpec
+from api_client.compare import compare
+from api_client.db import Database, groups
+from api_client.db.jobs import aware
+from api_client.spec import CalibSpec, EvalSpec
+from bench.bench import start_worker
+
+GiB, MiB = 2**30, 2**20
+SHAPES = {
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32),
+    "13b": dict(hidden_size=5120, num_hidden_layers=40, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40),
+}
+# What the usual guide says it takes to run a 7B model (the issue's table).
+GUIDE_7B = {"original": "14 GB (fp16)", "int8": "7 GB", "gptq": "~4 GB", "awq": "~4 GB", "nf4": "~5 GB"}
+
+
+def make_random_llama(path: Path, shape: str) -> None:
+    """A Llama of the given shape with random bf16 weights, built on the GPU
+    (the tokenizer is the reference model's, QFARM_BENCH_TOKENIZER)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(**SHAPES[shape], vocab_size=32000, max_position_embeddings=4096, bos_token_id=0, eos_token_id=1,
+                      pad_token_id=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    model.save_pretrained(path)
+    AutoTokenizer.from_pretrained(os.environ["QFARM_BENCH_TOKENIZER"]).save_pretrained(path)
+    del model
+    torch.cuda.empty_cache()
+
+
+def size(n, unit=GiB, spec=".2f"):
+    return "-" if n is None else format(n / unit, spec)
+
+
+def table(comparison, members, guide: dict) -> str:
+    by_id = {j.id: j for j in members}
+    out = ["| | method | kernel (serve path) | ppl ratio | task recovery | artifact GiB | weights GiB | serve VRAM GiB (torch / NVML) "
+           "| guide, 7B | quantize s | decode tok/s serve (reference load) | job s | state |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in comparison.rows:
+        job = by_id.get(r.job_id)
+        m = (job.metrics or {}) if job else {}
+        if r.label == "original":
+            nvml, ref_speed, wall = None, job.tokens_per_s_baseline if job else None, None
+        else:
+            nvml, ref_speed = m.get("serve_vram_nvml_bytes"), job.tokens_per_s_quantized if job else None
+            wall = (aware(job.finished_at) - aware(job.started_at)).total_seconds() if job and job.started_at and job.finished_at else None
+        state = r.state if r.state != "failed" else f"failed: {r.error}"
+        rec = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
+        out.append(
+            f"| {'★' if r.recommended else ''} | {r.label} | {r.serve_kernel or '-'} | {size(r.ppl_ratio, 1, '.4f')} | {rec} | "
+            f"{size(r.artifact_bytes)} | {size(r.weights_bytes)} | {size(r.serve_vram_bytes)} / {size(nvml)} | "
+            f"{guide.get(r.label, '-')} | {size(r.quantize_seconds, 1, '.1f')} | "
+            f"{size(r.serve_tokens_per_s, 1, '.1f')} ({size(ref_speed, 1, '.1f')}) | {size(wall, 1, '.1f')} | {state} |")
+    return "\n".join(out)
+
+
+def task_table(comparison) -> str:
+    out = []
+    for r in comparison.rows:
+        for name, t in r.tasks.items():
+            rec = "-" if t.get("recovery") is None else f"{t['recovery'] * 100:.1f} %"
+            out.append(f"| {r.label} | {name} | {t['metric']} | {size(t.get('score'), 1, '.4f')} | {rec} |")
+    return "\n".join(["| method | task | metric | score | recovery |", "|---|---|---|---|---|", *out]) if out else ""
+
+
+def farm_figures(members, worker_started: float) -> str:
+    """Idle gaps between consecutive jobs on one GPU, and start to first job."""
+    by_gpu: dict[str, list] = {}
+    for j in members:
+        if j.started_at and j.finished_at:
+            by_gpu.setdefault(j.worker or "?", []).append((aware(j.started_at).timestamp(), aware(j.finished_at).timestamp()))
+    gaps, firsts = [], []
+    for spans in by_gpu.values():
+        spans.sort()
+        firsts.append(spans[0][0] - worker_started)
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
+    gaps.sort()
+    med = gaps[len(gaps) // 2] if gaps else None
+    return (f"workers: {len(by_gpu)}; start → first job: {', '.join(f'{s:.1f}' for s in sorted(firsts))} s; "
+            f"idle gaps between jobs on one GPU: {len(gaps)}, median {size(med, 1, '.2f')} s, max {size(max(gaps) if gaps else None, 1, '.2f')} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--shape", choices=sorted(SHAPES), help="make a random model of this shape at --model if absent")
+    p.add_argument("--methods", required=True)
+    p.add_argument("--tasks")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--calib-samples", type=int)
+    p.add_argument("--eval-windows", type=int)
+    p.add_argument("--decode-tokens", type=int, default=64)
+    p.add_argument("--max-vram", help="each job's GPU memory cap")
+    p.add_argument("--max-size")
+    p.add_argument("--max-serve-vram")
+    p.add_argument("--gpus", default="auto")
+    p.add_argument("--json", dest="json_out")
+    p.add_argument("--timeout", type=float, default=1800)
+    a = p.parse_args()
+    if a.shape and not (Path(a.model) / "config.json").exists():
+        t = time.perf_counter()
+        make_random_llama(Path(a.model), a.shape)
+        print(f"made a random {a.shape}-shaped Llama (bf16) in {time.perf_counter() - t:.0f} s", flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    client = Client()
+    Database(client.settings.database_url).upgrade()
+    home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
+    home.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    worker = start_worker(a.gpus, home / "worker-compare.log")
+    print(f"worker serving its queues {time.time() - started:.1f} s after start", flush=True)
+    try:
+        base = JobSpec(model=a.model, method="rtn", max_vram=a.max_vram,
+                       calib=CalibSpec(samples=a.calib_samples) if a.calib_samples else None,
+                       eval=EvalSpec(windows=a.eval_windows, decode_tokens=a.decode_tokens, tasks=a.tasks.split(",") if a.tasks else None, tasks_limit=a.limit))
+        group, members = client.compare(str(Path(a.model).resolve()), a.methods.split(","), base,
+                                        max_size=a.max_size, max_vram=a.max_serve_vram)
+        print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format} {j.id}" for j in members), flush=True)
+        deadline, seen = time.monotonic() + a.timeout, {}
+        while time.monotonic() < deadline:
+            group, members = client.group(group.id)
+            for j in members:
+                if seen.get(j.id) != (j.state, j.stage):
+                    seen[j.id] = (j.state, j.stage)
+                    print(f"  {time.time() - started:6.1f} s {j.method}/{j.format} {j.state} {j.stage or ''} {j.error or ''}"[:200], flush=True)
+            if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+                break
+            time.sleep(1)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+    db = Database(client.settings.database_url)
+    members = groups.members(db, group.id)
+    result = compare(group, members)
+    gpu = next((j.gpu_name for j in members if j.gpu_name), "?")
+    print(f"\n## compare {Path(a.model).name} ({a.methods}) on {gpu}\n")
+    print(table(result, members, GUIDE_7B if a.shape == "7b" else {}))
+    print(f"\nrecommended: {result.why}\n")
+    print(task_table(result))
+    print("\n" + farm_figures(members, started))
+    if a.json_out:
+        from api_client.db.jobs import to_dict
+
+        Path(a.json_out).write_text(json.dumps({"comparison": result.as_dict(), "jobs": [to_dict(j) for j in members]},
+                                               indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
