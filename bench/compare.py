@@ -127,6 +127,9 @@ def main() -> None:
     p.add_argument("--json", dest="json_out")
     p.add_argument("--timeout", type=float, default=1800)
     a = p.parse_args()
+    # --timeout counts from here, model making and worker start included, so
+    # the table is printed before whatever limit the caller set.
+    deadline = time.monotonic() + a.timeout
     if a.shape and not (Path(a.model) / "config.json").exists():
         t = time.perf_counter()
         make_random_llama(Path(a.model), a.shape)
@@ -146,7 +149,7 @@ def main() -> None:
         group, members = client.compare(str(Path(a.model).resolve()), a.methods.split(","), base,
                                         max_size=a.max_size, max_vram=a.max_serve_vram)
         print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format} {j.id}" for j in members), flush=True)
-        deadline, seen = time.monotonic() + a.timeout, {}
+        seen: dict = {}
         while time.monotonic() < deadline:
             group, members = client.group(group.id)
             for j in members:

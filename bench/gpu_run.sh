@@ -6,16 +6,17 @@ set -euo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 unset PYTHONDONTWRITEBYTECODE
 # A second run in the same call finds them installed.
-[ -d /tmp/site/celery ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+flock /tmp/site.lock sh -c '[ -d /tmp/site/celery ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl'
 export PYTHONPATH=/tmp/site:$PWD
 ldconfig -p | grep -q libpcre2-8.so.0 || export LD_LIBRARY_PATH=$PWD/.gpu/pcre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p | grep -q libpcre2-8.so.0; then mkdir -p .gpu/pcre && cp .gpu/lib/libpcre2-8.so.0 .gpu/pcre/; fi
 chmod +x .gpu/redis-server
 # A second run on a warm machine finds Redis up; a worker left by a run cut short must not take this run's jobs.
-pkill -f "celery -A worker.app:app" || true
+# (BENCH_KEEP_WORKERS=1: another run of this call shares the machine.)
+[ -n "${BENCH_KEEP_WORKERS:-}" ] || pkill -f "celery -A worker.app:app" || true
 python3 -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null \
   || LD_LIBRARY_PATH=$PWD/.gpu/lib .gpu/redis-server --daemonize yes --port 6379 --save "" --appendonly no --dir /tmp
-export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=redis://127.0.0.1:6379/0 QFARM_BENCH_TOKENIZER=$PWD/.gpu/refmodel
+export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:-redis://127.0.0.1:6379/0} QFARM_BENCH_TOKENIZER=$PWD/.gpu/refmodel
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 suite=$1; shift
@@ -24,7 +25,7 @@ suite=$1; shift
 # --timeout ends the wait and still prints the table); the rest bench.py's suites.
 name=${BENCH_NAME:-$suite}
 if [ "$suite" = compare ]; then
-  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.compare "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 40 )) \
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.compare "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 25 )) \
     --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
 else
   timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$name.json" 2>&1 \
