@@ -201,3 +201,30 @@ def test_workers_shows_the_live_worker(farm_env, worker):
     assert any(q.startswith("qfarm.") for q in row["queues"]) and row["stopped_at"] is None
     table = run_cli("workers", env=farm_env, check=True).stdout.splitlines()
     assert table[0].split()[:3] == ["NAME", "STATUS", "HOST"] and row["name"] in table[1]
+
+
+def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, worker, tiny_model):
+    """`qfarm compare` of three methods through the worker: one row per
+    method and the original, figures from the packed serve path, task
+    recovery, a recommendation, and the member whose calibration text is
+    missing failed with that reason while the others report."""
+    bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
+    missing = f"s3://{bucket}/no/such-calibration.txt"
+    proc = run_cli("compare", str(tiny_model), "--methods", "rtn,nf4,gptq", "--calib", missing, *FAST[2:],
+                   "--tasks", "builtin", "--limit", "12", "--wait", "--json", env=farm_env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    table = json.loads(proc.stdout)
+    rows = {r["label"]: r for r in table["rows"]}
+    assert set(rows) == {"original", "rtn", "nf4", "gptq"}
+    assert rows["gptq"]["state"] == "failed" and "such-calibration.txt" in rows["gptq"]["error"]
+    for label, kernel in (("rtn", "gptq-"), ("nf4", "bnb-nf4")):
+        row = rows[label]
+        assert row["state"] == "succeeded" and row["serve_kernel"].startswith(kernel)
+        assert 0.9 < row["ppl_ratio"] < 1.5 and 0 < row["weights_bytes"] < rows["original"]["weights_bytes"]
+        assert row["tasks"]["qfarm_cloze"]["recovery"] is not None
+    assert rows["original"]["state"] == "measured" and rows["original"]["task_recovery"] == 1.0
+    assert table["recommended"] in ("rtn", "nf4") and rows[table["recommended"]]["recommended"]
+    assert "2 members that succeeded" in table["why"]
+
+    shown = run_cli("status", table["group"], env=farm_env, check=True).stdout
+    assert "★" in shown and "such-calibration.txt" in shown and "bnb-nf4" in shown

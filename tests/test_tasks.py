@@ -84,3 +84,14 @@ def test_task_options_are_checked_before_anything_is_queued(tmp_path):
     spec = EvalSpec(tasks=["builtin"])
     spec.validate()
     assert spec.tasks == [lm_tasks.BUILTIN_TASK]
+
+
+def test_a_task_that_cannot_run_is_recorded_and_the_other_figures_stand(tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    windows = texts.token_windows(tok, texts.builtin_text("eval"), 64, 2)
+    run = TaskRun(["no_such_task"], [], offline=True)
+    figures = evaluators.run(evaluators.Inputs(CPU, tok, windows, None, 0, tmp_path / "s", tasks=run), tiny_model, tiny_model)
+    assert "no_such_task" in figures.metrics["tasks_error"]
+    assert "tasks" not in figures.metrics and figures.columns.get("task_recovery") is None
+    assert figures.columns["ppl_ratio"] == 1.0 and figures.columns["serve_kernel"] == "dense"

@@ -68,6 +68,10 @@ class Figures:
 class Evaluator:
     name: ClassVar[str]
     load: ClassVar[str] = "reference"
+    # A required evaluator's failure fails the job; another's is recorded as
+    # `<name>_error` in the metrics (its figures absent) and the job goes on:
+    # the artifact is no worse for a figure that could not be measured.
+    required: ClassVar[bool] = False
     # Whether the original model is measured when `full_baseline` is off.
     baseline_always: ClassVar[bool] = False
 
@@ -112,17 +116,33 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
             passes[f"{role}_{load}"] = figures
             start = time.perf_counter()
             with PeakMemory(inputs.device) as peak:
-                loaded = _load(load, role, path, inputs)
-                figures["load_seconds"] = time.perf_counter() - start
-                for e in wanted:
-                    measured[role][e.name] = e.measure(loaded, inputs, figures)
-                del loaded
+                try:
+                    loaded = _load(load, role, path, inputs)
+                    figures["load_seconds"] = time.perf_counter() - start
+                    for e in wanted:
+                        try:
+                            measured[role][e.name] = e.measure(loaded, inputs, figures)
+                        except Exception as exc:
+                            if e.required:
+                                raise
+                            measured[role][e.name] = {"error": _reason(exc, role)}
+                    del loaded
+                except Exception as exc:
+                    if any(e.required for e in wanted):
+                        raise
+                    for e in wanted:
+                        measured[role][e.name] = {"error": _reason(exc, role)}
             figures.update(seconds=time.perf_counter() - start, peak_vram_bytes=peak.torch_peak,
                            peak_vram_nvml_bytes=peak.nvml_peak)
             _free(inputs.device)
     out = Figures()
     for e in chosen:
-        out.merge(e.figures(measured["baseline"].get(e.name), measured["quantized"][e.name]))
+        base, quant = measured["baseline"].get(e.name), measured["quantized"][e.name]
+        failed = next((m["error"] for m in (base, quant) if m and "error" in m), None)
+        if failed:
+            out.metrics[f"{e.name}_error"] = failed
+        else:
+            out.merge(e.figures(base, quant))
     out.metrics["eval_passes"] = passes
     out.columns["eval_seconds"] = sum(p["seconds"] for p in passes.values())
     return out
@@ -136,6 +156,13 @@ def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))
+
+
+def _reason(exc: BaseException, role: str) -> str:
+    from api_client.errors import first_line
+
+    model = "the original model" if role == "baseline" else "the artifact"
+    return f"{model}: {type(exc).__name__}: {first_line(exc)}"[:500]
 
 
 def _free(device: Device) -> None:

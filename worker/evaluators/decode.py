@@ -45,6 +45,7 @@ def _sync(device) -> None:
 class DecodeSpeed(Evaluator):
     name = "decode"
     baseline_always = True
+    required = True
 
     def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
         return {"tokens_per_s": decode_speed(loaded.model, inputs.windows[0][:32], inputs.decode_tokens),

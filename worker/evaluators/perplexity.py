@@ -36,6 +36,7 @@ class Perplexity(Evaluator):
     name = "perplexity"
     # The ratio is the job's own: every job measures its original.
     baseline_always = True
+    required = True
 
     def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
         # Under a memory cap, one window at a time bounds the logits' memory.

@@ -56,6 +56,10 @@ class Serving(Evaluator):
         metrics = dict(
             serve_dense_reason=quantized["dense_reason"], serve_window_tokens=quantized["window_tokens"],
             serve_loaded_vram_bytes=quantized["loaded_vram_bytes"],
+            # GPU memory held after the load beyond the weights counted: not
+            # weights by qfarm's count, but part of what serving takes.
+            serve_unattributed_bytes=(quantized["loaded_vram_bytes"] - quantized["weights_bytes"]
+                                      if quantized["loaded_vram_bytes"] is not None else None),
             serve_vram_nvml_bytes=quantized["load"]["peak_vram_nvml_bytes"],
             serve_load_seconds=quantized["load"]["load_seconds"],
         )
