@@ -52,7 +52,7 @@ def baseline_member(members: list[Job]) -> Job | None:
     """The member that measured the original model in full."""
     full = [j for j in members if (j.eval or {}).get("baseline", "full") == "full"]
     done = [j for j in full if j.state == JobState.SUCCEEDED.value]
-    return (done or full or [None])[0]
+    return next(iter(done or full), None)
 
 
 def compare(group: JobGroup, members: list[Job]) -> Comparison:
@@ -117,11 +117,11 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
             continue
         if row.state != JobState.SUCCEEDED.value:
             row.excluded = row.error or row.state
-        elif max_size and (row.artifact_bytes or 0) > max_size:
+        elif max_size and row.artifact_bytes is not None and row.artifact_bytes > max_size:
             row.excluded = f"artifact {row.artifact_bytes / 2**30:.2f} GiB > --max-size"
         elif max_vram and row.serve_vram_bytes is None:
             row.excluded = "serve VRAM not measured (ran on a CPU worker)"
-        elif max_vram and row.serve_vram_bytes > max_vram:
+        elif max_vram and row.serve_vram_bytes is not None and row.serve_vram_bytes > max_vram:
             row.excluded = f"serve VRAM {row.serve_vram_bytes / 2**30:.2f} GiB > --max-vram"
         else:
             candidates.append(row)

@@ -1,0 +1,60 @@
+"""The compare table's recommendation: the best accuracy among the members
+that succeeded within the group's limits, with the reason; rows outside a
+limit or failed say why."""
+
+from api_client.compare import compare
+from api_client.db.models import Job, JobGroup
+
+GiB = 2**30
+
+
+def member(job_id, method, fmt, state="succeeded", ratio=None, recovery=None, artifact=None, serve=None, error=None,
+           baseline="perplexity", tasks=None, **extra):
+    return Job(id=job_id, method=method, format=fmt, state=state, ppl_ratio=ratio, task_recovery=recovery,
+               artifact_bytes=artifact, serve_vram_bytes=serve, error=error, eval={"baseline": baseline},
+               metrics={"tasks": tasks or {}}, **extra)
+
+
+def group(**limits):
+    return JobGroup(id="gabc", kind="compare", model="/m", methods=[], limits=limits, submitted_by="ann")
+
+
+def test_best_recovery_within_the_limits_is_recommended():
+    members = [
+        member("a1", "gptq", "compressed-tensors", ratio=1.010, recovery=0.99, artifact=4 * GiB, serve=5 * GiB),
+        member("a2", "int8", "bitsandbytes", ratio=1.001, recovery=1.00, artifact=7 * GiB, serve=8 * GiB),
+        member("a3", "nf4", "bitsandbytes", ratio=1.020, recovery=0.97, artifact=4 * GiB, serve=5 * GiB,
+               baseline="full", model_bytes=13 * GiB, weights_bytes_baseline=13 * GiB),
+        member("a4", "awq", "compressed-tensors", state="failed", error="out of GPU memory"),
+    ]
+    table = compare(group(max_size_bytes=5 * GiB, max_vram_bytes=6 * GiB), members)
+    rows = {r.label: r for r in table.rows}
+    assert table.recommended == "gptq" and rows["gptq"].recommended
+    assert "> --max-size" in rows["int8"].excluded and rows["awq"].excluded == "out of GPU memory"
+    assert "best task recovery (99.0 %)" in table.why and "size 5.00 GiB and serve VRAM 6.00 GiB" in table.why
+    assert rows["original"].job_id == "a3" and rows["original"].weights_bytes == 13 * GiB
+    # Without limits the original-quality int8 wins.
+    assert compare(group(), members).recommended == "int8"
+
+
+def test_perplexity_decides_where_a_candidate_has_no_task_score_and_unmeasured_vram_is_not_assumed():
+    members = [
+        member("b1", "rtn", "compressed-tensors", ratio=1.05, recovery=0.9, artifact=GiB, serve=None, baseline="full"),
+        member("b2", "gptq", "gptq", ratio=1.01, artifact=GiB, serve=2 * GiB),
+        member("b3", "awq", "compressed-tensors", ratio=1.02, recovery=0.99, artifact=GiB, serve=2 * GiB),
+    ]
+    table = compare(group(), members)
+    assert table.recommended == "gptq:gptq" and "lowest perplexity ratio (1.0100)" in table.why
+    limited = compare(group(max_vram_bytes=3 * GiB), members)
+    rows = {r.label: r for r in limited.rows}
+    assert "not measured" in rows["rtn"].excluded and limited.recommended == "gptq:gptq"
+
+
+def test_recovery_against_the_groups_one_baseline():
+    base_tasks = {"qfarm_cloze": {"metric": "acc_norm", "baseline": 0.40, "quantized": 0.40, "recovery": 1.0, "items": 500}}
+    other_tasks = {"qfarm_cloze": {"metric": "acc_norm", "quantized": 0.38, "items": 500}}
+    members = [member("c1", "nf4", "bitsandbytes", ratio=1.0, baseline="full", tasks=base_tasks, recovery=1.0),
+               member("c2", "gptq", "compressed-tensors", ratio=1.0, tasks=other_tasks)]
+    rows = {r.label: r for r in compare(group(), members).rows}
+    assert abs(rows["gptq"].task_recovery - 0.95) < 1e-9
+    assert rows["original"].tasks["qfarm_cloze"]["score"] == 0.40
