@@ -96,6 +96,19 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     assert not (settings.scratch_dir / "jobs" / job.id).exists()
 
 
+def live_tensor_bytes() -> int:
+    import gc
+
+    import torch
+
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.numel() > 1024:
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model):
     settings, db = farm
     job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(windows=1)), "fp8cpu000001")
@@ -135,3 +148,41 @@ def test_clearing_scratch_spares_a_running_jobs_files(tmp_path):
             assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "new", "new.lock", "running", "running.lock"]
             assert job_dir == scratch / "new" and not any(job_dir.iterdir())
     assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "running", "running.lock"]
+
+
+def live_tensor_bytes() -> int:
+    import gc
+
+    import torch
+
+    gc.collect()
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.numel() > 1024:
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("method", ["gptq", "rtn"])
+def test_quantizing_leaves_no_model_alive(tiny_model, tmp_path, method):
+    """After llm-compressor quantized and saved, none of the model's tensors
+    stay alive in the job process: its global session and the sequential
+    pipeline's traced code kept them (on a GPU: memory every later figure of
+    the job counted, 3.6 GiB for a W4 7B)."""
+    import json
+
+    from api_client.catalog import get
+    from worker import methods
+    from worker.context import JobContext
+    from worker.gpu import Device
+
+    before = live_tensor_bytes()
+    ctx = JobContext(
+        job_id="leak", model_dir=tiny_model, output_dir=tmp_path / "out", scratch_dir=tmp_path, device=Device("cpu", None, "cpu"),
+        calib=CalibSpec(samples=4, seqlen=64) if method == "gptq" else None, max_vram_bytes=None, weights="auto",
+        model_bytes=sum(p.stat().st_size for p in tiny_model.glob("*.safetensors")), trust_remote_code=False,
+        model_config=json.loads((tiny_model / "config.json").read_text()), on_stage=lambda *a: None, on_note=lambda m: None)
+    (tmp_path / "out").mkdir()
+    methods.quantize(method, ctx, get(method).parse_params({}, "compressed-tensors"), "compressed-tensors")
+    assert (tmp_path / "out" / "config.json").exists()
+    assert live_tensor_bytes() - before < 64 * 1024

@@ -123,7 +123,13 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
     # own dtype before saving, so scales and unquantized weights are stored
     # as a GPU worker stores them.
     dtype = "auto" if ctx.device.is_cuda else torch.float32
-    with _no_pinning_without_accelerator(), _layer_progress(ctx), ctx.library_call():
+    from llmcompressor.core import create_session
+
+    # A session of the job's own: llm-compressor's global session keeps the
+    # quantized model (its packed weights) alive after oneshot returns, and
+    # on a GPU that memory was counted in the evaluation's serve figures
+    # (3.6 GiB more for a W4 7B, bench/RESULTS.md §4).
+    with create_session(), _no_pinning_without_accelerator(), _layer_progress(ctx), ctx.library_call():
         start = time.perf_counter()
         model = AutoModelForCausalLM.from_pretrained(ctx.model_dir, dtype=dtype, device_map="cuda:0" if on_gpu else None,
                                                      trust_remote_code=ctx.trust_remote_code)
@@ -134,4 +140,19 @@ def quantize(ctx, modifiers: list, calibrated: bool) -> None:
             model.to(ctx.model_dtype())
         # Compression into the packed format happens while saving.
         model.save_pretrained(ctx.output_dir, save_compressed=True)
+        _release(model)
+        del model
     tokenizer.save_pretrained(ctx.output_dir)
+
+
+def _release(model) -> None:
+    """Drop every tensor of a model that is done with. The sequential
+    pipeline's torch.fx tracing leaves generated code whose globals keep the
+    traced modules alive after oneshot returns (found with gc on a CPU), so
+    `del model` alone frees nothing; emptying each module's parameters and
+    buffers frees the memory whatever still holds the modules."""
+    for module in model.modules():
+        for store in (module._parameters, module._buffers):
+            for name in list(store.keys()):
+                del store[name]
+

@@ -115,6 +115,10 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
             figures: dict[str, Any] = {}
             passes[f"{role}_{load}"] = figures
             start = time.perf_counter()
+            # What the process already held (nothing, unless a library kept
+            # something alive): a pass's peak counts only what it added.
+            resident = _allocated(inputs.device)
+            figures["resident_before"] = resident or 0
             with PeakMemory(inputs.device) as peak:
                 try:
                     loaded = _load(load, role, path, inputs)
@@ -132,7 +136,9 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
                         raise
                     for e in wanted:
                         measured[role][e.name] = {"error": _reason(exc, role)}
-            figures.update(seconds=time.perf_counter() - start, peak_vram_bytes=peak.torch_peak,
+            figures.update(seconds=time.perf_counter() - start,
+                           peak_vram_bytes=peak.torch_peak - resident if peak.torch_peak is not None and resident is not None
+                           else peak.torch_peak,
                            peak_vram_nvml_bytes=peak.nvml_peak)
             _free(inputs.device)
     out = Figures()
@@ -156,6 +162,14 @@ def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))
+
+
+def _allocated(device: Device) -> int | None:
+    if not device.is_cuda:
+        return None
+    import torch
+
+    return int(torch.cuda.memory_allocated())
 
 
 def _reason(exc: BaseException, role: str) -> str:

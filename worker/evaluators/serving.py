@@ -36,7 +36,7 @@ class Serving(Evaluator):
         model = loaded.model
         weights = loading.held_bytes(model)
         device = next(model.parameters()).device
-        resident = torch.cuda.memory_allocated() if inputs.device.is_cuda else None
+        resident = torch.cuda.memory_allocated() - load["resident_before"] if inputs.device.is_cuda else None
         with torch.inference_mode():
             for window in inputs.windows[:SERVE_WINDOWS]:
                 model(torch.tensor([window], device=device))
