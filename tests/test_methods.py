@@ -96,19 +96,6 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     assert not (settings.scratch_dir / "jobs" / job.id).exists()
 
 
-def live_tensor_bytes() -> int:
-    import gc
-
-    import torch
-
-    gc.collect()
-    storages = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.numel() > 1024:
-            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
-    return sum(storages.values())
-
-
 def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model):
     settings, db = farm
     job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(windows=1)), "fp8cpu000001")

@@ -204,7 +204,8 @@ def kernel_of(model) -> str:
         qtype = getattr(module, "QUANT_TYPE", None)
         if hasattr(module, "qweight"):
             method = "awq" if "awq" in (qtype or name).lower() else "gptq"
-            kernel = name.lower().removesuffix("quantlinear").removesuffix("linear") or "torch"
+            kernel = name.lower().removesuffix("quantlinear").removesuffix("linear")
+            kernel = (kernel.removesuffix(method) if kernel != method else kernel) or "torch"
             return f"{method}-{kernel}"
     if any(p.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) for p in model.parameters()):
         return "fp8-compressed-tensors"
