@@ -42,6 +42,22 @@ def job_row(r: ResolvedSpec, job_id: str, user: str, queue_name: str, calib: dic
     )
 
 
+def _dereferenced(root: Path) -> Callable[[tarfile.TarInfo], tarfile.TarInfo | None]:
+    """A tar filter that stores a symlink (checked to stay inside `root`) as
+    the regular file it names, so the worker's safe extraction keeps it."""
+    def swap(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        if not info.issym():
+            return info
+        target = (root / info.name).resolve()
+        if not target.is_file():
+            return None
+        real = tarfile.TarInfo(info.name)
+        real.size, real.mode, real.mtime = target.stat().st_size, 0o644, int(target.stat().st_mtime)
+        real.type = tarfile.REGTYPE
+        return real
+    return swap
+
+
 @dataclass(frozen=True)
 class _Planned:
     """Where a validated job goes and how long it should take there."""
@@ -152,7 +168,9 @@ class Client:
         order = sorted(range(len(plans)), key=lambda i: -plans[i].seconds)
         group = JobGroup(id=groups.PREFIX + uuid.uuid4().hex[:11], kind="compare", model=resolved[0].model,
                          methods=methods, limits=limits, submitted_by=self.settings.user)
-        store, calib, evals = self._upload_inputs(group.id, resolved[0])
+        # The calibration text comes from a calibrated member (the first
+        # method named may take none); evaluation inputs are every member's.
+        store, calib, evals = self._upload_inputs(group.id, next((r for r in resolved if r.calib), resolved[0]))
         rows = []
         for n, i in enumerate(order):
             r = resolved[i]
@@ -223,7 +241,8 @@ class Client:
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / "tasks.tar.gz"
                 with tarfile.open(archive, "w:gz") as tar:
-                    tar.add(path, arcname=".")
+                    # Links inside the directory travel as the files they name.
+                    tar.add(path, arcname=".", filter=_dereferenced(path))
                 return Client._upload_input(store, owner, str(archive), name)
         suffix = ".tar.gz" if path.name.endswith(".tar.gz") else path.suffix.lower()
         key = f"inputs/{owner}/{name}{suffix}"

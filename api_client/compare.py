@@ -27,10 +27,14 @@ class Row:
     serve_kernel: str | None = None
     quantize_seconds: float | None = None
     serve_tokens_per_s: float | None = None
+    # Some weights stayed in CPU memory while serving (under --max-vram).
+    serve_offloaded: bool = False
     error: str | None = None
     recommended: bool = False
     # Why the row cannot be recommended (outside a limit, failed...).
     excluded: str | None = None
+    # Why its serve VRAM is unknown, where a limit would need it.
+    excluded_vram: str | None = None
     tasks: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,7 +88,9 @@ def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
     row = Row(label=label, job_id=job.id, state=job.state, format=job.format, ppl_ratio=job.ppl_ratio,
               artifact_bytes=job.artifact_bytes, weights_bytes=job.weights_bytes, serve_vram_bytes=job.serve_vram_bytes,
               serve_kernel=job.serve_kernel, quantize_seconds=job.quantize_seconds,
-              serve_tokens_per_s=job.serve_tokens_per_s, error=job.error, task_recovery=job.task_recovery)
+              serve_tokens_per_s=job.serve_tokens_per_s, error=job.error, task_recovery=job.task_recovery,
+              serve_offloaded=bool((job.metrics or {}).get("serve_offloaded")))
+    serving_error = (job.metrics or {}).get("serving_error")
     recoveries = []
     for name, t in ((job.metrics or {}).get("tasks") or {}).items():
         recovery = t.get("recovery")
@@ -97,6 +103,8 @@ def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
             recoveries.append(recovery)
     if row.task_recovery is None and recoveries:
         row.task_recovery = sum(recoveries) / len(recoveries)
+    if serving_error and row.serve_vram_bytes is None:
+        row.excluded_vram = f"serve VRAM not measured: {serving_error}"
     return row
 
 
@@ -120,7 +128,9 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
         elif max_size and row.artifact_bytes is not None and row.artifact_bytes > max_size:
             row.excluded = f"artifact {row.artifact_bytes / 2**30:.2f} GiB > --max-size"
         elif max_vram and row.serve_vram_bytes is None:
-            row.excluded = "serve VRAM not measured (ran on a CPU worker)"
+            row.excluded = row.excluded_vram or "serve VRAM not measured (ran on a CPU worker)"
+        elif max_vram and row.serve_offloaded:
+            row.excluded = "its weights did not fit the GPU while serving (partly offloaded to CPU memory)"
         elif max_vram and row.serve_vram_bytes is not None and row.serve_vram_bytes > max_vram:
             row.excluded = f"serve VRAM {row.serve_vram_bytes / 2**30:.2f} GiB > --max-vram"
         else:

@@ -50,11 +50,26 @@ def parse_names(text: str | None) -> list[str]:
     return [BUILTIN_TASK if n == BUILTIN else n for n in names]
 
 
-def check_tasks_dir(path_text: str, names: list[str]) -> Path:
+def runs_code(root: Path) -> str | None:
+    """Why lm-eval would run code from this task directory (None: it would
+    not): a Python file beside the YAML, a `!function` tag or a `class:`
+    key, which lm-eval resolves by importing the directory's modules."""
+    for item in sorted(root.rglob("*")):
+        if item.suffix == ".py":
+            return f"{item.relative_to(root)} is Python code"
+        if item.suffix in (".yaml", ".yml") and item.is_file():
+            text = item.read_text(errors="replace")
+            if "!function" in text or re.search(r"^\s*class:", text, flags=re.MULTILINE):
+                return f"{item.relative_to(root)} names code (!function or class:)"
+    return None
+
+
+def check_tasks_dir(path_text: str, names: list[str], allow_code: bool = False) -> Path:
     """A local directory of lm-eval task YAML files (and the data files they
     name, relative to it): it exists, is not too large, holds no link
-    leaving it, and defines the tasks asked for that lm-eval's registry
-    would not know."""
+    leaving it, runs no code unless the job may (--allow-remote-code: lm-eval
+    imports a task's Python, which would run on the worker), and defines
+    the tasks asked for that lm-eval's registry would not know."""
     path = Path(path_text).expanduser()
     if not path.is_dir():
         raise SpecError(f"--tasks-dir {path_text}: not a directory")
@@ -74,6 +89,10 @@ def check_tasks_dir(path_text: str, names: list[str]) -> Path:
                         f"{MAX_TASKS_DIR_BYTES // 2**20} MiB a job may carry")
     if not defined:
         raise SpecError(f"--tasks-dir {path_text} has no task YAML (a file with a 'task:' line)")
+    code = runs_code(root)
+    if code and not allow_code:
+        raise SpecError(f"--tasks-dir: {code}, which lm-eval would run on the worker: pass --allow-remote-code "
+                        f"(workers started with --allow-remote-code take such jobs)")
     # A name the directory does not define would go to lm-eval's registry,
     # which needs the hub; with a directory given, it is more likely a typo.
     missing = [n for n in names if n not in defined and n != BUILTIN_TASK]
@@ -98,12 +117,15 @@ def cloze_items(text: str, count: int = BUILTIN_ITEMS, seed: int = 1234) -> list
         if len(words) >= 6 and _WORD.match(words[-1]):
             cut = spans[i][1] - 1 - len(words[-1])
             candidates.append((flat[spans[i - 3][0]:cut].strip(), words[-1]))
-    finals = sorted({last.lower() for _, last in candidates})
+    finals = sorted({last for _, last in candidates})
     rng = random.Random(seed)
     rng.shuffle(candidates)
     items = []
     for context, last in candidates[:count]:
-        wrong = rng.sample([w for w in finals if w != last.lower()], 3)
+        # Wrong choices written like the answer (capitalized or not), so its
+        # case does not give it away.
+        pool = [w for w in finals if w.lower() != last.lower() and w[0].isupper() == last[0].isupper()]
+        wrong = rng.sample(sorted({w.lower(): w for w in pool}.values()), 3)
         label = rng.randrange(4)
         items.append({"context": context[-1200:], "choices": wrong[:label] + [last] + wrong[label:], "label": label})
     return items

@@ -105,8 +105,8 @@ class EvalSpec:
         if self.tasks_dir is not None:
             if not self.tasks:
                 raise SpecError("--tasks-dir needs --tasks naming the tasks to run from it")
-            if "://" not in self.tasks_dir:
-                self.tasks_dir = str(lm_tasks.check_tasks_dir(self.tasks_dir, self.tasks))
+            if "://" in self.tasks_dir:
+                raise SpecError("--tasks-dir takes a local directory (it is uploaded with the job)")
         if self.tasks_limit is not None and (not self.tasks or self.tasks_limit < 1):
             raise SpecError("--limit caps the items of each task: it needs --tasks and a count of at least 1")
         if self.baseline not in ("full", "perplexity"):
@@ -220,6 +220,8 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
             raise SpecError(f"--method {method.name} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
         calib = None
     spec.eval.validate()
+    if spec.eval.tasks_dir is not None and spec.eval.tasks:
+        spec.eval.tasks_dir = str(lm_tasks.check_tasks_dir(spec.eval.tasks_dir, spec.eval.tasks, spec.allow_remote_code))
     if spec.priority not in PRIORITY_NAMES:
         raise SpecError(f"--priority must be one of {'/'.join(PRIORITY_NAMES)}, not {spec.priority!r}")
     if spec.weights not in WEIGHTS_PLACEMENTS:

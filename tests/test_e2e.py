@@ -211,7 +211,7 @@ def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, wo
     bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
     missing = f"s3://{bucket}/no/such-calibration.txt"
     proc = run_cli("compare", str(tiny_model), "--methods", "rtn,nf4,gptq", "--calib", missing, *FAST[2:],
-                   "--tasks", "builtin", "--limit", "12", "--wait", "--json", env=farm_env, timeout=900)
+                   "--tasks", "builtin", "--limit", "40", "--wait", "--json", env=farm_env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     rows = {r["label"]: r for r in table["rows"]}
@@ -228,3 +228,20 @@ def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, wo
 
     shown = run_cli("status", table["group"], env=farm_env, check=True).stdout
     assert "★" in shown and "such-calibration.txt" in shown and "bnb-nf4" in shown
+
+
+def test_a_task_directory_travels_with_the_job(farm_env, worker, tiny_model, tmp_path):
+    """--tasks-dir: checked and uploaded at submit (a link inside it travels
+    as the file it names), unpacked on the worker, run offline, recorded."""
+    from tests.test_tasks import write_task_dir
+
+    d = write_task_dir(tmp_path / "mine")
+    (d / "data.jsonl").rename(d / "rows.jsonl")
+    (d / "data.jsonl").symlink_to("rows.jsonl")
+    proc = run_cli("submit", str(tiny_model), "--method", "rtn", *FAST[4:], "--tasks", "animals", "--tasks-dir", str(d),
+                   "--limit", "4", "--wait", "--json", env=farm_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)
+    task = job["metrics"]["tasks"]["animals"]
+    assert task["items"] == 4 and task["metric"] == "acc" and task["recovery"] is not None
+    assert job["task_recovery"] == pytest.approx(task["recovery"])

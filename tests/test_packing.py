@@ -94,3 +94,24 @@ def test_bitsandbytes_path_is_named_from_the_loaded_modules(tiny_model, tmp_path
     linear = sum(m.weight.numel() for n, m in dense.named_modules() if "layers" in n and type(m).__name__ == "Linear")
     # 4 bits a weight, plus the absmax scales bitsandbytes keeps beside them.
     assert loading.held_bytes(dense) - loading.held_bytes(model) >= 1.5 * linear * 0.9
+
+
+def test_a_jobs_serve_figures_come_from_the_packed_path_and_match_its_reference(wide_model, tmp_path_factory, tmp_path):
+    """Through the evaluators, as a job runs them: the artifact's serve pass
+    runs packed, names its kernel, holds a third of the original's weights,
+    and computes the perplexity the dequantized reference load computes."""
+    from transformers import AutoTokenizer
+
+    from worker import evaluators, texts
+    from worker.evaluators.serving import SERVE_WINDOWS
+
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
+    tok = AutoTokenizer.from_pretrained(wide_model)
+    windows = texts.token_windows(tok, texts.builtin_text("eval"), 128, SERVE_WINDOWS)
+    figures = evaluators.run(evaluators.Inputs(CPU, tok, windows, None, 4, tmp_path), wide_model, art)
+    c, m = figures.columns, figures.metrics
+    assert c["serve_kernel"].startswith("gptq-") and m["serve_kernel_baseline"] == "dense"
+    assert c["weights_bytes"] <= 0.35 * c["weights_bytes_baseline"]
+    assert m["serve_perplexity"] == pytest.approx(c["ppl_quantized"], rel=0.01)
+    assert m["serve_perplexity_baseline"] == pytest.approx(c["ppl_baseline"], rel=0.01)
+    assert c["serve_tokens_per_s"] > 0 and m["serve_offloaded"] is False

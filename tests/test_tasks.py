@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from api_client import lm_tasks
-from api_client.errors import SpecError
+from api_client.errors import QFarmError, SpecError
 from api_client.spec import EvalSpec
 from api_client.texts import builtin_text
 from worker import evaluators, texts
@@ -71,19 +71,47 @@ def test_task_options_are_checked_before_anything_is_queued(tmp_path):
         EvalSpec(tasks=["arc easy"]).validate()
     with pytest.raises(SpecError, match="needs --tasks"):
         EvalSpec(tasks_dir=str(tmp_path)).validate()
-    with pytest.raises(SpecError, match="no task YAML"):
-        EvalSpec(tasks=["x"], tasks_dir=str(tmp_path)).validate()
-    write_task_dir(tmp_path / "t")
-    with pytest.raises(SpecError, match="defines animals, not anmals"):
-        EvalSpec(tasks=["anmals"], tasks_dir=str(tmp_path / "t")).validate()
-    (tmp_path / "t" / "leak").symlink_to("/etc/passwd")
-    with pytest.raises(SpecError, match="links outside"):
-        EvalSpec(tasks=["animals"], tasks_dir=str(tmp_path / "t")).validate()
+    with pytest.raises(SpecError, match="local directory"):
+        EvalSpec(tasks=["a"], tasks_dir="s3://bucket/tasks").validate()
     with pytest.raises(SpecError, match="--limit"):
         EvalSpec(tasks_limit=5).validate()
     spec = EvalSpec(tasks=["builtin"])
     spec.validate()
     assert spec.tasks == [lm_tasks.BUILTIN_TASK]
+
+    with pytest.raises(SpecError, match="no task YAML"):
+        lm_tasks.check_tasks_dir(str(tmp_path), ["x"])
+    write_task_dir(tmp_path / "t")
+    with pytest.raises(SpecError, match="defines animals, not anmals"):
+        lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["anmals"])
+    assert lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"]) == (tmp_path / "t").resolve()
+    (tmp_path / "t" / "leak").symlink_to("/etc/passwd")
+    with pytest.raises(SpecError, match="links outside"):
+        lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"])
+
+
+def test_a_task_directory_that_runs_code_needs_remote_code(tmp_path):
+    """lm-eval imports a task's Python (`!function`, `class:`, a utils.py):
+    code that would run on the worker, so only with --allow-remote-code."""
+    d = write_task_dir(tmp_path / "t")
+    (d / "animals.yaml").write_text((d / "animals.yaml").read_text().replace("doc_to_text: '{{q}}'", "doc_to_text: !function utils.text"))
+    (d / "utils.py").write_text("import os\ndef text(doc):\n    return os.environ['AWS_SECRET_ACCESS_KEY']\n")
+    with pytest.raises(SpecError, match="--allow-remote-code"):
+        lm_tasks.check_tasks_dir(str(d), ["animals"])
+    assert lm_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True)
+    (d / "utils.py").unlink()
+    assert "!function" in lm_tasks.runs_code(d)
+
+    # On the worker too: a message that did not come through `qfarm submit`.
+    import tarfile
+
+    from worker import task_inputs
+
+    archive = tmp_path / "tasks.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(d, arcname=".")
+    with pytest.raises(QFarmError, match="runs code"):
+        task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive.as_uri()), tmp_path / "job", allow_code=False)
 
 
 def test_a_task_that_cannot_run_is_recorded_and_the_other_figures_stand(tiny_model, tmp_path, monkeypatch):

@@ -115,12 +115,18 @@ class ServeLoad:
     kernel: str
     # Why this checkpoint runs dense when it is quantized (None otherwise).
     dense_reason: str | None = None
+    # Some weights live in CPU memory (under a cap): serving figures of a
+    # model that does not fit the GPU.
+    offloaded: bool = False
 
 
 def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scratch: Path,
-                     trust_remote_code: bool = False) -> ServeLoad:
+                     trust_remote_code: bool = False, dense_bytes: int | None = None) -> ServeLoad:
     """Load `path` as it would be served: packed where a kernel exists, in
-    the checkpoint's own dtype (fp16/bf16), never upcast to fp32."""
+    the checkpoint's own dtype (fp16/bf16), never upcast to fp32. Under a
+    memory cap, weights that do not fit half of it are offloaded to the CPU
+    and the load says so (`offloaded`): its figures are then not those of a
+    model that fits."""
     from transformers import AutoModelForCausalLM
 
     from worker import packing
@@ -140,9 +146,10 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
     if qc.get("quant_method") != "compressed-tensors":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
-        return ServeLoad(model.eval(), kernel_of(model))
+        return _served(model)
     # A packed load that fails must not fail the job: its figures are then
     # the dense load's, named `dense` with the reason.
+    reason = None
     try:
         if _is_fp8(qc):
             if not (device.is_cuda and device.capability and device.capability >= (8, 9)):
@@ -152,18 +159,8 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
             model = AutoModelForCausalLM.from_pretrained(
                 path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
         else:
-            converted = packing.to_gptq(path, scratch / "serve-gptq")
-            try:
-                model = AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
-            except Exception:
-                if not device.is_cuda:
-                    raise
-                # GPTQModel's torch kernel runs on a GPU too, where Triton cannot.
-                from transformers import GPTQConfig
-
-                model = AutoModelForCausalLM.from_pretrained(
-                    converted, quantization_config=GPTQConfig(bits=qc_bits(converted), backend="torch"), **kwargs)
-        served = ServeLoad(model.eval(), kernel_of(model))
+            model = _load_converted(packing.to_gptq(path, scratch / "serve-gptq"), device, kwargs)
+        served = _served(model)
         if served.kernel != "dense":
             return served
         reason = "the packed load ran dense"
@@ -172,13 +169,54 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         reason = f"no packed kernel for this checkpoint: {exc}"
     except Exception as exc:  # noqa: BLE001 - recorded as the reason for the dense figure
         reason = f"the packed load failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+    _free(device)
+    from transformers import CompressedTensorsConfig
+
+    if "max_memory" in kwargs:
+        # Dequantized, the weights grow to their dense size: placed by it.
+        kwargs["max_memory"][0] = gpu_weight_budget(path, max_vram_bytes or 0, dense_bytes)
+    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
+    return _served(model, "dense", reason)
+
+
+def _load_converted(converted: Path, device: Device, kwargs: dict):
+    """GPTQModel's Triton kernel on a GPU, its torch kernel where Triton
+    fails to load (the torch kernel runs on a GPU too); on a CPU, torch."""
+    from transformers import AutoModelForCausalLM, GPTQConfig
+
+    failed = None
+    try:
+        return AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
+    except Exception as exc:
+        if not device.is_cuda or _is_oom(exc):
+            raise
+        failed = exc
+    # Outside the except block: the failed load's tensors (held by its
+    # traceback) are gone before the second load is measured.
+    del failed
+    _free(device)
+    return AutoModelForCausalLM.from_pretrained(
+        converted, quantization_config=GPTQConfig(bits=qc_bits(converted), backend="torch"), **kwargs)
+
+
+def _served(model, kernel: str | None = None, reason: str | None = None) -> ServeLoad:
+    model.eval()
+    offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"})
+    return ServeLoad(model, kernel or kernel_of(model), reason, offloaded=bool(offloaded) and model.device.type == "cuda")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def _free(device: Device) -> None:
     import gc
 
     gc.collect()
-    from transformers import CompressedTensorsConfig
+    if device.is_cuda:
+        import torch
 
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
-    return ServeLoad(model.eval(), "dense", reason)
+        torch.cuda.empty_cache()
 
 
 def qc_bits(path: Path) -> int:
@@ -220,6 +258,9 @@ def held_bytes(model) -> int:
 
     def add(t) -> None:
         if t is None or not hasattr(t, "untyped_storage"):
+            return
+        if t.is_meta:  # offloaded by accelerate: its bytes live elsewhere, counted by size
+            seen[("meta", id(t))] = t.numel() * t.element_size()
             return
         storage = t.untyped_storage()
         key = (t.device.type, storage.data_ptr())

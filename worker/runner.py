@@ -227,6 +227,7 @@ class Run:
         self.farm = farm
         self.store = open_store(settings.storage_url)
         self.upload: artifacts.Upload | None = None
+        self.tasks: Any = None
         self.current_stage: str | None = None
         # What the job holds until it ends (its model's cache entry).
         self.held = ExitStack()
@@ -329,6 +330,9 @@ class Run:
         checkpoint.check_quantizable(info, method_cls.group_size(params))
         self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
 
+        # The tasks are made ready (or refused) before any GPU time is spent.
+        spec = EvalSpec(**(job.eval or {}))
+        self.tasks = task_inputs.prepare(spec, self.job_dir / "tasks", job.allow_remote_code and remote_code_allowed())
         output_dir = self.job_dir / "artifact"
         output_dir.mkdir()
         ctx = JobContext(
@@ -388,7 +392,7 @@ class Run:
         inputs = evaluators.Inputs(
             device=self.device, tokenizer=tokenizer, windows=windows, max_vram_bytes=self.job.max_vram_bytes,
             decode_tokens=spec.decode_tokens, scratch=self.job_dir / "eval", dense_bytes=model_bytes,
-            trust_remote_code=code, tasks=task_inputs.prepare(spec, self.job_dir / "tasks"),
+            trust_remote_code=code, tasks=self.tasks,
             full_baseline=spec.baseline == "full",
         )
         figures = evaluators.run(inputs, model_dir, output_dir)

@@ -40,7 +40,7 @@ def get(db: Database, ref: str) -> JobGroup | None:
     """The group whose id is `ref` or starts with it; None if no group does."""
     with db.session() as s:
         group = s.get(JobGroup, ref)
-        if group is not None or not ref.startswith(PREFIX) or len(ref) < 5:
+        if group is not None or not ref.startswith(PREFIX) or len(ref) < 4:
             return group
         found = s.scalars(select(JobGroup).where(JobGroup.id.startswith(ref, autoescape=True)).limit(2)).all()
     return found[0] if len(found) == 1 else None

@@ -53,6 +53,7 @@ class Loaded:
     role: str  # baseline or quantized
     kernel: str
     dense_reason: str | None = None
+    offloaded: bool = False
 
 
 @dataclass
@@ -157,8 +158,8 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
 def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
     if load == "serve":
         served = loading.load_for_serving(path, inputs.device, inputs.max_vram_bytes, inputs.scratch / role,
-                                          inputs.trust_remote_code)
-        return Loaded(served.model, role, served.kernel, served.dense_reason)
+                                          inputs.trust_remote_code, inputs.dense_bytes if role == "quantized" else None)
+        return Loaded(served.model, role, served.kernel, served.dense_reason, served.offloaded)
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))
