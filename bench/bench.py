@@ -33,13 +33,19 @@ REFERENCE_RATIO = {"rtn": 1.0052, "gptq": 1.0000, "awq": 1.0039, "nf4": 1.0034, 
 GiB, MiB = 2**30, 2**20
 
 
-def make_random_llama(path: Path, dtype: str) -> None:
-    """A Llama with the 7B shapes and random weights, built on the GPU."""
+SHAPES = {
+    "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32),
+    "13b": dict(hidden_size=5120, num_hidden_layers=40, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40),
+}
+
+
+def make_random_llama(path: Path, dtype: str, shape: str = "7b") -> None:
+    """A Llama of the shape named (SHAPES) with random weights, built on the
+    GPU; its tokenizer is QFARM_BENCH_TOKENIZER's where that is set."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096,
+    cfg = LlamaConfig(**SHAPES[shape], vocab_size=32000, max_position_embeddings=4096,
                       bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -50,6 +56,20 @@ def make_random_llama(path: Path, dtype: str) -> None:
         AutoTokenizer.from_pretrained(tok_src).save_pretrained(path)
     del model
     torch.cuda.empty_cache()
+
+
+def open_farm() -> tuple[Client, Path]:
+    """The client and QFARM_HOME of a bench run, the database migrated. A
+    SIGTERM (`timeout`) exits through the caller's finally, so its worker
+    goes too instead of serving the next run's queue."""
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    client = Client()
+    Database(client.settings.database_url).upgrade()
+    home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
+    home.mkdir(parents=True, exist_ok=True)
+    return client, home
 
 
 def start_worker(gpus: str, log: Path) -> subprocess.Popen:
@@ -218,15 +238,9 @@ def main() -> None:
         make_random_llama(Path(a.model), a.dtype)
         print(f"made a random 7B-shaped Llama ({a.dtype}) in {time.perf_counter() - t:.0f} s", flush=True)
 
-    # `timeout` stops a run with SIGTERM: exit through the finally below, so
-    # the worker goes too instead of serving the next run's queue.
     import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
-    client = Client()
-    Database(client.settings.database_url).upgrade()
-    home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
-    home.mkdir(parents=True, exist_ok=True)
+    client, home = open_farm()
     worker = start_worker(a.gpus, home / f"worker-{a.suite}.log")
     table = {"refmodel": table_refmodel, "big": table_big, "quickstart": table_quickstart}[a.suite]
     specs = {"refmodel": refmodel_specs, "big": big_specs, "quickstart": quickstart_specs}[a.suite]

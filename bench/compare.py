@@ -24,37 +24,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_client import Client, JobSpec
+from api_client import JobSpec
 from api_client.compare import compare
-from api_client.db import Database, groups
 from api_client.db.jobs import aware
 from api_client.spec import CalibSpec, EvalSpec
-from bench.bench import start_worker
+from bench.bench import SHAPES, make_random_llama, open_farm, start_worker
 
 GiB, MiB = 2**30, 2**20
-SHAPES = {
-    "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32),
-    "13b": dict(hidden_size=5120, num_hidden_layers=40, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40),
-}
 # What the usual guide says it takes to run a 7B model (the issue's table).
 GUIDE_7B = {"original": "14 GB (fp16)", "int8": "7 GB", "gptq": "~4 GB", "awq": "~4 GB", "nf4": "~5 GB"}
-
-
-def make_random_llama(path: Path, shape: str) -> None:
-    """A Llama of the given shape with random bf16 weights, built on the GPU
-    (the tokenizer is the reference model's, QFARM_BENCH_TOKENIZER)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(**SHAPES[shape], vocab_size=32000, max_position_embeddings=4096, bos_token_id=0, eos_token_id=1,
-                      pad_token_id=2, tie_word_embeddings=False)
-    torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
-    model.save_pretrained(path)
-    AutoTokenizer.from_pretrained(os.environ["QFARM_BENCH_TOKENIZER"]).save_pretrained(path)
-    del model
-    torch.cuda.empty_cache()
 
 
 def size(n, unit=GiB, spec=".2f"):
@@ -132,13 +110,9 @@ def main() -> None:
     deadline = time.monotonic() + a.timeout
     if a.shape and not (Path(a.model) / "config.json").exists():
         t = time.perf_counter()
-        make_random_llama(Path(a.model), a.shape)
+        make_random_llama(Path(a.model), "bfloat16", a.shape)
         print(f"made a random {a.shape}-shaped Llama (bf16) in {time.perf_counter() - t:.0f} s", flush=True)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
-    client = Client()
-    Database(client.settings.database_url).upgrade()
-    home = Path(os.environ.get("QFARM_HOME", Path.home() / ".qfarm"))
-    home.mkdir(parents=True, exist_ok=True)
+    client, home = open_farm()
     started = time.time()
     worker = start_worker(a.gpus, home / "worker-compare.log")
     print(f"worker serving its queues {time.time() - started:.1f} s after start", flush=True)
@@ -162,8 +136,7 @@ def main() -> None:
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(60)
-    db = Database(client.settings.database_url)
-    members = groups.members(db, group.id)
+    group, members = client.group(group.id)
     result = compare(group, members)
     gpu = next((j.gpu_name for j in members if j.gpu_name), "?")
     print(f"\n## compare {Path(a.model).name} ({a.methods}) on {gpu}\n")
