@@ -146,7 +146,10 @@ def live_tensor_bytes() -> int:
     storages = {}
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor) and not obj.is_meta and obj.numel() > 1024:
-            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+            try:
+                storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+            except RuntimeError:
+                continue  # a fake tensor left by another test's tracing: it holds no memory
     return sum(storages.values())
 
 
