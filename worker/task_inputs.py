@@ -7,13 +7,12 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
-from api_client import lm_tasks, sources
+from api_client import lm_tasks
 from api_client.errors import QFarmError
 from api_client.spec import EvalSpec
-from api_client.storage import open_store
 from api_client.texts import builtin_text
+from worker import texts
 from worker.evaluators.tasks import TaskRun
 
 
@@ -40,15 +39,7 @@ def prepare(spec: EvalSpec, dest: Path, allow_code: bool) -> TaskRun | None:
 
 
 def _unpack(uri: str, dest: Path) -> Path:
-    if uri.startswith("s3://"):
-        loc = sources.parse_s3_url(uri)
-        parent, _, name = loc.key.rpartition("/")
-        raw = open_store(f"s3://{loc.bucket}/{parent}").get_bytes(name)
-    else:
-        path = Path(unquote(urlparse(uri).path)) if uri.startswith("file://") else Path(uri)
-        if not path.is_file():
-            raise QFarmError(f"task directory archive {uri} does not exist on this worker")
-        raw = path.read_bytes()
+    raw, _ = texts.read_input(uri, "task directory archive")
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
         members = tar.getmembers()

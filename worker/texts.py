@@ -23,19 +23,25 @@ def load_text(source: str, purpose: str, max_chars: int | None = None) -> str:
     kind = sources.text_source_kind(source)
     if kind == "builtin":
         text = builtin_text(purpose)
-    elif kind == "s3":
-        loc = sources.parse_s3_url(source)
-        parent, _, name = loc.key.rpartition("/")
-        store = open_store(f"s3://{loc.bucket}/{parent}")
-        text = decode_text(store.get_bytes(name), name)
     elif kind == "hf":
         text = _load_hf(sources.parse_hf_dataset(source), max_chars)
     else:
-        path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
-        if not path.is_file():
-            raise QFarmError(f"{purpose} file {path} does not exist on this worker")
-        text = decode_text(path.read_bytes(), path.name)
+        raw, name = read_input(source, f"{purpose} file")
+        text = decode_text(raw, name)
     return text[:max_chars] if max_chars else text
+
+
+def read_input(source: str, what: str) -> tuple[bytes, str]:
+    """The bytes and file name of a job input: an `s3://` object (what
+    submit uploads a local file to), a `file://` URL or a local path."""
+    if source.startswith("s3://"):
+        loc = sources.parse_s3_url(source)
+        parent, _, name = loc.key.rpartition("/")
+        return open_store(f"s3://{loc.bucket}/{parent}").get_bytes(name), name
+    path = Path(unquote(urlparse(source).path)) if source.startswith("file://") else Path(source).expanduser()
+    if not path.is_file():
+        raise QFarmError(f"{what} {path} does not exist on this worker")
+    return path.read_bytes(), path.name
 
 
 def _load_hf(ds_ref: sources.HFDataset, max_chars: int | None) -> str:
