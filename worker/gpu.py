@@ -193,3 +193,21 @@ class PeakMemory:
                 self._stop.wait(self.interval_s)
         finally:
             pynvml.nvmlShutdown()
+
+
+def is_oom(exc: BaseException) -> bool:
+    """Whether `exc` is the GPU running out of memory."""
+    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
+
+
+def release_memory(device: Device) -> None:
+    """Collect what is unreachable and give torch's cached GPU blocks back,
+    so the next load (and its measured peak) starts from what is held."""
+    import gc
+
+    gc.collect()
+    if device.is_cuda:
+        import torch
+
+        torch.cuda.empty_cache()
+

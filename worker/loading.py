@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from worker.gpu import Device
+from worker.gpu import Device, is_oom, release_memory
 
 
 def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,
@@ -169,7 +169,7 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         reason = f"no packed kernel for this checkpoint: {exc}"
     except Exception as exc:  # noqa: BLE001 - recorded as the reason for the dense figure
         reason = f"the packed load failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-    _free(device)
+    release_memory(device)
     from transformers import CompressedTensorsConfig
 
     if "max_memory" in kwargs:
@@ -188,13 +188,13 @@ def _load_converted(converted: Path, device: Device, kwargs: dict):
     try:
         return AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
     except Exception as exc:
-        if not device.is_cuda or _is_oom(exc):
+        if not device.is_cuda or is_oom(exc):
             raise
         failed = exc
     # Outside the except block: the failed load's tensors (held by its
     # traceback) are gone before the second load is measured.
     del failed
-    _free(device)
+    release_memory(device)
     return AutoModelForCausalLM.from_pretrained(
         converted, quantization_config=GPTQConfig(bits=qc_bits(converted), backend="torch"), **kwargs)
 
@@ -203,20 +203,6 @@ def _served(model, kernel: str | None = None, reason: str | None = None) -> Serv
     model.eval()
     offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"})
     return ServeLoad(model, kernel or kernel_of(model), reason, offloaded=bool(offloaded) and model.device.type == "cuda")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
-
-
-def _free(device: Device) -> None:
-    import gc
-
-    gc.collect()
-    if device.is_cuda:
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 def qc_bits(path: Path) -> int:

@@ -249,7 +249,7 @@ class Run:
             error = str(exc)
         else:
             error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-            if _is_oom(exc):
+            if gpu.is_oom(exc):
                 cap = f" under --max-vram {self.job.max_vram_bytes / 2**30:.1f} GiB" if self.job.max_vram_bytes else ""
                 error = f"out of GPU memory{cap} ({self.device.name}): {error}"
         error = redact(printable(" ".join(error.split())))[:2000]
@@ -445,10 +445,6 @@ def remote_code_allowed() -> bool:
     """Whether this worker was started with --allow-remote-code (the
     launcher says so through the environment of its worker processes)."""
     return os.environ.get("QFARM_ALLOW_REMOTE_CODE") == "1"
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return type(exc).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(exc)
 
 
 def _is_time_limit(exc: BaseException) -> bool:

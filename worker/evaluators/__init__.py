@@ -14,14 +14,13 @@ artifact is proven to load.
 
 from __future__ import annotations
 
-import gc
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from worker import loading
-from worker.gpu import Device, PeakMemory
+from worker.gpu import Device, PeakMemory, release_memory
 
 LOADS = ("reference", "serve")
 
@@ -141,7 +140,7 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
                            peak_vram_bytes=peak.torch_peak - resident if peak.torch_peak is not None and resident is not None
                            else peak.torch_peak,
                            peak_vram_nvml_bytes=peak.nvml_peak)
-            _free(inputs.device)
+            release_memory(inputs.device)
     out = Figures()
     for e in chosen:
         base, quant = measured["baseline"].get(e.name), measured["quantized"][e.name]
@@ -178,14 +177,6 @@ def _reason(exc: BaseException, role: str) -> str:
 
     model = "the original model" if role == "baseline" else "the artifact"
     return f"{model}: {type(exc).__name__}: {first_line(exc)}"[:500]
-
-
-def _free(device: Device) -> None:
-    gc.collect()
-    if device.is_cuda:
-        import torch
-
-        torch.cuda.empty_cache()
 
 
 # Importing the modules registers them, in the order their figures are listed.
