@@ -12,22 +12,33 @@ from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
 TOKENS_PER_BATCH = 4096
 
 
-def perplexity(model, windows: list[list[int]], tokens_per_batch: int = TOKENS_PER_BATCH) -> tuple[float, int]:
+def perplexity(model, windows: list[list[int]], tokens_per_batch: int = TOKENS_PER_BATCH,
+               positions_per_loss: int | None = None) -> tuple[float, int]:
+    """Perplexity over `windows`, `tokens_per_batch` tokens a forward pass.
+    `positions_per_loss` takes the loss that many positions at a time, so no
+    fp32 copy of a whole batch's logits is made (the serving pass: its peak
+    is then the forward pass's; 0.25 GiB less for a 2048-token window of a
+    32k vocabulary)."""
     import torch
 
     device = next(model.parameters()).device
     seqlen = len(windows[0])
     batch = max(1, tokens_per_batch // seqlen)
+    step = positions_per_loss or seqlen - 1
     nll, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(windows), batch):
             ids = torch.tensor(windows[i:i + batch], device=device)
-            logits = model(ids).logits.float()
+            logits = model(ids).logits
             # Token t predicts token t+1: the last logit has no target.
-            loss = torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-            nll += loss.item()
-            count += ids[:, 1:].numel()
+            for start in range(0, seqlen - 1, step):
+                end = min(start + step, seqlen - 1)
+                part = logits[:, start:end].float()
+                loss = torch.nn.functional.cross_entropy(
+                    part.reshape(-1, part.shape[-1]), ids[:, start + 1:end + 1].reshape(-1), reduction="sum")
+                nll += loss.item()
+                count += ids[:, start + 1:end + 1].numel()
+            del logits
     return math.exp(nll / count), count
 
 

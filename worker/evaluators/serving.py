@@ -20,6 +20,7 @@ from typing import Any
 from worker import loading
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
 from worker.evaluators.decode import decode_speed
+from worker.evaluators.perplexity import perplexity
 
 # Windows run at batch 1: the peak is reached in the first; a few more show it is steady.
 SERVE_WINDOWS = 3
@@ -38,7 +39,7 @@ class Serving(Evaluator):
         resident = torch.cuda.memory_allocated() - load["resident_before"] if inputs.device.is_cuda else None
         # The windows' perplexity on this load: the packed path computes what
         # the reference load does (a broken kernel or an fp16 overflow shows).
-        ppl = _light_perplexity(model, inputs.windows[:SERVE_WINDOWS])
+        ppl, _ = perplexity(model, inputs.windows[:SERVE_WINDOWS], tokens_per_batch=1, positions_per_loss=256)
         speed = decode_speed(model, inputs.windows[0][:32], inputs.decode_tokens)
         return {"weights_bytes": weights, "loaded_vram_bytes": resident, "tokens_per_s": speed, "kernel": loaded.kernel,
                 "dense_reason": loaded.dense_reason, "window_tokens": len(inputs.windows[0]), "load": load,
@@ -71,27 +72,3 @@ class Serving(Evaluator):
             metrics.update(serve_kernel_baseline=base["kernel"], serve_loaded_vram_baseline_bytes=base["loaded_vram_bytes"],
                            serve_perplexity_baseline=base["perplexity"], serve_offloaded_baseline=base["offloaded"])
         return Figures(columns, metrics)
-
-
-def _light_perplexity(model, windows: list[list[int]], chunk: int = 256) -> float:
-    """Perplexity at batch 1 with the loss taken a few hundred positions at a
-    time, so the serving peak is the forward pass's, not an fp32 copy of the
-    whole window's logits (0.25 GiB for a 2048-token window of a 32k vocabulary)."""
-    import math
-
-    import torch
-
-    device = next(model.parameters()).device
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for window in windows:
-            ids = torch.tensor([window], device=device)
-            logits = model(ids).logits[0]
-            for start in range(0, len(window) - 1, chunk):
-                end = min(start + chunk, len(window) - 1)
-                nll += torch.nn.functional.cross_entropy(logits[start:end].float(), ids[0, start + 1:end + 1],
-                                                         reduction="sum").item()
-                count += end - start
-            del logits
-    return math.exp(nll / count)
-
