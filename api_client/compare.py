@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from api_client.db.models import Job, JobGroup, JobState
+from api_client.render import size
 
 
 @dataclass
@@ -147,12 +148,8 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
     min(candidates, key=score).recommended = True
 
 
-def _size(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: bool) -> str:
-    limit_text = " and ".join(f"{name} {_size(limits[key])}" for key, name in
+    limit_text = " and ".join(f"{name} {size(limits[key])}" for key, name in
                               (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if limits.get(key))
     within = f" within {limit_text}" if limit_text else ""
     pending = "" if finished else " (so far: members are still running)"

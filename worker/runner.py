@@ -27,6 +27,7 @@ from api_client.states import Stage
 from api_client.storage import open_store
 from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
+from worker.evaluators.tasks import TaskRun
 from worker.versions import library_versions
 
 log = logging.getLogger("qfarm.worker")
@@ -227,7 +228,6 @@ class Run:
         self.farm = farm
         self.store = open_store(settings.storage_url)
         self.upload: artifacts.Upload | None = None
-        self.tasks: Any = None
         self.current_stage: str | None = None
         # What the job holds until it ends (its model's cache entry).
         self.held = ExitStack()
@@ -331,8 +331,8 @@ class Run:
         self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
 
         # The tasks are made ready (or refused) before any GPU time is spent.
-        spec = EvalSpec(**(job.eval or {}))
-        self.tasks = task_inputs.prepare(spec, self.job_dir / "tasks", job.allow_remote_code and remote_code_allowed())
+        eval_spec = EvalSpec(**(job.eval or {}))
+        tasks = task_inputs.prepare(eval_spec, self.job_dir / "tasks", job.allow_remote_code and remote_code_allowed())
         output_dir = self.job_dir / "artifact"
         output_dir.mkdir()
         ctx = JobContext(
@@ -350,7 +350,7 @@ class Run:
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
-        figures = self._evaluate(model_dir, output_dir, info.weight_bytes, info.context)
+        figures = self._evaluate(eval_spec, tasks, model_dir, output_dir, info.weight_bytes, info.context)
         self.rec(jobs.record, job.id, **figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
@@ -375,10 +375,10 @@ class Run:
                 and self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
             raise JobCancelled()
 
-    def _evaluate(self, model_dir: Path, output_dir: Path, model_bytes: int, context: int | None) -> dict:
+    def _evaluate(self, spec: EvalSpec, tasks: TaskRun | None, model_dir: Path, output_dir: Path, model_bytes: int,
+                  context: int | None) -> dict:
         from transformers import AutoTokenizer
 
-        spec = EvalSpec(**(self.job.eval or {}))
         defaults = defaults_for(self.device.is_cuda)
         if spec.seqlen and context and spec.seqlen > context:
             raise QFarmError(f"--eval-seqlen {spec.seqlen} is longer than the model's context of {context} tokens")
@@ -392,7 +392,7 @@ class Run:
         inputs = evaluators.Inputs(
             device=self.device, tokenizer=tokenizer, windows=windows, max_vram_bytes=self.job.max_vram_bytes,
             decode_tokens=spec.decode_tokens, scratch=self.job_dir / "eval", dense_bytes=model_bytes,
-            trust_remote_code=code, tasks=self.tasks,
+            trust_remote_code=code, tasks=tasks,
             full_baseline=spec.baseline == "full",
         )
         figures = evaluators.run(inputs, model_dir, output_dir)
