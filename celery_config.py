@@ -37,9 +37,11 @@ task_acks_on_timeout = True
 # idle GPU elsewhere could take it.
 worker_concurrency = 1
 worker_prefetch_multiplier = 1
-# A fresh process for each job: CUDA contexts, allocator caches and library
-# globals from one job never weigh on the next, so memory stays predictable.
-worker_max_tasks_per_child = 1
+# The pool process lives on between jobs and forks a fresh process for each
+# (worker/job_process.py): CUDA contexts, allocator caches and library
+# globals from one job never weigh on the next, and no pool process has to be
+# replaced between jobs, which left the GPU idle for seconds.
+worker_max_tasks_per_child = None
 
 # The longest a job may run. The soft limit raises inside the job (it is
 # recorded as failed, with the reason); the hard limit kills the process if

@@ -34,6 +34,8 @@ GiB, MiB = 2**30, 2**20
 
 
 SHAPES = {
+    # TinyLlama's shape.
+    "1.1b": dict(hidden_size=2048, num_hidden_layers=22, intermediate_size=5632, num_attention_heads=32, num_key_value_heads=4),
     "7b": dict(hidden_size=4096, num_hidden_layers=32, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32),
     "13b": dict(hidden_size=5120, num_hidden_layers=40, intermediate_size=13824, num_attention_heads=40, num_key_value_heads=40),
 }

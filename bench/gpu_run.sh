@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see bench/RESULTS.md): installs the carried
-# wheels, starts the carried redis-server, then one suite of bench.py.
-# Usage: bash bench/gpu_run.sh SUITE [bench.py options...]
+# wheels, starts the carried redis-server, then one suite: `compare`
+# (bench/compare.py), `farm` (bench/farm.py) or one of bench.py's.
+# Usage: bash bench/gpu_run.sh SUITE [options...]
+# Carried, git-ignored: .whl/ (the wheels the image lacks), .gpu/ (redis-server
+# and its libraries, the shared data, tok/: the reference model's tokenizer),
+# .moto/ (moto's S3 server, for `farm --s3`), .gpr/refmodel (the reference model).
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 unset PYTHONDONTWRITEBYTECODE
 # A second run in the same call finds them installed.
 flock /tmp/site.lock sh -c '[ -d /tmp/site/celery ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl'
+if [ -d .moto ]; then
+  flock /tmp/site.lock sh -c '[ -d /tmp/site/moto ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .moto/*.whl'
+fi
 export PYTHONPATH=/tmp/site:$PWD
 ldconfig -p | grep -q libpcre2-8.so.0 || export LD_LIBRARY_PATH=$PWD/.gpu/pcre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 if ! ldconfig -p | grep -q libpcre2-8.so.0; then mkdir -p .gpu/pcre && cp .gpu/lib/libpcre2-8.so.0 .gpu/pcre/; fi
@@ -16,7 +23,7 @@ chmod +x .gpu/redis-server
 [ -n "${BENCH_KEEP_WORKERS:-}" ] || pkill -f "celery -A worker.app:app" || true
 python3 -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null \
   || LD_LIBRARY_PATH=$PWD/.gpu/lib .gpu/redis-server --daemonize yes --port 6379 --save "" --appendonly no --dir /tmp
-export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:-redis://127.0.0.1:6379/0} QFARM_BENCH_TOKENIZER=$PWD/.gpu/refmodel
+export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:-redis://127.0.0.1:6379/0} QFARM_BENCH_TOKENIZER=$PWD/.gpu/tok
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 suite=$1; shift
@@ -24,8 +31,8 @@ suite=$1; shift
 # logs and the table still come back. `compare` is bench/compare.py (its own
 # --timeout ends the wait and still prints the table); the rest bench.py's suites.
 name=${BENCH_NAME:-$suite}
-if [ "$suite" = compare ]; then
-  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.compare "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 25 )) \
+if [ "$suite" = compare ] || [ "$suite" = farm ]; then
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.$suite "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 25 )) \
     --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
 else
   timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.bench "$suite" "$@" --json "${OUT:-/tmp}/$name.json" 2>&1 \

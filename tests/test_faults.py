@@ -379,19 +379,31 @@ def test_a_killed_worker_s_job_is_taken_back_within_the_heartbeat_timeout(farm, 
     assert job.attempts == 2
 
 
-def test_a_killed_job_process_is_rerun_at_once(farm, model):
+@pytest.mark.parametrize("which", ["pool and job", "job"])
+def test_a_killed_job_process_is_rerun_at_once(farm, model, which):
     import psutil
 
     job_id = farm.submit(model, *LONG_JOB)
     w = farm.worker()
     farm.reached(job_id, "quantizing")
-    for pid in w.members():
-        proc = psutil.Process(pid)
-        if proc.ppid() != w.pid and proc.ppid() in w.members():  # the job process under the Celery worker
-            proc.kill()
+    # Under the launcher: the Celery worker, its pool process, and the job
+    # process the pool process forked for this job (worker/job_process.py).
+    # "job" is what the OOM killer does (the job holds the memory); "pool
+    # and job" also kills the pool process, as Celery's hard time limit does.
+    below = [psutil.Process(pid) for pid in w.members()]
+    celery = next(p for p in below if p.ppid() == w.pid)
+    pool = next(p for p in below if p.ppid() == celery.pid)
+    job = next(p for p in below if p.ppid() == pool.pid)
+    for proc in ([pool, job] if which == "pool and job" else [job]):
+        proc.kill()
     injected()
-    farm.done(job_id, timeout=300)
+    done = farm.done(job_id, timeout=300)
     assert_succeeded_once(farm, job_id, attempts=2)
+    if which == "job":
+        assert pool.is_running()  # the pool process lives on and runs the next attempt
+        assert any(f"its job process ({job.pid}) was killed by SIGKILL" in m and "handed to the next worker as attempt 2" in m
+                   for m in farm.messages(job_id)), farm.messages(job_id)
+    assert done.state == "succeeded"
 
 
 # -- 6. a database outage delays jobs, never strands them -------------------------

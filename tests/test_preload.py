@@ -34,7 +34,7 @@ torch.cuda.is_initialized = lambda: True
 PROBED = r"""
 import sys
 from worker import preload
-done = preload.preload(("json", "cuda_on_import", "csv"), probe=True)
+done = preload.preload(("json", "cuda_on_import", "csv", "needs_cuda_on_import", "cuda_on_import.sub"), probe=True)
 print(done.loaded, done.skipped, "cuda_on_import" in sys.modules)
 """
 
@@ -51,9 +51,14 @@ def test_forked_job_process_inherits_the_libraries():
 
 
 def test_a_module_that_initialises_cuda_is_left_to_the_jobs(tmp_path):
-    (tmp_path / "cuda_on_import.py").write_text(CUDA_ON_IMPORT)
+    (tmp_path / "cuda_on_import").mkdir()
+    (tmp_path / "cuda_on_import" / "__init__.py").write_text(CUDA_ON_IMPORT)
+    (tmp_path / "cuda_on_import" / "sub.py").write_text("")
+    # What imports such a module is left to the jobs too, without importing
+    # it again in a probe (the probe refuses it).
+    (tmp_path / "needs_cuda_on_import.py").write_text("import cuda_on_import\n")
     env = {"PYTHONPATH": f"{tmp_path}:{':'.join(sys.path)}", "CUDA_VISIBLE_DEVICES": ""}
-    assert run(PROBED, env=env) == "['json', 'csv'] ['cuda_on_import'] False"
+    assert run(PROBED, env=env) == ("['json', 'csv'] ['cuda_on_import', 'needs_cuda_on_import', 'cuda_on_import.sub'] False")
 
 
 def test_refuses_a_parent_that_initialised_cuda(monkeypatch):

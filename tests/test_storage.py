@@ -72,6 +72,27 @@ def test_multipart_upload_is_verified_part_by_part(bucket, artifact_dir, monkeyp
         store.verify(other, "big.bin", sha256_file(other))
 
 
+def test_an_object_uploaded_elsewhere_with_other_parts_is_verified(bucket, artifact_dir, monkeypatch):
+    # A model put on S3 with `aws s3 cp` (8 MiB parts) is fetched by workers
+    # whose own part size is another: its ETag must still be checked.
+    from boto3.s3.transfer import TransferConfig
+
+    path = artifact_dir / "model.safetensors"
+    store = open_store(f"s3://{bucket}/m")
+    store.client.upload_file(str(path), bucket, "m/w.bin", Config=TransferConfig(multipart_threshold=8 * MiB,
+                                                                                 multipart_chunksize=8 * MiB))
+    assert store.client.head_object(Bucket=bucket, Key="m/w.bin")["ETag"].strip('"').endswith("-2")
+    monkeypatch.setenv("QFARM_S3_PART_SIZE", str(5 * MiB))
+    store = open_store(f"s3://{bucket}/m")
+    store.verify(path, "w.bin", "")
+    other = artifact_dir / "other.bin"
+    data = bytearray(path.read_bytes())
+    data[9 * MiB] ^= 0xFF
+    other.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="does not hold the bytes uploaded"):
+        store.verify(other, "w.bin", "")
+
+
 def test_corrupt_object_fails_download_and_leaves_nothing(store, artifact_dir, tmp_path):
     uri = artifacts.publish(store, "j2", artifact_dir, manifest_for(artifact_dir))
     store.put_bytes(b'{"a": 2}', "jobs/j2/config.json")  # same length, other bytes

@@ -114,8 +114,8 @@ def detect() -> Device:
 def peak_rss() -> int:
     """Peak resident memory of this (job) process so far, in bytes: the
     memory figure of a CPU worker. The job process is fresh for each job
-    (worker_max_tasks_per_child=1), so it is the job's, plus the libraries
-    its parent preloaded."""
+    (worker/job_process.py), so it is the job's, plus the libraries the
+    worker preloaded."""
     import resource
 
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux counts KiB

@@ -88,6 +88,10 @@ def command(p: WorkerPlan, loglevel: str) -> list[str]:
         "--hostname", f"{p.name}@{socket.gethostname()}",
         "--queues", ",".join(p.queues),
         "--concurrency", "1", "--prefetch-multiplier", "1", "--pool", "prefork",
+        # Mingle waits a second at start for other workers' revoked ids
+        # (a job's row says whether it was cancelled) and gossip follows
+        # their events: neither is used, and the wait delays the first job.
+        "--without-mingle", "--without-gossip",
         "--loglevel", loglevel,
     ]
 

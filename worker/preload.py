@@ -1,25 +1,31 @@
 """Import the heavy libraries once, in a worker's parent process.
 
-Each job runs in a fresh child process (`worker_max_tasks_per_child = 1`),
-forked from the worker's parent. Importing torch, transformers and
+Each job runs in a fresh process (worker/job_process.py), forked from a
+pool process that Celery forked from the worker's parent. Importing torch, transformers and
 llm-compressor costs 5-7 s; done in the parent, every child inherits them and
 a job starts on its own work at once instead of paying the imports again.
 
 The parent must never initialise CUDA: a child forked after that cannot use
 the GPU. torch's availability check goes through NVML
-(PYTORCH_NVML_BASED_CUDA_CHECK), and on a GPU worker each module is first
-imported in a throwaway child: one whose import initialises CUDA (some query
-the device when imported) is left to the jobs. A last child then proves that a
-process forked from the parent still gets the GPU.
+(PYTORCH_NVML_BASED_CUDA_CHECK), and on a GPU worker a throwaway child
+imports the modules first, one after the other, saying after each whether
+CUDA is still untouched; the parent imports each module once the child has
+cleared it, so the two run side by side and the probe costs little more than
+the imports. A module whose import initialises CUDA (some query the device
+when imported) is left to the jobs, and so is every module that imports it:
+the next probe child refuses to import it, so they fail fast. A last child
+then proves that a process forked from the parent still gets the GPU.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
 import logging
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 log = logging.getLogger("qfarm.worker")
@@ -60,25 +66,26 @@ def enabled() -> bool:
 
 def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Preloaded:
     """Import `modules` here. With `probe` (default: on a GPU worker), each
-    is tried in a forked child first and skipped if it initialises CUDA.
+    is cleared by a forked child first and skipped if it initialises CUDA.
     Raises PreloadError if, after all, a forked child cannot use the GPU."""
     os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     gpu = _gpu_visible()
     probe = gpu if probe is None else probe
     start = time.perf_counter()
     done = Preloaded(0.0)
-    for name in modules:
-        if probe and not _in_child(lambda: _leaves_cuda_alone(name)):  # noqa: B023 - runs in this iteration
-            done.skipped.append(name)
-            continue
-        try:
-            importlib.import_module(name)
-            done.loaded.append(name)
-        except ImportError as exc:
-            # A worker without one of the libraries still serves the methods
-            # it has; the job that needs it reports the import error.
-            log.warning("preload: cannot import %s (%s)", name, exc)
-            done.missing.append(name)
+    todo = list(modules)
+    while todo:
+        verdict = None
+        for name, verdict in _probe(list(todo), done.skipped) if probe else [(name, OK) for name in todo]:
+            todo.remove(name)
+            if verdict in (OK, MISSING):
+                _import(name, done)  # a missing one says why in the log
+            else:
+                done.skipped.append(name)
+        if verdict != CUDA:
+            # Done, or the child died without a word on the rest: left to the jobs.
+            done.skipped.extend(todo)
+            break
     import torch
 
     if torch.cuda.is_initialized() or (gpu and not _in_child(_uses_gpu)):
@@ -87,20 +94,84 @@ def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Pr
     return done
 
 
+OK, MISSING, CUDA, REFUSED = "ok", "missing", "cuda", "refused"
+
+
+def _import(name: str, done: Preloaded) -> None:
+    try:
+        importlib.import_module(name)
+        done.loaded.append(name)
+    except ImportError as exc:
+        # A worker without one of the libraries still serves the methods
+        # it has; the job that needs it reports the import error.
+        log.warning("preload: cannot import %s (%s)", name, exc)
+        done.missing.append(name)
+
+
+def _probe(names: list[str], refused: list[str]) -> Iterator[tuple[str, str]]:
+    """Import `names` in order in a forked child and yield each one's verdict
+    as it comes. The child stops after the first that initialises CUDA (it
+    can tell nothing more); a module needing one of `refused` gets CUDA
+    without being imported (REFUSED)."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(read_fd)
+            sys.meta_path.insert(0, _Refuse(refused))
+            with os.fdopen(write_fd, "w", buffering=1) as out:
+                for name in names:
+                    verdict = _verdict(name)
+                    out.write(f"{name} {verdict}\n")
+                    if verdict == CUDA:
+                        break
+        except BaseException:  # noqa: BLE001 - the parent skips what was not cleared
+            code = 2
+        os._exit(code)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd) as lines:
+            for line in lines:
+                name, verdict = line.split()
+                yield name, verdict
+    finally:
+        os.waitpid(pid, 0)
+
+
+def _verdict(name: str) -> str:
+    try:
+        importlib.import_module(name)
+    except _Refused:
+        return REFUSED
+    except ImportError as exc:
+        return REFUSED if isinstance(exc.__context__, _Refused) or "initialises CUDA" in str(exc) else MISSING
+    import torch
+
+    return CUDA if torch.cuda.is_initialized() else OK
+
+
+class _Refused(ImportError):
+    pass
+
+
+class _Refuse(importlib.abc.MetaPathFinder):
+    """Refuse to import the modules (and their submodules) found to
+    initialise CUDA, so that what imports them fails at once."""
+
+    def __init__(self, names: list[str]):
+        self.names = tuple(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if any(fullname == n or fullname.startswith(n + ".") for n in self.names):
+            raise _Refused(f"{fullname} initialises CUDA when imported")
+        return None
+
+
 def _gpu_visible() -> bool:
     from worker.gpu import nvml_gpus
 
     return os.environ.get("CUDA_VISIBLE_DEVICES") != "" and bool(nvml_gpus())
-
-
-def _leaves_cuda_alone(name: str) -> bool:
-    try:
-        importlib.import_module(name)
-    except ImportError:
-        return True
-    import torch
-
-    return not torch.cuda.is_initialized()
 
 
 def _uses_gpu() -> bool:

@@ -159,6 +159,31 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         db.dispose()
 
 
+def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None, reason: str) -> Outcome:
+    """The job's process died without a word (the OOM killer, a SIGKILL):
+    a job it left running on this worker goes to the next one as a new
+    attempt, with the reason as an event, as when a whole worker is lost."""
+    db = Database(settings.database_url)
+    rec = Recorder(db, settings.db_retry_s)
+    try:
+        job = rec(jobs.get, job_id)
+        if job.state == JobState.RUNNING.value and job.worker == worker:
+            rec(lifecycle.hand_back, job, reason, settings, farm or rec(jobs.farm_id))
+            log.warning("job %s: %s; handed back", job_id, reason)
+        else:
+            log.warning("job %s: %s (the job is %s)", job_id, reason, job.state)
+        return Outcome.DONE
+    except DatabaseGone as exc:
+        # The message goes back; its next claim finds the job running here
+        # and restarts it as a new attempt.
+        log.error("job %s: %s, and %s; giving its message back to the broker", job_id, reason, exc)
+        return Outcome.GIVE_BACK
+    except JobNotFound:
+        return Outcome.UNKNOWN
+    finally:
+        db.dispose()
+
+
 def final_state(job_id: str, settings: Settings) -> str:
     db = Database(settings.database_url)
     try:

@@ -106,16 +106,27 @@ class S3Store(Store):
         etag = head.get("ETag", "").strip('"')
         # With SSE-KMS the ETag is no MD5; the size check above and the
         # manifest's sha256 (checked on download) then carry the proof.
-        if _is_md5_etag(etag) and etag != self._local_etag(path, multipart="-" in etag):
+        if _is_md5_etag(etag) and not any(etag == self._local_etag(path, part) for part in self._part_sizes(etag, size)):
             raise StoreError(f"{self.uri(key)} does not hold the bytes uploaded (ETag {etag})")
 
-    def _local_etag(self, path: Path, multipart: bool) -> str:
-        size = path.stat().st_size
-        if not multipart:
-            return digest_file(path, "md5")
+    def _part_sizes(self, etag: str, size: int) -> list[int | None]:
+        """The part sizes that could have made `etag` (None: a single part).
+        An object someone else uploaded (a model put there with `aws s3 cp`,
+        8 MiB parts) need not have qfarm's part size: every usual size that
+        gives the ETag's part count is tried, ours first."""
+        if "-" not in etag:
+            return [None]
         from s3transfer.utils import ChunksizeAdjuster
 
-        part = ChunksizeAdjuster().adjust_chunksize(self.part_size, size)
+        count = int(etag.rsplit("-", 1)[1])
+        ours = ChunksizeAdjuster().adjust_chunksize(self.part_size, size)
+        usual = [ours] + [n * MiB for n in (5, 8, 16, 32, 64, 100, 128, 256, 512, 1024)] + [-(-size // count)]
+        fits = [p for p in dict.fromkeys(usual) if p > 0 and -(-size // p) == count]
+        return fits or [ours]
+
+    def _local_etag(self, path: Path, part: int | None) -> str:
+        if part is None:
+            return digest_file(path, "md5")
         with open(path, "rb") as f:
             digests = list(_part_md5s(f, part))
         return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"

@@ -1,0 +1,91 @@
+"""Each job runs in a process forked for it from the long-lived pool
+process: its outcome comes back as the exit code, signals Celery sends the
+pool process reach it, and it never outlives the pool process."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from worker import job_process
+
+
+def test_the_job_runs_in_a_fresh_process_and_its_code_comes_back():
+    parent = os.getpid()
+    ended = job_process.run(lambda: 3 if os.getpid() != parent else 9)
+    assert (ended.code, ended.signal) == (3, None) and ended.pid != parent
+    assert not psutil.pid_exists(ended.pid)
+
+
+def test_an_exception_in_the_job_is_a_crash_not_a_hang():
+    def job():
+        raise RuntimeError("boom")
+
+    assert job_process.run(job).code == job_process.CRASHED
+
+
+def test_a_killed_job_process_is_reported_with_its_signal():
+    ended = job_process.run(lambda: os.kill(os.getpid(), signal.SIGKILL) or 0)
+    assert ended.code is None and ended.killed == "SIGKILL"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGUSR1])
+def test_sigterm_and_the_soft_time_limit_reach_the_job(tmp_path, signum):
+    # The job's handler answers with the signal it got; the test's own
+    # handler (the pool process's) must not run.
+    got = []
+    previous = signal.signal(signum, lambda s, f: got.append(s))
+
+    def handler(s, f):
+        os._exit(100 + s)
+
+    def job():
+        (tmp_path / "ready").touch()
+        time.sleep(30)
+        return 0
+
+    try:
+        pid = os.getpid()
+        sender = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os, time, pathlib
+            while not pathlib.Path({str(tmp_path / 'ready')!r}).exists():
+                time.sleep(0.05)
+            os.kill({pid}, {int(signum)})
+        """)])
+        start = time.monotonic()
+        ended = job_process.run(job, {signum: handler})
+        sender.wait(10)
+    finally:
+        signal.signal(signum, previous)
+    assert ended.code == 100 + signum and time.monotonic() - start < 20
+    assert got == []
+    assert signal.getsignal(signum) is previous  # the pool process's handler is back
+
+
+POOL = """
+import sys, time
+from worker import job_process
+job_process.run(lambda: (open(sys.argv[1], "w").write("started"), time.sleep(60))[0] and 0)
+"""
+
+
+def test_the_job_dies_with_its_pool_process(tmp_path):
+    # Celery's hard time limit SIGKILLs the pool process: the job must not
+    # run on unwatched, holding the GPU.
+    marker = tmp_path / "started"
+    pool = subprocess.Popen([sys.executable, "-c", POOL, str(marker)], cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (job,) = psutil.Process(pool.pid).children()
+        pool.kill()
+        pool.wait(10)
+        job.wait(10)  # psutil.TimeoutExpired if it lives on
+    finally:
+        pool.kill()
