@@ -117,7 +117,9 @@ def s3_model(model: Path, stack: list) -> str:
     QFARM_S3_ENDPOINT_URL is set) and return its s3:// URL."""
     if not os.environ.get("QFARM_S3_ENDPOINT_URL"):
         port = _free_port()
-        log = open(Path(os.environ.get("QFARM_HOME", "/tmp")) / "moto.log", "w")
+        home = Path(os.environ.get("QFARM_HOME", "/tmp"))
+        home.mkdir(parents=True, exist_ok=True)
+        log = open(home / "moto.log", "w")
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=log, stderr=subprocess.STDOUT)
         stack.append(proc)
