@@ -60,6 +60,21 @@ def test_a_second_fetch_is_a_hit_and_two_at_once_download_once(bucket, tiny_mode
     assert len(counted_gets) == len(files)
 
 
+def test_jobs_running_on_a_model_do_not_hold_up_the_next_one(bucket, tiny_model, tmp_path):
+    # Five methods of one model on five GPUs: each job holds the entry while
+    # it runs, and the next job must still find it at once, not wait for them.
+    uri = upload(bucket, "models/tiny", tiny_model)
+    cache = ModelCache(tmp_path / "cache", limit_bytes=10**9)
+    with ExitStack() as first, ExitStack() as second:
+        assert model_source.fetch(uri, tmp_path / "a", stack=first, cache=cache).cache == "miss"
+        got = []
+        t = threading.Thread(target=lambda: got.append(model_source.fetch(uri, tmp_path / "b", stack=second, cache=cache)))
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "a hit waited for the job holding the entry"
+        assert got[0].cache == "hit"
+
+
 def test_a_changed_file_is_a_new_entry(bucket, tiny_model, tmp_path):
     uri = upload(bucket, "models/tiny", tiny_model)
     cache = ModelCache(tmp_path / "cache", limit_bytes=10**9)

@@ -10,7 +10,8 @@ methods of a 15 GB model fetches it once, not five times.
   once complete (`.complete` is written last).
 - Safe for several workers of a host: one fetches an entry under an
   exclusive lock while the others wait for it; a job holds a shared lock on
-  its entry while it runs, so eviction never removes a model in use.
+  its entry while it runs, so eviction never removes a model in use and
+  any number of jobs use one entry at once.
 - Bounded by QFARM_MODEL_CACHE_BYTES (default 100 GiB; 0 turns the cache
   off), least recently used entries evicted first.
 """
@@ -60,9 +61,14 @@ class ModelCache:
         (not evictable) until the block ends."""
         path, lock_path = self.root / key, self.root / f"{key}.lock"
         with open(lock_path, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one fetches; the others wait here
             start = time.perf_counter()
+            # Shared: any number of jobs use a complete entry at once (the
+            # jobs of a compare group, say); eviction needs it exclusive.
+            fcntl.flock(lock, fcntl.LOCK_SH)
             hit = (path / COMPLETE).is_file()
+            if not hit:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # one fetches; the others wait here
+                hit = (path / COMPLETE).is_file()  # filled while we waited
             if not hit:
                 tmp = self.root / f"{key}.part"
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -74,7 +80,7 @@ class ModelCache:
                 os.replace(tmp, path)
             os.utime(path)  # least recently used goes first
             seconds = time.perf_counter() - start
-            fcntl.flock(lock, fcntl.LOCK_SH)  # in use: eviction skips it
+            fcntl.flock(lock, fcntl.LOCK_SH)  # in use (as a hit already is): eviction skips it
             if not hit:
                 self.evict(keep=key)
             yield Hit(path, hit, seconds, _size(path))
