@@ -134,6 +134,12 @@ def test_clearing_scratch_spares_a_running_jobs_files(tmp_path):
         with runner.job_directory(scratch, "new") as job_dir:
             assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "new", "new.lock", "running", "running.lock"]
             assert job_dir == scratch / "new" and not any(job_dir.iterdir())
+            (job_dir / "artifact.safetensors").write_bytes(b"x" * 4096)
+    # Gone at once (renamed), then deleted by a process of its own.
+    assert "new" not in {p.name for p in scratch.iterdir()}
+    deadline = time.monotonic() + 30
+    while any(".discarded-" in p.name for p in scratch.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert sorted(p.name for p in scratch.iterdir()) == ["fresh.lock", "running", "running.lock"]
 
 

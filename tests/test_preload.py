@@ -67,3 +67,23 @@ def test_refuses_a_parent_that_initialised_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(preload.PreloadError, match="could not use the GPU"):
         preload.preload(("json",), probe=False)
+
+
+def test_the_gpu_check_runs_beside_the_parent_s_imports(monkeypatch, tmp_path):
+    # A process forked from the probe child, which imported every module the
+    # parent imports, must get the GPU; the parent does not wait to fork its own.
+    import os
+
+    monkeypatch.setattr(preload, "_gpu_visible", lambda: True)
+    where = tmp_path / "checked"
+
+    def uses_gpu(ok):
+        where.write_text(str(os.getppid()))
+        return ok
+
+    monkeypatch.setattr(preload, "_uses_gpu", lambda: uses_gpu(True))
+    assert preload.preload(("json", "csv"), probe=True).loaded == ["json", "csv"]
+    assert int(where.read_text()) != os.getpid()  # forked from the probe child, not from here
+    monkeypatch.setattr(preload, "_uses_gpu", lambda: uses_gpu(False))
+    with pytest.raises(preload.PreloadError, match="could not use the GPU"):
+        preload.preload(("json",), probe=True)

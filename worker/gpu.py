@@ -101,6 +101,23 @@ def worker_gpu_index() -> int | None:
     return int(visible) if visible.isdigit() else None
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Which device a worker runs on, as its job rows name it; known without
+    touching CUDA (the launcher passes the GPU's name on)."""
+
+    index: int | None
+    name: str
+
+
+def identity() -> Identity:
+    index = worker_gpu_index()
+    if index is None:
+        return Identity(None, "cpu")
+    name = os.environ.get("QFARM_GPU_NAME") or next((g.name for g in nvml_gpus() if g.index == index), f"GPU {index}")
+    return Identity(index, name)
+
+
 def detect() -> Device:
     """The device of this (job) process; touches CUDA."""
     import torch

@@ -67,6 +67,7 @@ def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_co
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": str(g.index),
             "QFARM_GPU_INDEX": str(g.index),
+            "QFARM_GPU_NAME": g.name,
             **code,
         })
         for g in chosen

@@ -74,9 +74,13 @@ def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Pr
     start = time.perf_counter()
     done = Preloaded(0.0)
     todo = list(modules)
+    gpu_ok: bool | None = None
     while todo:
         verdict = None
-        for name, verdict in _probe(list(todo), done.skipped) if probe else [(name, OK) for name in todo]:
+        for name, verdict in _probe(list(todo), done.skipped, gpu) if probe else [(name, OK) for name in todo]:
+            if verdict in (GPU_OK, GPU_FAILED):
+                gpu_ok = verdict == GPU_OK
+                continue
             todo.remove(name)
             if verdict in (OK, MISSING):
                 _import(name, done)  # a missing one says why in the log
@@ -88,13 +92,16 @@ def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Pr
             break
     import torch
 
-    if torch.cuda.is_initialized() or (gpu and not _in_child(_uses_gpu)):
+    if gpu and gpu_ok is None:  # no probe child got as far as the check
+        gpu_ok = _in_child(_uses_gpu)
+    if torch.cuda.is_initialized() or (gpu and not gpu_ok):
         raise PreloadError("after importing the quantization libraries, the worker's job processes could not use the GPU")
     done.seconds = time.perf_counter() - start
     return done
 
 
 OK, MISSING, CUDA, REFUSED = "ok", "missing", "cuda", "refused"
+GPU_OK, GPU_FAILED = "gpu-ok", "gpu-failed"
 
 
 def _import(name: str, done: Preloaded) -> None:
@@ -108,11 +115,14 @@ def _import(name: str, done: Preloaded) -> None:
         done.missing.append(name)
 
 
-def _probe(names: list[str], refused: list[str]) -> Iterator[tuple[str, str]]:
+def _probe(names: list[str], refused: list[str], check_gpu: bool = False) -> Iterator[tuple[str, str]]:
     """Import `names` in order in a forked child and yield each one's verdict
     as it comes. The child stops after the first that initialises CUDA (it
     can tell nothing more); a module needing one of `refused` gets CUDA
-    without being imported (REFUSED)."""
+    without being imported (REFUSED). With `check_gpu`, a child that got
+    through them all then proves that a process forked from it, with every
+    module the parent is importing meanwhile, gets the GPU (GPU_OK): the
+    check runs beside the parent's last imports instead of after them."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -126,6 +136,9 @@ def _probe(names: list[str], refused: list[str]) -> Iterator[tuple[str, str]]:
                     out.write(f"{name} {verdict}\n")
                     if verdict == CUDA:
                         break
+                else:
+                    if check_gpu:
+                        out.write(f"- {GPU_OK if _in_child(_uses_gpu) else GPU_FAILED}\n")
         except BaseException:  # noqa: BLE001 - the parent skips what was not cleared
             code = 2
         os._exit(code)

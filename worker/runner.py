@@ -9,6 +9,7 @@ import fcntl
 import logging
 import os
 import shutil
+import subprocess
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -68,7 +69,7 @@ class Recorder:
 T = TypeVar("T")
 
 
-def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Device, settings: Settings) -> Job | None:
+def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Identity, settings: Settings) -> Job | None:
     """Move a job to running on this worker; None if it is not ours to run.
 
     A message can be doubled (a reconciler and a hand-back both send one) or
@@ -124,10 +125,12 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
             log.error("job %s is not in this farm's database (%s); its message goes back to wait for it",
                       job_id, db.display_url)
             return Outcome.UNKNOWN
-        device = gpu.detect()
-        job = claim(rec, job_id, worker, device, settings)
+        # Claimed before CUDA is set up (a third of a second): the GPU's
+        # idle time between jobs ends with the claim.
+        job = claim(rec, job_id, worker, gpu.identity(), settings)
         if job is None:
             return Outcome.DONE
+        device = gpu.detect()
         scratch = settings.scratch_dir / "jobs"
         try:
             with job_directory(scratch, job_id) as job_dir:
@@ -216,8 +219,23 @@ def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
         try:
             yield job_dir
         finally:
-            shutil.rmtree(job_dir, ignore_errors=True)
+            _discard(job_dir)
             (scratch / f"{job_id}.lock").unlink(missing_ok=True)
+
+
+def _discard(job_dir: Path) -> None:
+    """Remove the job's directory without making the next job wait: the
+    artifact and the evaluation's files are gigabytes, and deleting them
+    (from a tmpfs, freeing its pages) took seconds after the job's end was
+    recorded. Renamed away at once, then deleted by a process of its own; a
+    leftover (a worker killed meanwhile) goes with the next job's _clear."""
+    trash = job_dir.with_name(f"{job_dir.name}.discarded-{os.getpid()}")
+    try:
+        os.rename(job_dir, trash)
+        subprocess.Popen(["rm", "-rf", "--", str(trash)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
+    except OSError:
+        shutil.rmtree(job_dir, ignore_errors=True)
 
 
 def _clear(scratch: Path) -> None:
@@ -228,6 +246,8 @@ def _clear(scratch: Path) -> None:
         name = child.name.removesuffix(".lock")
         if _locked(scratch / f"{name}.lock"):
             continue
+        if ".discarded-" in name and time.time() - child.stat().st_mtime < 3600:
+            continue  # being deleted (_discard)
         if child.is_dir():
             shutil.rmtree(child, ignore_errors=True)
         elif time.time() - child.stat().st_mtime > 86400:
