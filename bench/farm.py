@@ -176,31 +176,36 @@ def main() -> None:
     stack: list[subprocess.Popen] = []
     small = s3_model(Path(a.small), stack) if a.s3 else str(Path(a.small).resolve())
     client, home = open_farm()
-    broker = client.settings.broker_url
+    # The queue is full before `qfarm worker start`, as when a farm restarts
+    # with jobs waiting: the time to each worker's first job is then the
+    # worker's own. Submit refuses FP8 until a worker of its compute
+    # capability answers; the host's GPUs (NVML) say what that worker will be.
+    from worker.gpu import nvml_gpus
+    from worker.launcher import queues_for_device
+
+    gpus = nvml_gpus()
+    if gpus:
+        will_serve = set(queues_for_device(client.farm(), min(g.capability for g in gpus)))
+        queue.served_queues = lambda *_a, **_k: will_serve
+    t_submit = time.time()
+    calib = CalibSpec(samples=a.calib_samples)
+    members: list = []
+    if a.big:
+        base = JobSpec(model=a.big, method="rtn", calib=calib, eval=EvalSpec(
+            windows=a.eval_windows, tasks=a.tasks.split(",") if a.tasks else None, tasks_limit=a.limit))
+        group, members = client.compare(str(Path(a.big).resolve()), a.compare.split(","), base)
+        print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format}" for j in members), flush=True)
+    methods = a.methods.split(",")
+    for i in range(a.jobs):
+        m = methods[i % len(methods)]
+        members.append(client.submit(JobSpec(model=small, method=m, calib=calib if catalog.get(m).calibrated else None,
+                                             eval=EvalSpec(windows=a.small_eval_windows))))
+    print(f"submitted {len(members)} jobs in {time.time() - t_submit:.1f} s", flush=True)
     log = open(home / "worker-farm.log", "w")
     t0 = time.time()
     launcher = subprocess.Popen([sys.executable, "-m", "api_client.cli", "worker", "start", "--gpus", a.gpus],
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    members: list = []
     try:
-        # FP8 is refused at submit until a worker of its capability answers.
-        while not any(q.startswith("qfarm.") for q in queue.served_queues(broker, 0.5)):
-            if launcher.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("workers did not start:\n" + (home / "worker-farm.log").read_text()[-4000:])
-        t_submit = time.time()
-        print(f"a worker answered {t_submit - t0:.1f} s after `qfarm worker start`", flush=True)
-        calib = CalibSpec(samples=a.calib_samples)
-        if a.big:
-            base = JobSpec(model=a.big, method="rtn", calib=calib, eval=EvalSpec(
-                windows=a.eval_windows, tasks=a.tasks.split(",") if a.tasks else None, tasks_limit=a.limit))
-            group, members = client.compare(str(Path(a.big).resolve()), a.compare.split(","), base)
-            print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format}" for j in members), flush=True)
-        methods = a.methods.split(",")
-        for i in range(a.jobs):
-            m = methods[i % len(methods)]
-            members.append(client.submit(JobSpec(model=small, method=m, calib=calib if catalog.get(m).calibrated else None,
-                                                 eval=EvalSpec(windows=a.small_eval_windows))))
-        print(f"submitted {len(members)} jobs in {time.time() - t_submit:.1f} s", flush=True)
         seen: dict = {}
         while time.monotonic() < deadline:
             members = [client.status(j.id) for j in members]
@@ -210,6 +215,9 @@ def main() -> None:
                     print(f"  {time.time() - t0:6.1f} s {j.id[:8]} {j.method}/{j.format} {j.state} {j.stage or ''} "
                           f"{j.worker or ''} {j.error or ''}"[:200], flush=True)
             if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+                break
+            if launcher.poll() is not None:
+                print("the workers stopped:\n" + (home / "worker-farm.log").read_text()[-4000:], flush=True)
                 break
             time.sleep(1)
     finally:
