@@ -21,6 +21,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,6 +30,7 @@ from api_client.compare import compare
 from api_client.db.jobs import aware
 from api_client.spec import CalibSpec, EvalSpec
 from bench.bench import SHAPES, make_random_llama, open_farm, start_worker
+from bench.farm import farm_figures
 
 GiB, MiB = 2**30, 2**20
 # What the usual guide says it takes to run a 7B model (the issue's table).
@@ -71,21 +73,17 @@ def task_table(comparison) -> str:
     return "\n".join(["| method | task | metric | score | recovery |", "|---|---|---|---|---|", *out]) if out else ""
 
 
-def farm_figures(members, worker_started: float) -> str:
-    """Idle gaps between consecutive jobs on one GPU, and start to first job."""
-    by_gpu: dict[str, list] = {}
-    for j in members:
-        if j.started_at and j.finished_at:
-            by_gpu.setdefault(j.worker or "?", []).append((aware(j.started_at).timestamp(), aware(j.finished_at).timestamp()))
-    gaps, firsts = [], []
-    for spans in by_gpu.values():
-        spans.sort()
-        firsts.append(spans[0][0] - worker_started)
-        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False)]
-    gaps.sort()
-    med = gaps[len(gaps) // 2] if gaps else None
-    return (f"workers: {len(by_gpu)}; start → first job: {', '.join(f'{s:.1f}' for s in sorted(firsts))} s; "
-            f"idle gaps between jobs on one GPU: {len(gaps)}, median {size(med, 1, '.2f')} s, max {size(max(gaps) if gaps else None, 1, '.2f')} s")
+def farm_line(members, worker_started: float) -> str:
+    """Each worker's start to its first job, and the idle gaps between jobs
+    on one GPU (bench/farm.py's figures, in one line)."""
+    f = farm_figures(members, worker_started)
+    if not f.get("jobs"):
+        return "no job finished"
+    firsts = sorted(w["first_job_s"] for w in f["workers"].values())
+    gaps = f["gaps"]
+    return (f"workers: {len(firsts)}; start → first job: {', '.join(f'{s:.1f}' for s in firsts)} s; "
+            f"idle gaps between jobs on one GPU: {len(gaps)}, median {size(median(gaps) if gaps else None, 1, '.2f')} s, "
+            f"max {size(max(gaps) if gaps else None, 1, '.2f')} s")
 
 
 def main() -> None:
@@ -143,7 +141,7 @@ def main() -> None:
     print(table(result, members, GUIDE_7B if a.shape == "7b" else {}))
     print(f"\nrecommended: {result.why}\n")
     print(task_table(result))
-    print("\n" + farm_figures(members, started))
+    print("\n" + farm_line(members, started))
     if a.json_out:
         from api_client.db.jobs import to_dict
 

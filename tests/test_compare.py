@@ -58,3 +58,26 @@ def test_recovery_against_the_groups_one_baseline():
     rows = {r.label: r for r in compare(group(), members).rows}
     assert abs(rows["gptq"].task_recovery - 0.95) < 1e-9
     assert rows["original"].tasks["qfarm_cloze"]["score"] == 0.40
+
+
+def test_a_group_is_queued_slowest_first(qfarm_env, tiny_model):
+    # On N free GPUs the group ends sooner when the last member to start is
+    # a short one: the broker hands the members out longest estimate first.
+    from api_client import Client, JobSpec, queue
+    from api_client.db import Database
+
+    client = Client()
+    Database(client.settings.database_url).upgrade()
+    _, members = client.compare(str(tiny_model), ["rtn", "gptq", "nf4", "awq"], JobSpec(model=str(tiny_model), method="rtn"))
+    longest = {j.id: max(e["seconds"] for e in j.estimates) for j in members}
+    taken = []
+    with queue.app(client.settings.broker_url).connection_for_read() as conn:
+        q = conn.SimpleQueue(members[0].queue)
+        for _ in members:
+            message = q.get(timeout=5)
+            taken.append(message.headers["id"])
+            message.ack()
+        q.close()
+    assert [longest[i] for i in taken] == sorted(longest.values(), reverse=True)
+    assert len(set(longest.values())) > 2  # the order says something
+    assert {j.method for j in members if j.id == taken[0]} == {"awq"}
