@@ -89,3 +89,34 @@ def test_the_job_dies_with_its_pool_process(tmp_path):
         job.wait(10)  # psutil.TimeoutExpired if it lives on
     finally:
         pool.kill()
+
+
+def test_celery_s_soft_time_limit_raises_inside_the_job(tmp_path):
+    # billiard installs its SIGUSR1 handler in the pool process; the job,
+    # forked from it, inherits the handler, and the signal Celery sends the
+    # pool process raises SoftTimeLimitExceeded in the job (the runner
+    # records "ran past the time limit").
+    from billiard.exceptions import SoftTimeLimitExceeded
+    from billiard.pool import soft_timeout_sighandler
+
+    def job():
+        (tmp_path / "ready").touch()
+        try:
+            time.sleep(30)
+        except SoftTimeLimitExceeded:
+            return 42
+        return 0
+
+    previous = signal.signal(signal.SIGUSR1, soft_timeout_sighandler)
+    try:
+        sender = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+            import os, time, pathlib
+            while not pathlib.Path({str(tmp_path / 'ready')!r}).exists():
+                time.sleep(0.05)
+            os.kill({os.getpid()}, {int(signal.SIGUSR1)})
+        """)])
+        ended = job_process.run(job)  # no handler of its own: billiard's, inherited
+        sender.wait(10)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert ended.code == 42
