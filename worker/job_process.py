@@ -46,7 +46,8 @@ class Ended:
     pid: int
     code: int | None
     signal: int | None
-    # From the child's report of its result to its exit: CUDA's teardown mostly.
+    # From the child's report of its result to its exit (log flush, then
+    # the kernel tearing down its memory and CUDA context).
     exit_seconds: float
 
     @property

@@ -1,9 +1,9 @@
 """Import the heavy libraries once, in a worker's parent process.
 
 Each job runs in a fresh process (worker/job_process.py), forked from a
-pool process that Celery forked from the worker's parent. Importing torch, transformers and
-llm-compressor costs 5-7 s; done in the parent, every child inherits them and
-a job starts on its own work at once instead of paying the imports again.
+pool process that Celery forked from the worker's parent. Importing torch,
+transformers and the quantization libraries costs 5-10 s; done in the
+parent, every job inherits them and starts on its own work at once.
 
 The parent must never initialise CUDA: a child forked after that cannot use
 the GPU. torch's availability check goes through NVML
@@ -13,8 +13,9 @@ CUDA is still untouched; the parent imports each module once the child has
 cleared it, so the two run side by side and the probe costs little more than
 the imports. A module whose import initialises CUDA (some query the device
 when imported) is left to the jobs, and so is every module that imports it:
-the next probe child refuses to import it, so they fail fast. A last child
-then proves that a process forked from the parent still gets the GPU.
+the next probe child refuses to import it, so they fail fast. The last
+probe child, once it holds every module the parent imports, proves that a
+process forked from it gets the GPU, beside the parent's last imports.
 """
 
 from __future__ import annotations

@@ -226,9 +226,9 @@ def job_directory(scratch: Path, job_id: str) -> Iterator[Path]:
 def _discard(job_dir: Path) -> None:
     """Remove the job's directory without making the next job wait: the
     artifact and the evaluation's files are gigabytes, and deleting them
-    (from a tmpfs, freeing its pages) took seconds after the job's end was
-    recorded. Renamed away at once, then deleted by a process of its own; a
-    leftover (a worker killed meanwhile) goes with the next job's _clear."""
+    took up to 4 s after a 7B job's end was recorded (bench/RESULTS.md §5).
+    Renamed away at once, then deleted by a process of its own; a leftover
+    (a worker killed meanwhile) goes with a later job's _clear."""
     trash = job_dir.with_name(f"{job_dir.name}.discarded-{os.getpid()}")
     try:
         os.rename(job_dir, trash)
