@@ -115,3 +115,42 @@ def test_a_jobs_serve_figures_come_from_the_packed_path_and_match_its_reference(
     assert m["serve_perplexity"] == pytest.approx(c["ppl_quantized"], rel=0.01)
     assert m["serve_perplexity_baseline"] == pytest.approx(c["ppl_baseline"], rel=0.01)
     assert c["serve_tokens_per_s"] > 0 and m["serve_offloaded"] is False
+
+
+def test_a_cap_too_small_for_the_dequantized_artifact_measures_it_packed(wide_model, tmp_path_factory, tmp_path,
+                                                                         monkeypatch):
+    """Under --max-vram, a compressed-tensors artifact whose dequantized
+    weights exceed the GPU half of the cap is measured on its packed load
+    (compressed-tensors dequantizing an offloaded 13B model ran out of a
+    16 GiB cap): the figures name that load and its perplexity is the
+    dequantized load's."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    from worker import evaluators, texts
+
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
+    h100 = Device("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30)
+    dense_13b, cap = int(24.2 * 2**30), 16 * 2**30
+    assert "exceed the GPU half of the 16.0 GiB cap" in loading.packed_reference_reason(art, h100, cap, dense_13b)
+    assert loading.packed_reference_reason(art, h100, cap, 7 * 2**30) is None  # fits dequantized
+    assert loading.packed_reference_reason(art, h100, None, dense_13b) is None  # no cap
+    assert loading.packed_reference_reason(art, CPU, cap, dense_13b) is None  # a CPU has no cap
+    classic = tmp_path / "classic"
+    classic.mkdir()
+    (classic / "config.json").write_text(json.dumps({"quantization_config": {"quant_method": "gptq", "bits": 4}}))
+    assert loading.packed_reference_reason(classic, h100, cap, dense_13b) is None  # packed already
+
+    tok = AutoTokenizer.from_pretrained(wide_model)
+    windows = texts.token_windows(tok, texts.builtin_text("eval"), 128, 4)
+    dequantized = evaluators.run(evaluators.Inputs(CPU, tok, windows, None, 0, tmp_path / "a"), wide_model, art)
+    # The cap's decision, on a CPU (where no cap applies).
+    monkeypatch.setattr(loading, "packed_reference_reason", lambda *a: "the test's cap")
+    packed = evaluators.run(evaluators.Inputs(CPU, tok, windows, None, 0, tmp_path / "b"), wide_model, art)
+    assert dequantized.metrics["ppl_kernel"] == "dense" and packed.metrics["ppl_kernel"].startswith("gptq-")
+    assert packed.metrics["ppl_packed_instead"] == "the test's cap" and dequantized.metrics["ppl_packed_instead"] is None
+    assert packed.metrics["eval_passes"]["quantized_reference"]["kernel"] == packed.metrics["ppl_kernel"]
+    assert packed.metrics["ppl_kernel_baseline"] == "dense"
+    assert packed.columns["ppl_quantized"] == pytest.approx(dequantized.columns["ppl_quantized"], rel=0.01)
+    assert packed.columns["ppl_baseline"] == dequantized.columns["ppl_baseline"]

@@ -67,6 +67,26 @@ def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) 
     return budget
 
 
+def packed_reference_reason(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None) -> str | None:
+    """Why the artifact's reference load (perplexity, decode, tasks) is its
+    packed serve load instead of the dequantized one, or None where it is not.
+
+    Under a cap whose GPU half cannot hold the dequantized weights, the
+    dequantized load must offload them, and compressed-tensors, dequantizing
+    an offloaded model, brought them onto the GPU: a 13B GPTQ artifact's
+    reference load under a 16 GiB cap held 14.9 GiB of an H200 within 19 s and
+    ran out of memory, although only 2.2 GiB of packed weights were placed
+    there. The packed load computes the same weights (the conversion is
+    lossless, tests/test_packing.py) and fits: its figures name its kernel.
+    """
+    if not (device.is_cuda and max_vram_bytes and dense_bytes):
+        return None
+    if _quantization_config(path).get("quant_method") != "compressed-tensors" or dense_bytes <= max_vram_bytes * 0.5:
+        return None
+    return (f"dequantized, its weights ({dense_bytes / 2**30:.1f} GiB) exceed the GPU half of the "
+            f"{max_vram_bytes / 2**30:.1f} GiB cap: measured on the packed load")
+
+
 def _loading_options(path: Path, device: Device) -> dict:
     """How transformers should run a quantized checkpoint here.
 
@@ -159,7 +179,12 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
             model = AutoModelForCausalLM.from_pretrained(
                 path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
         else:
-            model = _load_converted(packing.to_gptq(path, scratch / "serve-gptq"), device, kwargs)
+            converted = scratch / "serve-gptq"
+            # The config is written last: a finished conversion (the reference
+            # pass's, when that is packed) is taken as it is.
+            if not (converted / "config.json").exists():
+                packing.to_gptq(path, converted)
+            model = _load_converted(converted, device, kwargs)
         served = _served(model)
         if served.kernel != "dense":
             return served

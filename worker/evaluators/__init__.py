@@ -53,6 +53,8 @@ class Loaded:
     kernel: str
     dense_reason: str | None = None
     offloaded: bool = False
+    # Why a reference load is the packed one (loading.packed_reference_reason).
+    packed_instead: str | None = None
 
 
 @dataclass
@@ -123,6 +125,9 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
                 try:
                     loaded = _load(load, role, path, inputs)
                     figures["load_seconds"] = time.perf_counter() - start
+                    figures["kernel"] = loaded.kernel
+                    if loaded.packed_instead:
+                        figures["packed_instead"] = loaded.packed_instead
                     for e in wanted:
                         try:
                             measured[role][e.name] = e.measure(loaded, inputs, figures)
@@ -136,7 +141,7 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
                         raise
                     for e in wanted:
                         measured[role][e.name] = {"error": _reason(exc, role)}
-            figures.update(seconds=time.perf_counter() - start,
+            figures.update(seconds=time.perf_counter() - start, evaluators=[e.name for e in wanted],
                            peak_vram_bytes=peak.torch_peak - resident if peak.torch_peak is not None and resident is not None
                            else peak.torch_peak,
                            peak_vram_nvml_bytes=peak.nvml_peak)
@@ -155,10 +160,13 @@ def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
 
 
 def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
-    if load == "serve":
+    packed_instead = None
+    if load == "reference" and role == "quantized":
+        packed_instead = loading.packed_reference_reason(path, inputs.device, inputs.max_vram_bytes, inputs.dense_bytes)
+    if load == "serve" or packed_instead:
         served = loading.load_for_serving(path, inputs.device, inputs.max_vram_bytes, inputs.scratch / role,
                                           inputs.trust_remote_code, inputs.dense_bytes if role == "quantized" else None)
-        return Loaded(served.model, role, served.kernel, served.dense_reason, served.offloaded)
+        return Loaded(served.model, role, served.kernel, served.dense_reason, served.offloaded, packed_instead)
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))

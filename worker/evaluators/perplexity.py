@@ -1,5 +1,7 @@
 """Perplexity on the evaluation windows, on the reference load: the ratio
-quantized / original is qfarm's first accuracy figure."""
+quantized / original is qfarm's first accuracy figure. The load it ran on is
+named (`ppl_kernel`): under a cap too small for the dequantized artifact the
+reference load is the packed one (loading.packed_reference_reason)."""
 
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ class Perplexity(Evaluator):
     def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
         # Under a memory cap, one window at a time bounds the logits' memory.
         ppl, tokens = perplexity(loaded.model, inputs.windows, 1 if inputs.max_vram_bytes else TOKENS_PER_BATCH)
-        return {"perplexity": ppl, "tokens": tokens, "load": load}
+        return {"perplexity": ppl, "tokens": tokens, "load": load, "kernel": loaded.kernel}
 
     def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:
         assert baseline is not None
@@ -61,5 +63,8 @@ class Perplexity(Evaluator):
                          ppl_ratio=quantized["perplexity"] / baseline["perplexity"],
                          eval_peak_vram_bytes=quantized["load"]["peak_vram_bytes"]),
             metrics=dict(eval_tokens=quantized["tokens"], eval_peak_vram_baseline_bytes=baseline["load"]["peak_vram_bytes"],
-                         eval_peak_vram_nvml_bytes=quantized["load"]["peak_vram_nvml_bytes"]),
+                         eval_peak_vram_nvml_bytes=quantized["load"]["peak_vram_nvml_bytes"],
+                         # The load each perplexity ran on: `dense` for a dequantized one.
+                         ppl_kernel=quantized["kernel"], ppl_kernel_baseline=baseline["kernel"],
+                         ppl_packed_instead=quantized["load"].get("packed_instead")),
         )
