@@ -73,6 +73,7 @@ def compare(group: JobGroup, members: list[Job]) -> Comparison:
             artifact_bytes=base_job.model_bytes, weights_bytes=base_job.weights_bytes_baseline,
             serve_vram_bytes=base_job.serve_vram_baseline_bytes, serve_kernel="dense" if done else None,
             serve_tokens_per_s=base_job.serve_tokens_per_s_baseline, excluded="the original model",
+            serve_offloaded=bool((base_job.metrics or {}).get("serve_offloaded_baseline")),
             tasks={n: {"metric": t["metric"], "score": t.get("baseline")} for n, t in base_tasks.items()},
         ))
     for job in members:

@@ -85,7 +85,10 @@ def serve_vram(job: Job) -> str:
     where = f"{job.serve_kernel}, batch 1 × {window} tokens" if window else job.serve_kernel
     if job.serve_vram_bytes is None:
         return f"- (CPU worker; {where})"
-    return f"{size(job.serve_vram_baseline_bytes)} → {size(job.serve_vram_bytes)} ({where})"
+    metrics = job.metrics or {}
+    # Under --max-vram a model whose weights did not fit was partly in CPU memory.
+    base, quant = (" (offloaded)" if metrics.get(k) else "" for k in ("serve_offloaded_baseline", "serve_offloaded"))
+    return f"{size(job.serve_vram_baseline_bytes)}{base} → {size(job.serve_vram_bytes)}{quant} ({where})"
 
 
 def task_lines(job: Job) -> list[tuple[str, str]]:
@@ -116,7 +119,10 @@ def evaluated_on(job: Job) -> str:
     source, seqlen, windows, tokens = _eval_figures(job)
     if seqlen is None:
         return f"{source} (windows not measured yet)"
-    return f"{source}: {windows} windows of {seqlen} tokens ({tokens} tokens predicted)"
+    text = f"{source}: {windows} windows of {seqlen} tokens ({tokens} tokens predicted)"
+    kernel = (job.metrics or {}).get("ppl_kernel")
+    # The artifact's perplexity ran packed where its dequantized load could not fit the cap.
+    return f"{text}; the artifact on its {kernel} load" if kernel and kernel != "dense" else text
 
 
 def eval_key(job: Job) -> str:
@@ -193,6 +199,7 @@ def comparison_table(table: Any) -> Any:
         recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
         out.add_row("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
-                    size(r.artifact_bytes), size(r.weights_bytes), size(r.serve_vram_bytes), r.serve_kernel or "-",
+                    size(r.artifact_bytes), size(r.weights_bytes),
+                    size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
                     duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
     return out

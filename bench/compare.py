@@ -58,7 +58,8 @@ def table(comparison, members, guide: dict) -> str:
         rec = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         out.append(
             f"| {'★' if r.recommended else ''} | {r.label} | {r.serve_kernel or '-'} | {size(r.ppl_ratio, 1, '.4f')} | {rec} | "
-            f"{size(r.artifact_bytes)} | {size(r.weights_bytes)} | {size(r.serve_vram_bytes)} / {size(nvml)} | "
+            f"{size(r.artifact_bytes)} | {size(r.weights_bytes)} | {size(r.serve_vram_bytes)} / {size(nvml)}"
+            f"{' (offloaded)' if r.serve_offloaded else ''} | "
             f"{guide.get(r.label, '-')} | {size(r.quantize_seconds, 1, '.1f')} | "
             f"{size(r.serve_tokens_per_s, 1, '.1f')} ({size(ref_speed, 1, '.1f')}) | {size(wall, 1, '.1f')} | {state} |")
     return "\n".join(out)

@@ -81,3 +81,22 @@ def test_a_group_is_queued_slowest_first(qfarm_env, tiny_model):
     assert [longest[i] for i in taken] == sorted(longest.values(), reverse=True)
     assert len(set(longest.values())) > 2  # the order says something
     assert {j.method for j in members if j.id == taken[0]} == {"awq"}
+
+
+def test_an_offloaded_original_says_so_in_its_row():
+    """Under --max-vram a 13B original does not fit: its serve VRAM and speed
+    are those of an offloaded model, and its row and the table say so."""
+    from rich.console import Console
+
+    from api_client.render import comparison_table
+
+    base = member("d1", "gptq", "compressed-tensors", ratio=1.008, artifact=7 * GiB, serve=9 * GiB, baseline="full",
+                  serve_vram_baseline_bytes=10 * GiB)
+    base.metrics = {"serve_offloaded_baseline": True, "serve_offloaded": False}
+    table = compare(group(max_vram_bytes=16 * GiB), [base])
+    rows = {r.label: r for r in table.rows}
+    assert rows["original"].serve_offloaded and not rows["gptq"].serve_offloaded
+    console = Console(width=250, record=True)
+    console.print(comparison_table(table))
+    lines = {line.split("│")[2].strip(): line for line in console.export_text().splitlines() if line.count("│") > 3}
+    assert "10.00 GiB (offloaded)" in lines["original"] and "offloaded" not in lines["gptq"]

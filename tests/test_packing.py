@@ -154,3 +154,29 @@ def test_a_cap_too_small_for_the_dequantized_artifact_measures_it_packed(wide_mo
     assert packed.metrics["ppl_kernel_baseline"] == "dense"
     assert packed.columns["ppl_quantized"] == pytest.approx(dequantized.columns["ppl_quantized"], rel=0.01)
     assert packed.columns["ppl_baseline"] == dequantized.columns["ppl_baseline"]
+
+
+def test_a_packed_load_is_freed_when_its_pass_ends(wide_model, tmp_path_factory, tmp_path):
+    """In a fresh process (the first GPTQModel import is the one that kept
+    it): the first packed model loaded is gone once released, so the next
+    pass's memory starts from nothing. GPTQModel's kept ImportError held the
+    frames of that import, and with them the model."""
+    import subprocess
+    import sys
+
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
+    script = f"""
+import weakref
+from pathlib import Path
+from worker import loading
+from worker.gpu import Device, release_memory
+cpu = Device("cpu", None, "cpu")
+served = loading.load_for_serving(Path({str(art)!r}), cpu, None, Path({str(tmp_path)!r}))
+assert served.kernel.startswith("gptq-"), served.kernel
+alive = weakref.ref(served.model)
+del served
+release_memory(cpu)
+print("ALIVE" if alive() is not None else "FREED")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.stdout.strip().splitlines()[-1:] == ["FREED"], out.stderr[-2000:]
