@@ -158,10 +158,9 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         import psutil
 
         # As the reference load: half the cap for weights, the rest for one
-        # window's activations and logits and the layer being onloaded. (With
-        # 0.75 an evaluation of the 13B shape under a 16 GiB cap ran out of
-        # memory on an H200; which pass was not recorded.) A W4 13B model's
-        # packed weights still fit in 8 GiB.
+        # window's activations, KV cache and logits and the layer being
+        # onloaded. A W4 13B model's packed weights (6.76 GiB) fit in 8 GiB;
+        # it served in 8.67 GiB under a 16 GiB cap (bench/RESULTS.md §4).
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
     if qc.get("quant_method") != "compressed-tensors":
