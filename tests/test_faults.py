@@ -176,9 +176,16 @@ class Farm:
         return self.wait(job_id, lambda j: j.state in ("succeeded", "failed", "cancelled"), timeout)
 
     def objects(self, prefix: str = "") -> dict[str, bytes]:
+        """The objects under `prefix` now. One deleted between the listing
+        and its read (a reconciler at work) is not there."""
         client = fk.s3_client(self.moto.endpoint)
-        keys = fk.list_keys(self.moto.endpoint, self.bucket, prefix)
-        return {k: client.get_object(Bucket=self.bucket, Key=k)["Body"].read() for k in keys}
+        found = {}
+        for key in fk.list_keys(self.moto.endpoint, self.bucket, prefix):
+            try:
+                found[key] = client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+            except client.exceptions.NoSuchKey:
+                continue
+        return found
 
     # -- the invariants, counted for the summary line ---------------------------
     def audit(self) -> None:
