@@ -16,6 +16,10 @@ from pathlib import Path
 
 from worker.gpu import Device, is_oom, release_memory
 
+# The share of a --max-vram cap that a measured load may fill with weights
+# (gpu_weight_budget says why half); the rest stays in CPU memory.
+WEIGHT_SHARE = 0.5
+
 
 def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: int | None = None,
          trust_remote_code: bool = False):
@@ -60,7 +64,7 @@ def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) 
     """
     from api_client.checkpoint import inspect
 
-    budget = int(max_vram_bytes * 0.5)
+    budget = int(max_vram_bytes * WEIGHT_SHARE)
     if _quantization_config(path).get("quant_method") == "compressed-tensors" and dense_bytes:
         packed = inspect(path).weight_bytes
         budget = int(budget * min(1.0, packed / dense_bytes))
@@ -81,7 +85,7 @@ def packed_reference_reason(path: Path, device: Device, max_vram_bytes: int | No
     """
     if not (device.is_cuda and max_vram_bytes and dense_bytes):
         return None
-    if _quantization_config(path).get("quant_method") != "compressed-tensors" or dense_bytes <= max_vram_bytes * 0.5:
+    if _quantization_config(path).get("quant_method") != "compressed-tensors" or dense_bytes <= max_vram_bytes * WEIGHT_SHARE:
         return None
     return (f"dequantized, its weights ({dense_bytes / 2**30:.1f} GiB) exceed the GPU half of the "
             f"{max_vram_bytes / 2**30:.1f} GiB cap: measured on the packed load")
@@ -162,7 +166,7 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         # onloaded. A W4 13B model's packed weights (6.76 GiB) fit in 8 GiB;
         # it served in 8.67 GiB under a 16 GiB cap (bench/RESULTS.md §4).
         kwargs["device_map"] = "auto"
-        kwargs["max_memory"] = {0: int(max_vram_bytes * 0.5), "cpu": int(psutil.virtual_memory().available)}
+        kwargs["max_memory"] = {0: int(max_vram_bytes * WEIGHT_SHARE), "cpu": int(psutil.virtual_memory().available)}
     if qc.get("quant_method") != "compressed-tensors":
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
         return _served(model)
