@@ -113,6 +113,13 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
     db = Database(settings.database_url)
     rec = Recorder(db, settings.db_retry_s)
     try:
+        # A database at another schema (downgraded, or not yet upgraded to
+        # this worker's code) cannot say whether the job's row is good: the
+        # message goes back rather than be acknowledged unread.
+        problem = db.schema_problem(rec(Database.revision))
+        if problem:
+            log.error("job %s: %s; giving its message back to the broker", job_id, problem)
+            return Outcome.GIVE_BACK
         own_farm = rec(jobs.farm_id)
         if farm is not None and farm != own_farm:
             log.error("job %s belongs to farm %s, not this worker's farm %s (another database): handing its message "
@@ -173,6 +180,10 @@ def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None,
         if job.state == JobState.RUNNING.value and job.worker == worker:
             rec(lifecycle.hand_back, job, reason, settings, farm or rec(jobs.farm_id))
             log.warning("job %s: %s; handed back", job_id, reason)
+        elif job.state == JobState.QUEUED.value:
+            # It died before its claim: the job still needs this message.
+            log.warning("job %s: %s before it claimed the job; giving its message back", job_id, reason)
+            return Outcome.GIVE_BACK
         else:
             log.warning("job %s: %s (the job is %s)", job_id, reason, job.state)
         return Outcome.DONE
