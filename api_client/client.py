@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client import artifacts, catalog, estimate, lifecycle, queue, routing, sources
+from api_client import artifacts, catalog, estimate, lifecycle, liveness, queue, routing, sources
 from api_client.config import Settings
 from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, workers
 from api_client.db.models import JobGroup, Worker
@@ -369,9 +369,11 @@ class Client:
         job = self.status(job_ref)
         queue.check_broker(self.settings.broker_url)  # before anything changes
         if job.state == JobState.RUNNING.value:
-            if workers.alive(workers.get(self.db, job.worker), self.settings.heartbeat_timeout_s):
-                raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current: not requeued")
-            reason = f"requeued by {self.settings.user}: its worker {job.worker} is gone"
+            lost = liveness.lost_reason(job, workers.get(self.db, job.worker), self.settings)
+            if lost is None:
+                raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current or whose job "
+                                 f"process still advances: not requeued")
+            reason = f"requeued by {self.settings.user}: {lost}"
             if not lifecycle.hand_back(self.db, job, reason, self.settings, self.farm()):
                 raise QFarmError(f"job {job.id} changed meanwhile; look again")
         elif job.state != JobState.QUEUED.value:
