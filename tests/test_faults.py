@@ -566,7 +566,7 @@ def test_a_worker_of_another_database_never_takes_this_farm_s_jobs(farm, model, 
     assert_succeeded_once(farm, job_id, attempts=1)
 
 
-# -- 10-11. commands say what happened; who may do what -------------------------
+# -- 10-11. commands say what happened (who may do what: tests/test_identity.py) ---------
 
 def test_cancel_without_a_broker_still_stops_the_job(farm, model):
     job_id = farm.submit(model, *LONG_JOB)
@@ -583,18 +583,6 @@ def test_cancel_without_a_broker_still_stops_the_job(farm, model):
     farm.done(nxt, timeout=120)
     assert_succeeded_once(farm, nxt)
     assert farm.objects(f"farm/jobs/{job_id}/") == {}
-
-
-def test_cancel_of_another_user_s_job_needs_force(farm, model):
-    job_id = farm.submit(model)
-    proc = farm.cli("cancel", job_id, env={"QFARM_USER": "mallory"})
-    assert proc.returncode == 2
-    assert proc.stderr.strip() == (f"error: job {job_id} was submitted by ann, not mallory: "
-                                   f"pass --force to cancel another user's job")
-    assert farm.job(job_id).state == "queued"
-    farm.cli("cancel", job_id, "--force", env={"QFARM_USER": "mallory"}, check=True)
-    assert farm.job(job_id).state == "cancelled"
-    assert "cancelled by mallory (--force; submitted by ann)" in farm.messages(job_id)
 
 
 # -- 12-13. clean errors -------------------------------------------------------------

@@ -64,6 +64,10 @@ class Database:
         try:
             current = self.revision()
         except SQLAlchemyError as exc:
+            if getattr(getattr(exc, "orig", None), "sqlstate", None) == "42501":  # insufficient privilege
+                role = make_url(self.url).username or "this role"
+                raise ServiceUnavailable(f"the database role {role} may not use qfarm's tables at {self.display_url}: "
+                                         f"an administrator grants it (GRANT qfarm_user TO {role})") from None
             raise ServiceUnavailable(f"cannot reach the database at {self.display_url}: {first_line(getattr(exc, 'orig', None) or exc)}") from None
         problem = self.schema_problem(current)
         if problem:
