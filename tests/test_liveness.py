@@ -156,3 +156,29 @@ def test_a_superseded_job_process_stops_itself(migrated_db, settings):
     ended = job_process.run(job, {signal.SIGTERM: lambda *_: os._exit(9)})
     t.join()
     assert ended.code == 9, ended  # stopped by its own pulse, well before the minute of work was done
+
+
+def test_a_slow_reconcile_never_holds_up_the_heartbeat(migrated_db, settings, monkeypatch):
+    """The reconciler's Redis, S3 and database calls can take long; the
+    beat is written on time meanwhile."""
+    import threading
+
+    from worker import heartbeat, reconcile
+
+    stuck, release = threading.Event(), threading.Event()
+
+    def slow_reconcile(*_args, **_kwargs):
+        stuck.set()
+        release.wait(60)
+
+    monkeypatch.setattr(reconcile, "reconcile", slow_reconcile)
+    beat = heartbeat.Heartbeat("cpu-1@here", dataclasses.replace(settings, heartbeat_timeout_s=3))  # a beat every 0.5 s
+    beat.start()
+    try:
+        assert stuck.wait(30), "the reconciler never ran"
+        time.sleep(3)  # six beats' time, with the reconciler stuck throughout
+        row = workers.get(migrated_db, "cpu-1@here")
+        assert row is not None and (utcnow() - jobs.aware(row.heartbeat_at)).total_seconds() < 1.5
+    finally:
+        release.set()
+        beat.stop()
