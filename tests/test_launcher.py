@@ -109,3 +109,20 @@ def test_a_second_launcher_on_the_same_cpu_refuses_in_one_line(qfarm_env, tmp_pa
     # Released with its holder: the next launcher takes it.
     for fd in hold_devices(plan("cpu", "f", []), qfarm_env):
         os.close(fd)
+
+
+def test_a_second_launcher_on_a_gpu_already_taken_refuses_and_holds_nothing(tmp_path):
+    from api_client.errors import QFarmError
+    from worker.launcher import hold_devices
+
+    first = hold_devices(plan("0", "f", [H100, A100]), tmp_path)
+    try:
+        with pytest.raises(QFarmError, match=r"^GPU 0 of this host already has qfarm workers \(launcher pid \d+, lock "):
+            hold_devices(plan("all", "f", [A100, H100]), tmp_path)  # GPU 1 first, then GPU 0
+        # The refused launcher let go of GPU 1, which it had locked first.
+        second = hold_devices(plan("1", "f", [H100, A100]), tmp_path)
+        for fd in second:
+            os.close(fd)
+    finally:
+        for fd in first:
+            os.close(fd)
