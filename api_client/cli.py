@@ -315,7 +315,7 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
     from api_client.db.jobs import to_dict
 
     client = _client()
-    found = client.list(state=state, limit=limit, user=client.settings.user if mine else None)
+    found = client.list(state=state, limit=limit, user=client.user if mine else None)
     if as_json:
         _emit_json([to_dict(j) for j in found])
         return

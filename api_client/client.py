@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client import artifacts, catalog, estimate, lifecycle, queue, routing, sources
+from api_client import artifacts, catalog, estimate, lifecycle, liveness, queue, routing, sources
 from api_client.config import Settings
-from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, workers
+from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, roles, workers
 from api_client.db.models import JobGroup, Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.spec import JobSpec, ResolvedSpec, parse_size, resolve
@@ -86,6 +86,7 @@ class Client:
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or Settings.from_env()
         self._db: Database | None = None
+        self._user: str | None = None
 
     @property
     def db(self) -> Database:
@@ -100,6 +101,15 @@ class Client:
                 raise
             self._db = db
         return self._db
+
+    @property
+    def user(self) -> str:
+        """Who this client is, as jobs and events record it: the database
+        role on PostgreSQL (QFARM_USER is not asked), QFARM_USER on SQLite
+        (api_client/db/roles.py)."""
+        if self._user is None:
+            self._user = roles.current_user(self.db) or self.settings.user
+        return self._user
 
     def close(self) -> None:
         if self._db is not None:
@@ -124,10 +134,10 @@ class Client:
         planned = self._plan(r, farm)
         job_id = new_job_id()
         store, calib, evals = self._upload_inputs(job_id, r)
-        job = job_row(r, job_id, self.settings.user, planned.queue, calib=calib, evals=evals)
+        job = job_row(r, job_id, self.user, planned.queue, calib=calib, evals=evals)
         job.estimates = planned.estimates
         try:
-            jobs.create(self.db, job, message=f"submitted by {self.settings.user}")
+            jobs.create(self.db, job, message=f"submitted by {self.user}")
         except Exception:
             self._drop_inputs(store, job_id)
             raise
@@ -167,7 +177,7 @@ class Client:
         # Longest first: with N GPUs free, the last to start is a short one.
         order = sorted(range(len(plans)), key=lambda i: -plans[i].seconds)
         group = JobGroup(id=groups.PREFIX + uuid.uuid4().hex[:11], kind="compare", model=resolved[0].model,
-                         methods=methods, limits=limits, submitted_by=self.settings.user)
+                         methods=methods, limits=limits, submitted_by=self.user)
         # The calibration text comes from a calibrated member (the first
         # method named may take none); evaluation inputs are every member's.
         store, calib, evals = self._upload_inputs(group.id, next((r for r in resolved if r.calib), resolved[0]))
@@ -178,12 +188,12 @@ class Client:
             # once, by the quickest member: the least likely to fail (it has
             # the least to do), so the group's baseline rarely goes missing.
             member_eval = dict(evals, baseline="full" if n == len(order) - 1 else "perplexity")
-            row = job_row(r, new_job_id(), self.settings.user, plans[i].queue,
+            row = job_row(r, new_job_id(), self.user, plans[i].queue,
                           calib=calib if r.calib else None, evals=member_eval)
             row.estimates = plans[i].estimates
             rows.append(row)
         try:
-            groups.create(self.db, group, rows, message=f"submitted by {self.settings.user} (compare group {group.id})")
+            groups.create(self.db, group, rows, message=f"submitted by {self.user} (compare group {group.id})")
         except Exception:
             self._drop_inputs(store, group.id)
             raise
@@ -339,9 +349,10 @@ class Client:
         """Cancel a queued or running job. Another user's job only with
         `force`; the event records who cancelled it."""
         job = self.status(job_ref)
-        user = self.settings.user
+        user = self.user
         if JobState(job.state).terminal:
             raise QFarmError(f"job {job.id} already {job.state}")
+        self._may_act_on(job, "cancel")
         if job.submitted_by != user and not force:
             raise QFarmError(f"job {job.id} was submitted by {job.submitted_by}, not {user}: "
                              f"pass --force to cancel another user's job")
@@ -367,19 +378,31 @@ class Client:
         running job whose worker is dead to the next worker. A doubled
         message is harmless: a job is claimed once."""
         job = self.status(job_ref)
+        self._may_act_on(job, "requeue")
         queue.check_broker(self.settings.broker_url)  # before anything changes
         if job.state == JobState.RUNNING.value:
-            if workers.alive(workers.get(self.db, job.worker), self.settings.heartbeat_timeout_s):
-                raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current: not requeued")
-            reason = f"requeued by {self.settings.user}: its worker {job.worker} is gone"
+            lost = liveness.lost_reason(job, workers.get(self.db, job.worker), self.settings)
+            if lost is None:
+                raise QFarmError(f"job {job.id} is running on {job.worker}, whose heartbeat is current or whose job "
+                                 f"process still advances: not requeued")
+            reason = f"requeued by {self.user}: {lost}"
             if not lifecycle.hand_back(self.db, job, reason, self.settings, self.farm()):
                 raise QFarmError(f"job {job.id} changed meanwhile; look again")
         elif job.state != JobState.QUEUED.value:
             raise QFarmError(f"job {job.id} is {job.state}: only queued or running jobs can be requeued")
         else:
             queue.enqueue(self.settings.broker_url, job.id, job.queue, self.farm(), job.priority)
-            jobs.note(self.db, job.id, f"message sent again by {self.settings.user} (qfarm requeue)")
+            jobs.note(self.db, job.id, f"message sent again by {self.user} (qfarm requeue)")
         return self.status(job.id)
+
+    def _may_act_on(self, job: Job, verb: str) -> None:
+        """Refuse, in one line, to `verb` another user's job without the
+        right to (PostgreSQL: the qfarm_admin role, which the database
+        enforces too; SQLite: anyone, on the honour system)."""
+        if job.submitted_by == self.user or not roles.is_postgres(self.db) or roles.acts_for_all(self.db):
+            return
+        raise QFarmError(f"job {job.id} was submitted by {job.submitted_by}, not {self.user}: to {verb} another "
+                         f"user's job the role {self.user} needs qfarm_admin (GRANT qfarm_admin TO {self.user})")
 
     def download(self, job_ref: str, dest: Path, progress: Callable[[dict], Any] | None = None) -> dict:
         job = self.status(job_ref)

@@ -56,8 +56,9 @@ class Settings:
     # dies under it (OOM kill, lost node) or stops (systemctl restart) hands
     # it to the next worker as a new attempt.
     max_attempts: int = 3
-    # A running job whose worker has written no heartbeat for this long is
-    # taken back by any live worker (requeued, or failed as "worker lost").
+    # A running job whose worker has written no heartbeat for this long, and
+    # whose job process has not advanced for as long (api_client/liveness.py),
+    # is taken back by any live worker (requeued, or failed as "worker lost").
     heartbeat_timeout_s: int = 120
     # How long a worker retries a database it cannot reach before it gives
     # the job's message back to the broker (never acknowledging it unwritten).

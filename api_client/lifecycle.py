@@ -25,7 +25,7 @@ def hand_back(db: Database, job: Job, reason: str, settings: Settings, farm: str
                                state=JobState.FAILED, message=error, error=error)
     if not jobs.transition(db, job.id, expect=[JobState.RUNNING], expect_attempts=job.attempts, state=JobState.QUEUED,
                            message=f"{reason}; handed to the next worker as attempt {job.attempts + 1} "
-                                   f"of {settings.max_attempts}"):
+                                   f"of {settings.max_attempts}", **jobs.fresh_attempt()):
         return False
     send(settings, job, farm)
     return True

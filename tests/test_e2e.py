@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+from sqlalchemy.engine import make_url
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api_client.db import Database, jobs
@@ -139,7 +140,9 @@ def test_gptq_and_nf4_through_the_farm(farm_env, worker, tiny_model, tmp_path):
     for job_id, method, stages in ((gptq["id"], "gptq", ["loading", "calibrating", "quantizing", "evaluating", "uploading"]),
                                    (nf4, "nf4", ["loading", "quantizing", "evaluating", "uploading"])):
         job = jobs.get(db, job_id)
-        assert job.state == "succeeded" and job.method == method and job.submitted_by == "ann"
+        # On PostgreSQL the user is the role the client connected as, not QFARM_USER.
+        role = make_url(farm_env["QFARM_DATABASE_URL"]).username
+        assert job.state == "succeeded" and job.method == method and job.submitted_by == role
         assert job.worker.startswith("cpu-") and job.gpu_name == "cpu" and job.attempts == 1
         assert job.started_at <= job.finished_at
         assert job.ppl_baseline > 1 and job.ppl_quantized > 1 and job.ppl_ratio == pytest.approx(job.ppl_quantized / job.ppl_baseline)

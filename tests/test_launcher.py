@@ -57,3 +57,72 @@ def test_choosing_gpus_and_the_cpu():
         plan("all", "f", [])
     with pytest.raises(SpecError, match="--gpus takes"):
         plan("first", "f", [H100])
+
+
+def test_one_cpu_worker_unless_more_are_asked_for_each_with_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr("worker.launcher.host_cores", lambda: 8)
+    one = plan("cpu", "f", [])
+    assert [p.name for p in one] == [f"cpu-{PID}"] and one[0].env["QFARM_CPU_THREADS"] == "8"
+    four = plan("cpu", "f", [], cpu_workers=4)
+    assert [p.name for p in four] == [f"cpu{i}-{PID}" for i in range(4)]
+    assert {p.env["QFARM_CPU_THREADS"] for p in four} == {"2"} and {p.env["OMP_NUM_THREADS"] for p in four} == {"2"}
+    assert four[0].describe().startswith(f"cpu0-{PID}: CPU (2 threads)")
+    with pytest.raises(SpecError, match="--cpu-workers is for CPU workers: add --gpus cpu"):
+        plan("all", "f", [H100], cpu_workers=2)
+
+
+def test_a_second_launcher_on_the_same_cpu_refuses_in_one_line(qfarm_env, tmp_path):
+    """The first launcher's lock is held here as a launcher holds it; the
+    second is the real `qfarm worker start`, as a user runs it."""
+    import signal
+    import subprocess
+    import sys
+
+    from api_client.db import Database
+    from worker.launcher import hold_devices
+
+    db = Database(os.environ["QFARM_DATABASE_URL"])
+    db.upgrade()
+    db.dispose()
+    held = hold_devices(plan("cpu", "f", []), qfarm_env)
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", "from api_client.cli import main; main()", "worker", "start",
+                                 "--gpus", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, "QFARM_PRELOAD": "0"}, start_new_session=True)
+        try:
+            out, err = proc.communicate(timeout=45)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # it started workers beside the first: what must not happen
+            proc.communicate()
+            pytest.fail("a second launcher started workers on a CPU that already has them")
+        assert proc.returncode == 2 and out == ""
+        assert err.count("\n") == 1
+        assert err.startswith(f"error: the CPU of this host already has qfarm workers (launcher pid {os.getpid()}, "), err
+        assert "--cpu-workers N" in err
+        # Another QFARM_HOME (a private test session, another farm) is another scope.
+        other = hold_devices(plan("cpu", "f", []), tmp_path / "elsewhere")
+        for fd in other:
+            os.close(fd)
+    finally:
+        for fd in held:
+            os.close(fd)
+    # Released with its holder: the next launcher takes it.
+    for fd in hold_devices(plan("cpu", "f", []), qfarm_env):
+        os.close(fd)
+
+
+def test_a_second_launcher_on_a_gpu_already_taken_refuses_and_holds_nothing(tmp_path):
+    from api_client.errors import QFarmError
+    from worker.launcher import hold_devices
+
+    first = hold_devices(plan("0", "f", [H100, A100]), tmp_path)
+    try:
+        with pytest.raises(QFarmError, match=r"^GPU 0 of this host already has qfarm workers \(launcher pid \d+, lock "):
+            hold_devices(plan("all", "f", [A100, H100]), tmp_path)  # GPU 1 first, then GPU 0
+        # The refused launcher let go of GPU 1, which it had locked first.
+        second = hold_devices(plan("1", "f", [H100, A100]), tmp_path)
+        for fd in second:
+            os.close(fd)
+    finally:
+        for fd in first:
+            os.close(fd)

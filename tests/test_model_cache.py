@@ -100,3 +100,44 @@ def test_least_recently_used_goes_first_but_never_one_in_use(bucket, tiny_model,
         assert len(entries) == 2
     with ExitStack() as held:
         assert model_source.fetch(a, tmp_path / "ja2", stack=held, cache=cache).cache == "miss"
+
+
+def _fill_until_disk_full(dest):
+    (dest / "model-00001.safetensors").write_bytes(b"x" * 4096)  # what landed before the disk filled
+    with open("/dev/full", "wb") as disk:  # a write the kernel refuses: ENOSPC, as on a full disk
+        disk.write(b"y" * 4096)
+        disk.flush()
+
+
+def test_a_fill_that_hits_a_full_disk_leaves_nothing_behind(tmp_path):
+    import errno
+
+    cache = ModelCache(tmp_path / "cache", limit_bytes=10**9)
+    with pytest.raises(OSError) as failed:
+        with cache.entry("k1", _fill_until_disk_full):
+            pass
+    assert failed.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["k1.lock"]
+
+
+def test_a_killed_fill_s_part_is_removed_and_a_fill_in_progress_counts_toward_the_bound(tmp_path):
+    import fcntl
+
+    root = tmp_path / "cache"
+    cache = ModelCache(root, limit_bytes=3000)
+    with cache.entry("old", lambda d: (d / "w.safetensors").write_bytes(b"o" * 2000)):
+        pass
+    # Left by a fill that was killed: no process holds its lock any more.
+    (root / "killed.part").mkdir()
+    (root / "killed.part" / "w.safetensors").write_bytes(b"k" * 5000)
+    # Being filled by another worker of the host right now: its lock is held.
+    (root / "busy.part").mkdir()
+    (root / "busy.part" / "w.safetensors").write_bytes(b"b" * 2000)
+    with open(root / "busy.lock", "a+") as busy:
+        fcntl.flock(busy, fcntl.LOCK_EX)
+        removed = cache.evict()
+        # The fill in progress (2000) and the old entry (2000) exceed the
+        # bound (3000): the old entry goes; the killed fill's bytes go too.
+        assert removed == ["old"]
+        assert not (root / "killed.part").exists() and not (root / "old").exists()
+        assert (root / "busy.part" / "w.safetensors").is_file()

@@ -123,6 +123,10 @@ def detect() -> Device:
     import torch
 
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not torch.cuda.is_available():
+        # A CPU worker's share of the host's cores (qfarm worker start --cpu-workers).
+        threads = os.environ.get("QFARM_CPU_THREADS", "")
+        if threads.isdigit() and int(threads) > 0:
+            torch.set_num_threads(int(threads))
         return Device("cpu", None, "cpu")
     props = torch.cuda.get_device_properties(0)
     return Device("cuda", worker_gpu_index() or 0, props.name, (props.major, props.minor), props.total_memory)

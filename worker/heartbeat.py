@@ -1,14 +1,26 @@
-"""A worker's heartbeat: a thread in the Celery worker's parent process that,
-every QFARM_HEARTBEAT_TIMEOUT / 6 seconds (at most 10),
+"""A worker's heartbeat: two threads in the Celery worker's parent process.
+
+The beat, every QFARM_HEARTBEAT_TIMEOUT / 6 seconds (at most 10),
 
 - writes the worker's row (host, GPU, pid, the job it runs, jobs done);
 - stops its job if the job was cancelled while the broker could not carry
-  the revoke (`qfarm cancel` with Redis down marks the row only);
-- runs the farm's reconciler (worker/reconcile.py), one worker at a time.
+  the revoke (`qfarm cancel` with Redis down marks the row only), or was
+  taken over by another worker.
 
-It lives in the parent, not the job process: the parent outlives every job,
-so a job process that dies is seen missing from a heartbeat that goes on,
-and a parent that dies stops the heartbeat itself.
+It does nothing else, so nothing slow delays it, and it asks the kernel for
+a higher priority than the jobs' (where the worker may: root, or
+CAP_SYS_NICE), so a host whose CPUs are saturated still hears from it. A
+heartbeat that stays stale does not alone lose the worker its job: its job
+process says by itself that it advances (worker/pulse.py,
+api_client/liveness.py).
+
+The reconciler thread runs the farm's reconciler (worker/reconcile.py), one
+worker at a time, as often: its Redis, S3 and database calls can take long,
+and must not hold up the beat.
+
+Both live in the parent, not the job process: the parent outlives every
+job, so a job process that dies is seen missing from a heartbeat that goes
+on, and a parent that dies stops the heartbeat itself.
 """
 
 from __future__ import annotations
@@ -43,9 +55,13 @@ def _jobs_done() -> int:
     return int(sum(state.total_count.values()))
 
 
-class Heartbeat(threading.Thread):
+# The beat thread's nice value, where the worker may set it: above the jobs'
+# (0), so CPU-bound jobs never starve it.
+BEAT_NICE = -5
+
+
+class Heartbeat:
     def __init__(self, name: str, settings: Settings):
-        super().__init__(name="qfarm-heartbeat", daemon=True)
         self.worker_name, self.settings = name, settings
         self._stop_event = threading.Event()
         self._db = Database(settings.database_url, pooled=False)
@@ -57,17 +73,25 @@ class Heartbeat(threading.Thread):
         info = next((g for g in gpu.nvml_gpus() if g.index == index), None) if index is not None else None
         self._gpu = (index, info.name if info else ("cpu" if index is None else None), info.total_bytes if info else None)
         self._queues = [q for q in os.environ.get("QFARM_QUEUES", "").split(",") if q]
+        self._threads = [threading.Thread(target=self._beat_loop, name="qfarm-heartbeat", daemon=True),
+                         threading.Thread(target=self._reconcile_loop, name="qfarm-reconciler", daemon=True)]
+
+    def start(self) -> None:
+        for t in self._threads:
+            t.start()
 
     def stop(self) -> None:
         self._stop_event.set()
-        self.join(timeout=10)
+        for t in self._threads:
+            t.join(timeout=10)
         try:
             workers.stopped(self._db, self.worker_name)
         except Exception as exc:  # noqa: BLE001 - the timeout finds it anyway
             log.warning("could not mark worker %s stopped: %s", self.worker_name, first_line(exc))
         self._db.dispose()
 
-    def run(self) -> None:
+    def _beat_loop(self) -> None:
+        _raise_priority()
         while True:
             try:
                 self.beat()
@@ -84,6 +108,19 @@ class Heartbeat(threading.Thread):
             if self._stop_event.wait(self.settings.heartbeat_interval_s):
                 return
 
+    def _reconcile_loop(self) -> None:
+        while not self._stop_event.wait(self.settings.heartbeat_interval_s):
+            if self._failing:
+                continue  # the database does not hear us: nothing to mend from here
+            try:
+                if self._farm is None:
+                    self._farm = jobs.farm_id(self._db)
+                if self._take_turn():
+                    judge_lost = time.monotonic() - self._healthy_since >= self.settings.heartbeat_timeout_s
+                    reconcile.reconcile(self._db, self.settings, self._farm, judge_lost=judge_lost)
+            except Exception as exc:  # noqa: BLE001 - tried again next interval
+                log.warning("reconcile: %s", first_line(exc))
+
     def beat(self) -> None:
         active = _active()
         current = active[0] if active else None
@@ -96,11 +133,6 @@ class Heartbeat(threading.Thread):
         ))
         if current is not None:
             self._stop_if_not_ours(current)
-        if self._farm is None:
-            self._farm = jobs.farm_id(self._db)
-        if self._take_turn():
-            judge_lost = time.monotonic() - self._healthy_since >= self.settings.heartbeat_timeout_s
-            reconcile.reconcile(self._db, self.settings, self._farm, judge_lost=judge_lost)
 
     def _stop_if_not_ours(self, request) -> None:
         """Stop the job process when its job is no longer running here: a
@@ -139,6 +171,15 @@ class Heartbeat(threading.Thread):
             return bool(self._redis.set(f"qfarm:{self._farm}:reconciler", self.worker_name, nx=True, px=max(ttl_ms, 100)))
         except Exception:  # noqa: BLE001 - no broker: the database still holds the truth; try next beat
             return False
+
+
+def _raise_priority() -> None:
+    """Give the calling thread BEAT_NICE where the worker may (Linux sets a
+    thread's nice value by its thread id); otherwise it keeps the default."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BEAT_NICE)
+    except (OSError, AttributeError) as exc:
+        log.debug("heartbeat keeps its priority (%s)", exc)
 
 
 _current: Heartbeat | None = None

@@ -1,8 +1,17 @@
 """`qfarm worker start`: one Celery worker process per GPU, each pinned to
-its GPU with CUDA_VISIBLE_DEVICES and consuming the queues its GPU can serve."""
+its GPU with CUDA_VISIBLE_DEVICES and consuming the queues its GPU can serve,
+or CPU workers (one unless --cpu-workers asks for more, each with its share
+of the host's cores).
+
+A launcher holds a lock on every device it starts workers on (under
+QFARM_HOME/locks), passed down to its workers and their job processes: a
+second launcher on the same GPUs or CPU refuses in one line instead of
+running jobs side by side, each many times slower than alone.
+"""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -10,9 +19,10 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from api_client import catalog, routing
-from api_client.errors import SpecError
+from api_client.errors import QFarmError, SpecError
 from worker.gpu import GpuInfo, nvml_gpus
 
 
@@ -27,23 +37,48 @@ class WorkerPlan:
     queues: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def device(self) -> str:
+        """What the worker occupies: `gpu<N>` or `cpu` (its lock's name)."""
+        return f"gpu{self.gpu.index}" if self.gpu else "cpu"
+
     def describe(self) -> str:
-        what = f"GPU {self.gpu.index} ({self.gpu.name})" if self.gpu else "CPU"
+        what = f"GPU {self.gpu.index} ({self.gpu.name})" if self.gpu else f"CPU ({self.env['QFARM_CPU_THREADS']} threads)"
         return f"{self.name}: {what}, queues {','.join(self.queues)}"
 
 
-def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_code: bool = False) -> list[WorkerPlan]:
-    """One worker per GPU asked for. Names carry the launcher's pid, so two
-    launchers on one host (two CPU workers, say) never share a name, which
+def host_cores() -> int:
+    """The cores this process may run on (its affinity, which a container's
+    cpuset limits), not the host's whole count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_code: bool = False,
+         cpu_workers: int = 1) -> list[WorkerPlan]:
+    """One worker per GPU asked for, or `cpu_workers` CPU workers sharing the
+    host's cores. Names carry the launcher's pid, so workers of two
+    launchers (two hosts' farms sharing a broker) never share a name, which
     Celery would take for one worker."""
     available = nvml_gpus() if available is None else available
     pid = os.getpid()
     code = {"QFARM_ALLOW_REMOTE_CODE": "1" if remote_code else "0"}
     if gpus == "auto":
         gpus = "all" if available else "cpu"
+    if cpu_workers < 1:
+        raise SpecError(f"--cpu-workers must be at least 1, not {cpu_workers}")
+    if cpu_workers > 1 and gpus != "cpu":
+        raise SpecError("--cpu-workers is for CPU workers: add --gpus cpu")
     if gpus == "cpu":
-        return [WorkerPlan(f"cpu-{pid}", None, queues_for_device(farm, None, remote_code),
-                           {"CUDA_VISIBLE_DEVICES": "", "QFARM_GPU_INDEX": "cpu", **code})]
+        threads = str(max(1, host_cores() // cpu_workers))
+        # torch reads the OpenMP variables as it starts; the job sets its
+        # thread count again from QFARM_CPU_THREADS (worker/gpu.py).
+        env = {"CUDA_VISIBLE_DEVICES": "", "QFARM_GPU_INDEX": "cpu", "QFARM_CPU_THREADS": threads,
+               "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **code}
+        names = [f"cpu-{pid}"] if cpu_workers == 1 else [f"cpu{i}-{pid}" for i in range(cpu_workers)]
+        return [WorkerPlan(name, None, queues_for_device(farm, None, remote_code), dict(env)) for name in names]
     if gpus == "all":
         if not available:
             raise SpecError("no NVIDIA GPU found (NVML did not answer): use --gpus cpu")
@@ -97,7 +132,35 @@ def command(p: WorkerPlan, loglevel: str) -> list[str]:
     ]
 
 
-def run(plans: list[WorkerPlan], loglevel: str = "INFO", echo=print) -> int:
+def hold_devices(plans: list[WorkerPlan], home: Path) -> list[int]:
+    """Lock the devices of `plans` for this launcher (QFARM_HOME/locks/<device>.lock);
+    the descriptors returned are passed to the workers, so a lock holds while
+    any process of this launcher lives. Refuses in one line when another
+    launcher holds one."""
+    locks = home / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    held: list[int] = []
+    for device in dict.fromkeys(p.device for p in plans):
+        path = locks / f"{device}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            for other in held:
+                os.close(other)
+            what = "the CPU" if device == "cpu" else f"GPU {device.removeprefix('gpu')}"
+            more = "; for more CPU workers, start one launcher with --cpu-workers N" if device == "cpu" else ""
+            raise QFarmError(f"{what} of this host already has qfarm workers (launcher pid {holder}, lock {path}): "
+                             f"stop them first{more}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held.append(fd)
+    return held
+
+
+def run(plans: list[WorkerPlan], loglevel: str = "INFO", echo=print, held: list[int] | None = None) -> int:
     """Start the workers and wait.
 
     SIGTERM (systemd's stop and restart, to the launcher alone or to the
@@ -113,7 +176,7 @@ def run(plans: list[WorkerPlan], loglevel: str = "INFO", echo=print) -> int:
         env = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **os.environ, **p.env,
                "QFARM_QUEUES": ",".join(p.queues)}
         echo(f"starting {p.describe()}")
-        procs.append(subprocess.Popen(command(p, loglevel), env=env))
+        procs.append(subprocess.Popen(command(p, loglevel), env=env, pass_fds=tuple(held or ())))
 
     def forward(signum, _frame):
         for proc in procs:

@@ -13,7 +13,10 @@ methods of a 15 GB model fetches it once, not five times.
   its entry while it runs, so eviction never removes a model in use and
   any number of jobs use one entry at once.
 - Bounded by QFARM_MODEL_CACHE_BYTES (default 100 GiB; 0 turns the cache
-  off), least recently used entries evicted first.
+  off), least recently used entries evicted first. A fill in progress
+  (`<key>.part`) counts toward the bound; a fill that fails (a full disk)
+  removes its `.part`, and one left by a fill that was killed is removed by
+  the next eviction.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 COMPLETE = ".complete"
+PART = ".part"
 DEFAULT_LIMIT = 100 * 2**30
 
 
@@ -70,14 +74,7 @@ class ModelCache:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # one fetches; the others wait here
                 hit = (path / COMPLETE).is_file()  # filled while we waited
             if not hit:
-                tmp = self.root / f"{key}.part"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.rmtree(path, ignore_errors=True)
-                tmp.mkdir()
-                fill(tmp)
-                size = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file())
-                (tmp / COMPLETE).write_text(json.dumps({"bytes": size}))
-                os.replace(tmp, path)
+                self._fill(key, fill)
             os.utime(path)  # least recently used goes first
             seconds = time.perf_counter() - start
             fcntl.flock(lock, fcntl.LOCK_SH)  # in use (as a hit already is): eviction skips it
@@ -85,11 +82,30 @@ class ModelCache:
                 self.evict(keep=key)
             yield Hit(path, hit, seconds, _size(path))
 
+    def _fill(self, key: str, fill: Callable[[Path], None]) -> None:
+        """Fill `<key>.part` and move it into place; called under the
+        entry's exclusive lock. On any failure (a full disk, a download cut
+        short) the `.part` goes, so no half-written entry stays behind."""
+        path, tmp = self.root / key, self.root / f"{key}{PART}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            fill(tmp)
+            (tmp / COMPLETE).write_text(json.dumps({"bytes": _du(tmp)}))
+            os.replace(tmp, path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
     def evict(self, keep: str | None = None) -> list[str]:
         """Remove least recently used entries until the cache fits its bound;
-        entries in use (locked) stay. Returns the keys removed."""
+        entries in use (locked) stay. A fill in progress counts toward the
+        bound; the `.part` of a fill that was killed (its lock is free) is
+        removed. Returns the keys removed."""
+        total = self._sweep_parts()
         entries = sorted((p for p in self.root.iterdir() if (p / COMPLETE).is_file()), key=lambda p: p.stat().st_mtime)
-        total = sum(_size(p) for p in entries)
+        total += sum(_size(p) for p in entries)
         removed = []
         for path in entries:
             if total <= self.limit:
@@ -105,6 +121,33 @@ class ModelCache:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path.name)
         return removed
+
+    def _sweep_parts(self) -> int:
+        """Remove every `.part` no fill holds (its filler was killed: the
+        kernel dropped its lock) and return the bytes of those being filled."""
+        filling = 0
+        for part in self.root.glob(f"*{PART}"):
+            key = part.name.removesuffix(PART)
+            with open(self.root / f"{key}.lock", "a+") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    filling += _du(part)  # a fill (or a job on the entry) holds it
+                    continue
+                shutil.rmtree(part, ignore_errors=True)
+        return filling
+
+
+def _du(directory: Path) -> int:
+    """Bytes of the files under `directory` (0 for what vanished meanwhile)."""
+    total = 0
+    for p in directory.rglob("*"):
+        try:
+            if p.is_file() and not p.is_symlink():
+                total += p.stat().st_size
+        except OSError:
+            continue
+    return total
 
 
 def _size(entry: Path) -> int:

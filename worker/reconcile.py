@@ -4,9 +4,10 @@ Every worker's heartbeat thread (worker/heartbeat.py) calls `reconcile`
 every few seconds; a Redis lock lets one of them do it per interval. It
 mends what a crash or an outage leaves behind:
 
-- a running job whose worker stopped heartbeating (SIGKILL, a lost node),
-  or whose live worker no longer runs it, goes back to the queue as a new
-  attempt, or is failed as "worker lost" once its attempts are used up;
+- a running job that is provably lost (api_client/liveness.py: its job
+  process is gone, or its worker's heartbeat and the job's own progress both
+  stopped, or its live worker no longer runs it) goes back to the queue as a
+  new attempt, or is failed as "worker lost" once its attempts are used up;
 - a queued job with no message in the broker (Redis restarted without its
   data) gets its message again;
 - a partial upload whose removal failed (the store was down) is removed.
@@ -20,13 +21,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
-from api_client import lifecycle, queue
+from api_client import lifecycle, liveness, queue
 from api_client.config import Settings
 from api_client.db import Database, JobState, jobs, workers
-from api_client.db.jobs import aware
-from api_client.db.models import utcnow
 from api_client.errors import first_line
 from api_client.storage import open_store
 
@@ -55,24 +53,9 @@ def reconcile(db: Database, settings: Settings, farm: str, judge_lost: bool = Tr
 
 
 def _lost_running(db: Database, settings: Settings, farm: str) -> None:
-    grace = timedelta(seconds=2 * settings.heartbeat_interval_s)
     for job in jobs.running(db):
-        owner = workers.get(db, job.worker)
-        if not workers.alive(owner, settings.heartbeat_timeout_s):
-            if owner is None:
-                reason = f"worker lost: {job.worker} has no heartbeat"
-            elif owner.stopped_at is not None:
-                reason = f"worker lost: {job.worker} stopped"
-            else:
-                age = (utcnow() - aware(owner.heartbeat_at)).total_seconds()
-                reason = f"worker lost: no heartbeat from {job.worker} for {age:.0f} s"
-        elif owner is not None and owner.current_job != job.id and aware(owner.heartbeat_at) > aware(job.updated_at) + grace:
-            # The worker lives, but a heartbeat written well after the job's
-            # last change says it runs something else: its job process died.
-            reason = f"worker lost: {job.worker} no longer runs it"
-        else:
-            continue
-        if lifecycle.hand_back(db, job, reason, settings, farm):
+        reason = liveness.lost_reason(job, workers.get(db, job.worker), settings)
+        if reason is not None and lifecycle.hand_back(db, job, reason, settings, farm):
             log.warning("job %s: %s", job.id, reason)
 
 

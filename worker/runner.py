@@ -17,7 +17,7 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_client import artifacts, catalog, checkpoint, lifecycle
+from api_client import artifacts, catalog, checkpoint, lifecycle, liveness
 from api_client.config import Settings, redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
@@ -29,6 +29,7 @@ from api_client.storage import open_store
 from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
+from worker.pulse import Pulse
 from worker.versions import library_versions
 
 log = logging.getLogger("qfarm.worker")
@@ -84,7 +85,7 @@ def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Identity, setting
         message = f"started on {worker} ({device.name})"
     elif job.state == JobState.RUNNING.value:
         owner = rec(workers.get, job.worker)
-        if job.worker != worker and workers.alive(owner, settings.heartbeat_timeout_s):
+        if job.worker != worker and liveness.lost_reason(job, owner, settings) is None:
             log.info("job %s already runs on %s; dropping this copy of its message", job_id, job.worker)
             return None
         if job.attempts >= settings.max_attempts:
@@ -98,9 +99,12 @@ def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Identity, setting
         log.info("job %s is %s; nothing to do", job_id, job.state)
         return None
     # The new attempt's upload starts by clearing the prefix (artifacts.Upload),
-    # so a cleanup still pending from an earlier attempt is its own.
+    # so a cleanup still pending from an earlier attempt is its own. It starts
+    # with none of an earlier attempt's figures, and names its job process
+    # (api_client/liveness.py).
     ok = rec(jobs.transition, job_id, expect=[JobState(job.state)], expect_attempts=job.attempts,
-             state=JobState.RUNNING, message=message, attempts=job.attempts + 1, cleanup_uri=None, **where)
+             state=JobState.RUNNING, message=message, attempts=job.attempts + 1, cleanup_uri=None,
+             **{**jobs.fresh_attempt(), **where, "process": liveness.process_key()})
     now = rec(jobs.get, job_id)
     # A commit can land although its connection dropped before saying so; the
     # row then shows our claim.
@@ -113,6 +117,13 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
     db = Database(settings.database_url)
     rec = Recorder(db, settings.db_retry_s)
     try:
+        # A database at another schema (downgraded, or not yet upgraded to
+        # this worker's code) cannot say whether the job's row is good: the
+        # message goes back rather than be acknowledged unread.
+        problem = db.schema_problem(rec(Database.revision))
+        if problem:
+            log.error("job %s: %s; giving its message back to the broker", job_id, problem)
+            return Outcome.GIVE_BACK
         own_farm = rec(jobs.farm_id)
         if farm is not None and farm != own_farm:
             log.error("job %s belongs to farm %s, not this worker's farm %s (another database): handing its message "
@@ -133,7 +144,8 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         device = gpu.detect()
         scratch = settings.scratch_dir / "jobs"
         try:
-            with job_directory(scratch, job_id) as job_dir:
+            with Pulse(settings.database_url, job_id, job.attempts, settings.heartbeat_interval_s), \
+                    job_directory(scratch, job_id) as job_dir:
                 # Libraries write files relative to the working directory (GPTQModel
                 # its logs/): keep them inside the job's directory, which goes away.
                 cwd = os.getcwd()
@@ -148,7 +160,8 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
             # Run records its own failures; these are its setting up: the
             # working directory (disk full, permissions), the store.
             error = redact(printable(f"cannot start the job on this worker (scratch {scratch}): {first_line(exc)}"))
-            rec(jobs.transition, job_id, expect=RUNNING, state=JobState.FAILED, message=error, error=error)
+            rec(jobs.transition, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
+                message=error, error=error)
             log.error("job %s failed: %s", job_id, error)
         return Outcome.DONE
     except DatabaseGone as exc:
@@ -173,6 +186,10 @@ def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None,
         if job.state == JobState.RUNNING.value and job.worker == worker:
             rec(lifecycle.hand_back, job, reason, settings, farm or rec(jobs.farm_id))
             log.warning("job %s: %s; handed back", job_id, reason)
+        elif job.state == JobState.QUEUED.value:
+            # It died before its claim: the job still needs this message.
+            log.warning("job %s: %s before it claimed the job; giving its message back", job_id, reason)
+            return Outcome.GIVE_BACK
         else:
             log.warning("job %s: %s (the job is %s)", job_id, reason, job.state)
         return Outcome.DONE
@@ -279,8 +296,8 @@ class Run:
 
     # -- reporting ---------------------------------------------------------
     def stage(self, stage: Stage, message: str | None = None) -> None:
-        if not self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.RUNNING, stage=stage.value,
-                        message=message):
+        if not self.rec(jobs.transition, self.job.id, expect=RUNNING, expect_attempts=self.job.attempts,
+                        state=JobState.RUNNING, stage=stage.value, message=message):
             raise JobCancelled()
         self.current_stage = stage.value
         name = stage.value
@@ -288,6 +305,12 @@ class Run:
 
     def note(self, message: str) -> None:
         self.rec(jobs.note, self.job.id, message)
+
+    def record(self, **figures: Any) -> None:
+        """Store figures of this attempt; it leaves (JobCancelled) when the
+        job is no longer this attempt's: cancelled, or taken over."""
+        if not self.rec(jobs.record, self.job.id, attempt=self.job.attempts, **figures):
+            raise JobCancelled()
 
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, QFarmError):
@@ -299,8 +322,8 @@ class Run:
                 error = f"out of GPU memory{cap} ({self.device.name}): {error}"
         error = redact(printable(" ".join(error.split())))[:2000]
         tail = redact("".join(traceback.format_exception(exc)[-30:]))[-8000:]
-        self.rec(jobs.transition, self.job.id, expect=RUNNING, state=JobState.FAILED, message=error,
-                 error=error, error_traceback=tail)
+        self.rec(jobs.transition, self.job.id, expect=RUNNING, expect_attempts=self.job.attempts, state=JobState.FAILED,
+                 message=error, error=error, error_traceback=tail)
         log.error("job %s failed: %s", self.job.id, error)
 
     # -- the job -----------------------------------------------------------
@@ -373,7 +396,7 @@ class Run:
             self.note(f"model cache {fetched.cache}: {job.model} ({info.weight_bytes / 2**20:.1f} MiB of weights) "
                       f"{'was on this host' if fetched.cache == 'hit' else 'fetched'} in {fetched.seconds:.1f} s")
         checkpoint.check_quantizable(info, method_cls.group_size(params))
-        self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
+        self.record(model_bytes=info.weight_bytes)
 
         # The tasks are made ready (or refused) before any GPU time is spent.
         eval_spec = EvalSpec(**(job.eval or {}))
@@ -389,14 +412,14 @@ class Run:
         with gpu.PeakMemory(device) as peak:
             methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
-        self.rec(jobs.record, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
-                 quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss())
+        self.record(peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
+                    quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss())
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
         figures = self._evaluate(eval_spec, tasks, model_dir, output_dir, info.weight_bytes, info.context)
-        self.rec(jobs.record, job.id, **figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
+        self.record(**figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
         self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
                   f"(×{figures['columns']['ppl_ratio']:.4f})")
 
@@ -410,13 +433,13 @@ class Run:
             "wall_seconds_before_upload": time.perf_counter() - wall_start,
         }
         versions = library_versions()
-        self.rec(jobs.record, job.id, metrics=metrics, library_versions=versions)
+        self.record(metrics=metrics, library_versions=versions)
         uri = self.upload.finish(self._manifest(metrics, versions))
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         # A False with the job succeeded: a commit whose acknowledgement was
         # lost with its connection.
-        if not self.rec(jobs.transition, job.id, expect=RUNNING, state=JobState.SUCCEEDED, stage=None,
-                        message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics) \
+        if not self.rec(jobs.transition, job.id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.SUCCEEDED,
+                        stage=None, message=f"artifact at {uri}", artifact_uri=uri, metrics=metrics) \
                 and self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
             raise JobCancelled()
 

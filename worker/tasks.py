@@ -10,6 +10,7 @@ import time
 from celery.exceptions import Reject
 
 from api_client.config import Settings
+from api_client.errors import first_line
 from api_client.queue import TASK_NAME
 from worker import job_process, runner
 from worker.app import app
@@ -27,6 +28,9 @@ def _on_sigterm(signum, frame):
 # A job this farm's database does not know (yet) is looked up again this
 # often, loudly each time; its message is never dropped (issue 7).
 UNKNOWN_DELAY_S = 30
+# A message given back waits this long first, so a farm that cannot record
+# anything (a database down, at another schema) does not spin.
+GIVE_BACK_PAUSE_S = 5
 # How the job process tells its outcome (worker/job_process.py).
 EXIT_CODES = {runner.Outcome.DONE: 0, runner.Outcome.GIVE_BACK: 3, runner.Outcome.UNKNOWN: 4}
 
@@ -45,11 +49,16 @@ def run_job(self, job_id: str, farm: str | None = None) -> str:
     outcome = next((o for o, code in EXIT_CODES.items() if code == ended.code), None)
     if outcome is None:
         how = f"was killed by {ended.killed}" if ended.killed else f"exited with code {ended.code}"
-        outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}")
+        try:
+            outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}")
+        except Exception as exc:  # noqa: BLE001 - an unreadable row: the message must not be acknowledged
+            log.error("job %s: its job process %s, and its row cannot be read (%s); giving its message back",
+                      job_id, how, first_line(exc))
+            outcome = runner.Outcome.GIVE_BACK
     if outcome is runner.Outcome.GIVE_BACK:
         # Not acknowledged: the broker hands the message to the next worker.
         # The pause keeps a farm that cannot record anything from spinning.
-        time.sleep(5)
+        time.sleep(GIVE_BACK_PAUSE_S)
         raise Reject(f"job {job_id} handed back to the broker", requeue=True)
     if outcome is runner.Outcome.UNKNOWN:
         raise self.retry(countdown=UNKNOWN_DELAY_S)

@@ -62,15 +62,30 @@ class Database:
     def check(self) -> None:
         """Fail with one line unless the database answers and is migrated."""
         try:
-            with self.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-                current = _current_revision(conn)
+            current = self.revision()
         except SQLAlchemyError as exc:
+            if getattr(getattr(exc, "orig", None), "sqlstate", None) == "42501":  # insufficient privilege
+                role = make_url(self.url).username or "this role"
+                raise ServiceUnavailable(f"the database role {role} may not use qfarm's tables at {self.display_url}: "
+                                         f"an administrator grants it (GRANT qfarm_user TO {role})") from None
             raise ServiceUnavailable(f"cannot reach the database at {self.display_url}: {first_line(getattr(exc, 'orig', None) or exc)}") from None
+        problem = self.schema_problem(current)
+        if problem:
+            raise ServiceUnavailable(problem)
+
+    def revision(self) -> str | None:
+        """The schema revision the database is at (None: no qfarm tables)."""
+        with self.engine.connect() as conn:
+            return _current_revision(conn)
+
+    def schema_problem(self, current: str | None) -> str | None:
+        """Why a database at revision `current` cannot be used by this code
+        (one line), or None when it is at this code's schema."""
         head = head_revision()
-        if current != head:
-            state = "has no qfarm tables" if current is None else f"is at schema {current}, not {head}"
-            raise ServiceUnavailable(f"the database at {self.display_url} {state}: run `qfarm db upgrade`")
+        if current == head:
+            return None
+        state = "has no qfarm tables" if current is None else f"is at schema {current}, not {head}"
+        return f"the database at {self.display_url} {state}: run `qfarm db upgrade`"
 
     def upgrade(self) -> str:
         from alembic import command

@@ -99,10 +99,44 @@ def transition(
     return True
 
 
-def record(db: Database, job_id: str, **fields: Any) -> None:
-    """Store figures on a job without changing its state."""
+# What one attempt measured or left: a new attempt starts without them, so
+# `qfarm status` never shows a superseded attempt's figures as the job's.
+ATTEMPT_FIELDS = (
+    "finished_at", "peak_vram_bytes", "peak_vram_nvml_bytes", "eval_peak_vram_bytes", "peak_rss_bytes",
+    "eval_peak_rss_bytes", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline", "ppl_quantized",
+    "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "weights_bytes", "weights_bytes_baseline",
+    "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel", "serve_tokens_per_s",
+    "serve_tokens_per_s_baseline", "task_recovery", "metrics", "library_versions", "artifact_uri", "error",
+    "error_traceback", "process", "progress_at", "progress_cpu_s",
+)
+
+
+def fresh_attempt() -> dict[str, None]:
+    """The values that clear a superseded attempt's figures."""
+    return dict.fromkeys(ATTEMPT_FIELDS)
+
+
+def record(db: Database, job_id: str, attempt: int | None = None, **fields: Any) -> bool:
+    """Store figures on a job without changing its state. With `attempt`,
+    only while that attempt runs: False (nothing written) once it was
+    superseded, cancelled or ended."""
+    cond = [Job.id == job_id]
+    if attempt is not None:
+        cond += [Job.attempts == attempt, Job.state == JobState.RUNNING.value]
     with db.session() as s:
-        s.execute(update(Job).where(Job.id == job_id).values(updated_at=utcnow(), **fields))
+        res = s.execute(update(Job).where(*cond).values(updated_at=utcnow(), **fields)
+                        .execution_options(synchronize_session=False))
+        return bool(res.rowcount)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
+
+
+def progressed(db: Database, job_id: str, attempt: int, cpu_s: float) -> bool:
+    """The running attempt's job process advanced (worker/pulse.py). Leaves
+    `updated_at` alone: it says when the job last changed, not that it
+    lives. False once the attempt is no longer the job's running one."""
+    with db.session() as s:
+        res = s.execute(update(Job).where(Job.id == job_id, Job.attempts == attempt, Job.state == JobState.RUNNING.value)
+                        .values(progress_at=utcnow(), progress_cpu_s=cpu_s).execution_options(synchronize_session=False))
+        return bool(res.rowcount)  # type: ignore[attr-defined]
 
 
 def note(db: Database, job_id: str, message: str) -> None:

@@ -93,6 +93,13 @@ class Job(Base):
     # A partial upload whose removal failed (the store was down): every
     # worker's reconciler retries it until it is gone.
     cleanup_uri: Mapped[str | None] = mapped_column(Text)
+    # The running attempt's job process (api_client/liveness.py: host boot,
+    # PID namespace, pid, start time) and the last time it was seen
+    # advancing (its CPU time, progress_cpu_s, grew): what a reconciler
+    # reads before it judges the job's worker lost.
+    process: Mapped[str | None] = mapped_column(String(96))
+    progress_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    progress_cpu_s: Mapped[float | None] = mapped_column(Float)
 
     events: Mapped[list[JobEvent]] = relationship(
         back_populates="job", order_by="JobEvent.id", cascade="all, delete-orphan"

@@ -1,0 +1,162 @@
+"""Who you are: on PostgreSQL the user is the database role the client
+connected as, never QFARM_USER, and cancelling or requeueing another user's
+job needs the qfarm_admin role, which the database enforces too (row-level
+security, migration 0006); workers, connecting as their own role, do all
+they need. SQLite (one machine) keeps QFARM_USER, on the honour system.
+
+The PostgreSQL tests make real login roles with unique names in the test
+cluster (trust authentication) and drop them afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import uuid
+
+import psycopg
+import pytest
+from sqlalchemy.engine import make_url
+
+from api_client.config import Settings
+from api_client.db import Database, jobs, workers
+from tests.conftest import PG_ADMIN_URL, invoke
+
+JOB = ["--method", "rtn"]
+
+
+@pytest.fixture
+def team(pg_url, qfarm_env, redis_conn):
+    """A migrated farm database and four login roles: alice and bob (users),
+    an admin, and a worker. Yields the URL each connects with."""
+    Database(pg_url).upgrade()
+    tag = uuid.uuid4().hex[:8]
+    names = {"alice": f"qf_alice_{tag}", "bob": f"qf_bob_{tag}", "admin": f"qf_admin_{tag}", "worker": f"qf_worker_{tag}"}
+    groups = {"alice": "qfarm_user", "bob": "qfarm_user", "admin": "qfarm_admin", "worker": "qfarm_worker"}
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        for who, role in names.items():
+            conn.execute(f'CREATE ROLE "{role}" LOGIN IN ROLE {groups[who]}')
+    urls = {who: make_url(pg_url).set(username=role).render_as_string(hide_password=False) for who, role in names.items()}
+    try:
+        yield names, urls
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            for role in names.values():
+                conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def as_(url: str, **extra: str) -> dict:
+    return {**os.environ, "QFARM_DATABASE_URL": url, **extra}
+
+
+def test_postgres_users_are_their_roles_and_only_an_admin_acts_on_another_s_job(team, tiny_model):
+    names, urls = team
+    alice, bob, admin = names["alice"], names["bob"], names["admin"]
+    # QFARM_USER says nothing on PostgreSQL: the job is alice's role's.
+    job_id = invoke("submit", str(tiny_model), *JOB, env=as_(urls["alice"], QFARM_USER="mallory"), check=True).stdout.strip()
+    db = Database(urls["alice"])
+    assert jobs.get(db, job_id).submitted_by == alice
+    assert [e.message for e in jobs.events(db, job_id)] == [f"submitted by {alice}"]
+
+    # bob, claiming to be alice, with --force: refused in one line; nothing changed.
+    for verb in ("cancel", "requeue"):
+        refused = invoke(verb, job_id, *(["--force"] if verb == "cancel" else []), env=as_(urls["bob"], QFARM_USER=alice))
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+        assert refused.stderr == (f"error: job {job_id} was submitted by {alice}, not {bob}: to {verb} another user's "
+                                  f"job the role {bob} needs qfarm_admin (GRANT qfarm_admin TO {bob})\n")
+    # Nor can bob do it behind the client's back: the database refuses his writes.
+    with psycopg.connect(urls["bob"], autocommit=True) as conn:
+        assert conn.execute("UPDATE jobs SET state = 'cancelled' WHERE id = %s", (job_id,)).rowcount == 0
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO job_events (job_id, at, state, message) VALUES (%s, now(), 'queued', %s)",
+                         (job_id, f"cancelled by {alice}"))
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("INSERT INTO workers (name, host, pid, queues, started_at, heartbeat_at, jobs_done) "
+                         "VALUES ('fake', 'h', 1, '[]', now(), now(), 0)")
+    assert jobs.get(db, job_id).state == "queued"
+    assert len(jobs.events(db, job_id)) == 1
+
+    # The admin may, with --force; the event names the admin's role.
+    done = invoke("cancel", job_id, "--force", env=as_(urls["admin"], QFARM_USER=alice), check=True)
+    assert done.stdout.strip() == f"{job_id} cancelled"
+    assert jobs.get(db, job_id).state == "cancelled"
+    assert jobs.events(db, job_id)[-1].message == f"cancelled by {admin} (--force; submitted by {alice})"
+    # alice cancels her own job without --force.
+    own = invoke("submit", str(tiny_model), *JOB, env=as_(urls["alice"]), check=True).stdout.strip()
+    invoke("cancel", own, env=as_(urls["alice"]), check=True)
+    assert jobs.events(db, own)[-1].message == f"cancelled by {alice}"
+    db.dispose()
+
+
+def test_a_worker_connecting_as_its_own_role_does_everything_a_job_needs(team, monkeypatch, tmp_path):
+    """The worker's every database write, as the worker role, on a job
+    another role submitted: heartbeat, claim, stages, figures, progress,
+    notes, the end; handing back and failing a lost worker's job."""
+    from api_client import lifecycle
+    from worker import reconcile, runner
+    from worker.gpu import Identity
+
+    names, urls = team
+    alice_db = Database(urls["alice"])
+    for job_id in ("aaaa00000001", "aaaa00000002"):
+        jobs.create(alice_db, jobs.Job(id=job_id, state="queued", method="rtn", format="compressed-tensors", params={},
+                                       model="/m", eval={}, weights="auto", queue="q", submitted_by=names["alice"],
+                                       attempts=0))
+    settings = dataclasses.replace(Settings.from_env(), database_url=urls["worker"], heartbeat_timeout_s=2)
+    db = Database(urls["worker"])
+    db.check()
+    rec = runner.Recorder(db, retry_s=0)
+    workers.heartbeat(db, workers.Beat(name="cpu-1@h", host="h", pid=os.getpid(), gpu_index=None, gpu_name="cpu",
+                                       gpu_total_bytes=None, gpu_free_bytes=None, queues=["q"],
+                                       current_job="aaaa00000001", jobs_done=0))
+    job = runner.claim(rec, "aaaa00000001", "cpu-1@h", Identity(None, "cpu"), settings)
+    assert job is not None and job.attempts == 1 and job.process
+    assert jobs.transition(db, job.id, expect=[jobs.JobState.RUNNING], expect_attempts=1, state=jobs.JobState.RUNNING,
+                           stage="quantizing")
+    assert jobs.record(db, job.id, attempt=1, ppl_ratio=1.01) and jobs.progressed(db, job.id, 1, 3.0)
+    jobs.note(db, job.id, "model cache miss")
+    assert jobs.transition(db, job.id, expect=[jobs.JobState.RUNNING], expect_attempts=1, state=jobs.JobState.SUCCEEDED,
+                           artifact_uri="file:///a")
+    # A lost worker's job: the reconciler, as the worker role, hands it back.
+    lost = runner.claim(rec, "aaaa00000002", "cpu-9@gone", Identity(None, "cpu"), settings)
+    assert lost is not None
+    with alice_db.session() as s:  # its process on another host, long silent
+        row = s.get(jobs.Job, lost.id)
+        row.process, row.updated_at = "0-0:1:1:1", row.updated_at.replace(year=2000)
+    assert lifecycle.hand_back(db, jobs.get(db, lost.id), "worker lost: test", settings, "farm")
+    reconcile.reconcile(db, settings, jobs.farm_id(db))
+    assert workers.forget_older_than(db, days=7) == 0
+    assert jobs.get(db, "aaaa00000001").state == "succeeded" and jobs.get(db, lost.id).state == "queued"
+    db.dispose()
+    alice_db.dispose()
+
+
+def test_a_role_without_qfarm_rights_is_told_what_to_grant(pg_url, qfarm_env):
+    Database(pg_url).upgrade()
+    role = f"qf_nobody_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        url = make_url(pg_url).set(username=role).render_as_string(hide_password=False)
+        out = invoke("list", env=as_(url))
+        assert out.returncode == 2 and out.stderr.count("\n") == 1
+        assert out.stderr.startswith(f"error: the database role {role} may not use qfarm's tables at ")
+        assert out.stderr.endswith(f"an administrator grants it (GRANT qfarm_user TO {role})\n")
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_sqlite_keeps_qfarm_user_on_the_honour_system(qfarm_env, redis_conn, tiny_model):
+    """(Moved from the fault suite, whose PostgreSQL now records roles.)"""
+    Database(os.environ["QFARM_DATABASE_URL"]).upgrade()
+    job_id = invoke("submit", str(tiny_model), *JOB, env=as_(os.environ["QFARM_DATABASE_URL"], QFARM_USER="ann"),
+                    check=True).stdout.strip()
+    proc = invoke("cancel", job_id, env=as_(os.environ["QFARM_DATABASE_URL"], QFARM_USER="mallory"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: job {job_id} was submitted by ann, not mallory: "
+                                   f"pass --force to cancel another user's job")
+    invoke("cancel", job_id, "--force", env=as_(os.environ["QFARM_DATABASE_URL"], QFARM_USER="mallory"), check=True)
+    db = Database(os.environ["QFARM_DATABASE_URL"])
+    assert jobs.get(db, job_id).state == "cancelled"
+    assert jobs.events(db, job_id)[-1].message == "cancelled by mallory (--force; submitted by ann)"
+    db.dispose()

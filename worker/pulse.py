@@ -1,0 +1,67 @@
+"""The job process's own sign of life: a thread that, every heartbeat
+interval, writes `progress_at` on the job's row whenever the process's CPU
+time grew since the last look.
+
+The worker's heartbeat (worker/heartbeat.py) says the worker lives; this
+says the job computes. A reconciler takes a job back only when both are
+stale (api_client/liveness.py), so a worker whose heartbeat starved under
+CPU load keeps the job its process is still working on.
+
+It also ends an attempt that was superseded: when its write finds the job
+cancelled, or running or queued as another attempt (the job was taken back
+while this process was stopped), it sends its own process SIGTERM, which the
+runner turns into leaving the job to the attempt that owns it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+
+from api_client.db import Database, JobState, jobs
+
+log = logging.getLogger("qfarm.worker")
+
+
+class Pulse(threading.Thread):
+    def __init__(self, database_url: str, job_id: str, attempt: int, interval_s: float):
+        super().__init__(name="qfarm-pulse", daemon=True)
+        self.job_id, self.attempt, self.interval_s = job_id, attempt, interval_s
+        self._db = Database(database_url, pooled=False)
+        self._done = threading.Event()
+        self._last_cpu = -1.0
+
+    def __enter__(self) -> Pulse:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self.join(timeout=5)
+        self._db.dispose()
+
+    def run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception as exc:  # noqa: BLE001 - a database outage: the runner's own writes wait it out
+                log.debug("job %s: pulse not written: %s", self.job_id, exc)
+
+    def tick(self) -> None:
+        cpu = time.process_time()
+        if cpu <= self._last_cpu:
+            return  # not advancing: nothing to say
+        if jobs.progressed(self._db, self.job_id, self.attempt, cpu):
+            self._last_cpu = cpu
+            return
+        job = jobs.get(self._db, self.job_id)
+        # Handed back (queued again) or claimed since as a later attempt.
+        superseded = job.state == JobState.QUEUED.value or (job.state == JobState.RUNNING.value and job.attempts != self.attempt)
+        if (superseded or job.state == JobState.CANCELLED.value) and not self._done.is_set():
+            log.warning("job %s is %s as attempt %d (this process ran attempt %d): stopping this process",
+                        self.job_id, job.state, job.attempts, self.attempt)
+            self._done.set()
+            os.kill(os.getpid(), signal.SIGTERM)
