@@ -3,14 +3,13 @@
 Credentials never live here: S3 keys come from boto3's own chain (environment,
 shared credentials file, instance role), and broker/database passwords stay
 inside their URLs, which qfarm never writes to its logs, database or manifests
-(see `redact`).
+(see api_client/redaction.py).
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,16 +88,3 @@ class Settings:
             heartbeat_timeout_s=_env_int("QFARM_HEARTBEAT_TIMEOUT", 120, low=2),
             db_retry_s=_env_int("QFARM_DB_RETRY_S", 300, low=0),
         )
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
-
-
-def has_credentials(url: str) -> bool:
-    """Whether `url` carries a user or password (scheme://user:pw@host)."""
-    return _USERINFO.match(url) is not None
-
-
-def redact(text: str) -> str:
-    """Hide the user:password part of every URL in `text`."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)

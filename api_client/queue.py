@@ -14,7 +14,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from api_client.config import redact
+from api_client.redaction import redact
 from api_client.errors import ServiceUnavailable, first_line
 
 TASK_NAME = "qfarm.run_job"

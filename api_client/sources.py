@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client.config import has_credentials, redact
+from api_client.redaction import has_credentials, redact
 from api_client.errors import QFarmError, SpecError, printable
 
 BUILTIN = "builtin"

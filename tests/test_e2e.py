@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api_client.db import Database, jobs
 from api_client.storage.s3 import s3_client
-from tests.conftest import run_cli
+from tests.conftest import drop_qfarm_tables, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,8 @@ FAST = ["--calib-samples", "8", "--calib-seqlen", "128", "--eval-seqlen", "128",
 def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
     """One farm for the module: PostgreSQL, Redis, a bucket in moto's S3."""
     import redis
-    from sqlalchemy import create_engine, text
 
-    engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
-    engine.dispose()
+    drop_qfarm_tables(pg_server_url)
     redis.Redis.from_url(redis_url).flushdb()
     bucket = f"qfarm-{uuid.uuid4().hex[:10]}"
     env = {

@@ -17,9 +17,13 @@ log = logging.getLogger("qfarm.worker")
 
 @after_setup_logger.connect
 def _quiet_logs(**_kwargs) -> None:
+    from api_client.redaction import redact_logging
     from worker import logs
 
     logs.quiet_python_logging()
+    # Every line of the worker's log (the job's, the libraries', what Celery
+    # captures of stdout and stderr) is redacted as it is written.
+    redact_logging()
     logs.name_outcomes_in_celery_log()
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_client import artifacts, catalog, checkpoint, lifecycle
-from api_client.config import Settings, redact
+from api_client.config import Settings
+from api_client.redaction import redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
