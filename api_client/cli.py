@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import sys
@@ -486,8 +487,9 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.message = redact(exc.message)
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)
+        click.echo(redact(shown.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
     except QFarmError as exc:
         click.echo(f"error: {redact(str(exc))}", err=True)

@@ -58,6 +58,12 @@ def _secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
+def _mask_userinfo(m: re.Match[str]) -> str:
+    if m.group("userinfo").endswith(f":{MASK}"):
+        return m.group(0)  # masked already (SQLAlchemy's user:***)
+    return f"{m.group('scheme')}{MASK}@"
+
+
 def _mask_pair(m: re.Match[str]) -> str:
     if not secret_name(m.group("name")) or m.group("value") == MASK:
         return m.group(0)
@@ -70,7 +76,7 @@ def redact(text: str) -> str:
         return text
     for value in _secret_values():
         text = text.replace(value, MASK)
-    text = _USERINFO.sub(lambda m: f"{m.group('scheme')}{MASK}@", text)
+    text = _USERINFO.sub(_mask_userinfo, text)
     for shape in _SHAPES:
         text = shape.sub(MASK, text)
     text = _BEARER.sub(lambda m: f"{m.group('kind')} {MASK}", text)

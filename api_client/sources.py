@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client.redaction import has_credentials, redact
 from api_client.errors import QFarmError, SpecError, printable
+from api_client.redaction import has_credentials, redact
 
 BUILTIN = "builtin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")

@@ -67,7 +67,7 @@ def check_output(where: str, *texts: str) -> None:
 def _scan_files(root: Path, max_bytes: int = 32 * 2**20) -> None:
     """Regular files only, following no link (a test's link to
     /proc/self/environ is the attack, not a leak)."""
-    for base, dirs, files in os.walk(root):
+    for base, _dirs, files in os.walk(root):
         for name in files:
             path = os.path.join(base, name)
             try:

@@ -106,7 +106,7 @@ def test_cli_errors_are_redacted(qfarm_env):
     shown = invoke("status", secret())
     assert shown.returncode != 0 and "no job '***'" in shown.stderr
     down = invoke("list", env={**os.environ, "QFARM_DATABASE_URL": CANARIES["QFARM_CANARY_DATABASE_URL"]})
-    assert down.returncode != 0 and "://***@127.0.0.1:1/qfarm" in down.stderr
+    assert down.returncode != 0 and "://qfarm:***@127.0.0.1:1/qfarm" in down.stderr
     assert leaked_names(shown.stdout + shown.stderr + down.stdout + down.stderr) == []
 
 

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 from api_client import artifacts, catalog, checkpoint, lifecycle
 from api_client.config import Settings
-from api_client.redaction import redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
 from api_client.errors import JobNotFound, QFarmError, first_line, printable
+from api_client.redaction import redact
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store

@@ -1,0 +1,202 @@
+"""Untrusted input (issue 18): a task directory is read as data, never run;
+nothing outside the job's own files is read; inputs are bounded. Each
+refusal is checked at submit (`spec.resolve`, what `qfarm submit` runs) and
+again on the worker, from an archive that did not come through submit."""
+
+import json
+import tarfile
+
+import pytest
+
+from api_client.errors import QFarmError, SpecError
+from api_client.spec import EvalSpec, JobSpec, resolve
+from tests.test_tasks import write_task_dir
+from worker import task_inputs
+
+# -- task directories ------------------------------------------------------------------
+
+
+def _yaml(d, text):
+    """The task's YAML with the top-level keys that `text` sets replaced by it."""
+    path = d / "animals.yaml"
+    keys = {line.split(":", 1)[0] for line in text.splitlines() if line and not line[0].isspace()}
+    out, skip = [], False
+    for line in path.read_text().splitlines(keepends=True):
+        if not line[0].isspace():
+            skip = line.split(":", 1)[0] in keys
+        if not skip:
+            out.append(line)
+    path.write_text("".join(out) + text)
+
+
+def jinja_escape(d, tmp_path):
+    _yaml(d, f"doc_to_text: \"{{{{ lipsum.__globals__['os'].popen('touch {tmp_path}/ran').read() }}}}\"\n")
+
+
+def encoded_function_tag(d, tmp_path):
+    (d / "utils.txt").write_text("not python\n")
+    _yaml(d, "doc_to_text: !fun%63tion utils.text\n")
+
+
+def function_in_included_txt(d, tmp_path):
+    (d / "common.txt").write_text("doc_to_text: !function utils.text\n")
+    _yaml(d, "include: common.txt\n")
+
+
+def function_in_included_yaml(d, tmp_path):
+    (d / "_common_yaml").write_text("doc_to_text: !function utils.text\n")
+    _yaml(d, "include: _common_yaml\n")
+
+
+def module_at_x_dot_py(d, tmp_path):
+    (d / "x").mkdir()
+    (d / "x" / ".py").write_text(f"import os\nos.system('touch {tmp_path}/ran')\ndef text(doc):\n    return 'x'\n")
+    _yaml(d, "doc_to_text: !fun%63tion x..text\n")
+
+
+def include_absolute(d, tmp_path):
+    (tmp_path / "outside.yaml").write_text("doc_to_text: '{{q}}'\n")
+    _yaml(d, f"include: {tmp_path / 'outside.yaml'}\n")
+
+
+def include_parent(d, tmp_path):
+    (tmp_path / "outside.yaml").write_text("doc_to_text: '{{q}}'\n")
+    _yaml(d, "include: ../outside.yaml\n")
+
+
+def dataset_path_absolute(d, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    _yaml(d, f"dataset_path: {tmp_path / 'elsewhere'}\n")
+
+
+def dataset_path_parent(d, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    _yaml(d, "dataset_path: ../elsewhere\n")
+
+
+def data_files_absolute(d, tmp_path):
+    (tmp_path / "other.jsonl").write_text((d / "data.jsonl").read_text())
+    _yaml(d, f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'other.jsonl'}\n")
+
+
+def data_files_parent(d, tmp_path):
+    (tmp_path / "other.jsonl").write_text((d / "data.jsonl").read_text())
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: ../other.jsonl\n")
+
+
+def data_files_proc_environ(d, tmp_path):
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: /proc/self/environ\n")
+
+
+def class_key(d, tmp_path):
+    _yaml(d, "class: !function utils.Task\n")
+
+
+def cache_dir_option(d, tmp_path):
+    _yaml(d, f"dataset_kwargs:\n  data_files:\n    test: data.jsonl\n  cache_dir: {tmp_path}\n")
+
+
+def prompt_file(d, tmp_path):
+    (tmp_path / "p.yaml").write_text("prompts:\n  p: '{{q}}'\n")
+    _yaml(d, f"use_prompt: '{tmp_path / 'p.yaml'}:p'\n")
+
+
+def hub_metric(d, tmp_path):
+    _yaml(d, "metric_list:\n  - metric: evil\n    hf_evaluate: true\n")
+
+
+VARIANTS = [
+    (jinja_escape, r"reaches Python internals \(__globals__\)"),
+    (encoded_function_tag, "!function utils.text names Python code"),
+    (function_in_included_txt, "include 'common.txt' is not a YAML file"),
+    (function_in_included_yaml, "!function utils.text names Python code"),
+    (module_at_x_dot_py, r"x/\.py is Python code"),
+    (include_absolute, "outside the task directory"),
+    (include_parent, "outside the task directory"),
+    (dataset_path_absolute, "neither a file builder"),
+    (dataset_path_parent, "neither a file builder"),
+    (data_files_absolute, "outside the task directory"),
+    (data_files_parent, "outside the task directory"),
+    (data_files_proc_environ, "data_files /proc/self/environ is outside the task directory"),
+    (class_key, "names Python code"),
+    (cache_dir_option, "dataset_kwargs cache_dir not allowed"),
+    (prompt_file, "only lm-eval's own prompts"),
+    (hub_metric, "fetched from the hub is code"),
+]
+
+
+def archive(d, dest):
+    """The directory as the worker fetches it, packed without `qfarm submit`."""
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(d, arcname=".")
+    return dest.as_uri()
+
+
+@pytest.mark.parametrize(("variant", "reason"), VARIANTS, ids=[v.__name__ for v, _ in VARIANTS])
+def test_a_hostile_task_directory_is_refused_at_submit_and_on_the_worker(variant, reason, tiny_model, tmp_path):
+    d = write_task_dir(tmp_path / "t")
+    variant(d, tmp_path)
+    job = JobSpec(model=str(tiny_model), method="rtn", eval=EvalSpec(tasks=["animals"], tasks_dir=str(d)))
+    with pytest.raises(SpecError, match=reason) as submitted:
+        resolve(job)
+    assert str(submitted.value).startswith("--tasks-dir: ") and "\n" not in str(submitted.value)
+    uri = archive(d, tmp_path / "tasks.tar.gz")
+    with pytest.raises(QFarmError, match=reason):
+        task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=uri), tmp_path / "job", allow_code=False)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_task_directory_of_plain_data_is_accepted_and_its_files_resolved_inside_it(tiny_model, tmp_path):
+    """Includes inside the directory (lm-eval's `_yaml` convention too),
+    a group, data files in a sub-folder: accepted, and the worker's configs
+    name the unpacked files by absolute paths inside its directory."""
+    d = write_task_dir(tmp_path / "t")
+    (d / "data").mkdir()
+    (d / "data.jsonl").rename(d / "data" / "rows.jsonl")
+    (d / "_base_yaml").write_text("output_type: multiple_choice\ndoc_to_target: label\n")
+    _yaml(d, "include: _base_yaml\ndataset_kwargs:\n  data_files:\n    test: data/rows.jsonl\n")
+    (d / "group.yaml").write_text("group: zoo\ntask:\n  - animals\n")
+    job = JobSpec(model=str(tiny_model), method="rtn", eval=EvalSpec(tasks=["zoo"], tasks_dir=str(d)))
+    assert resolve(job).eval.tasks_dir == str(d.resolve())
+    run = task_inputs.prepare(EvalSpec(tasks=["zoo"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job", False)
+    assert run.offline and run.names == ["zoo"]
+    from api_client import task_yaml
+
+    loaded = task_yaml.load(run.include[0])
+    [animals] = [c for c in loaded.configs if c.get("task") == "animals"]
+    files = animals["dataset_kwargs"]["data_files"]["test"]
+    assert files == str((tmp_path / "job" / "user" / "data" / "rows.jsonl").resolve())
+    assert animals["output_type"] == "multiple_choice" and "include" not in animals
+
+
+def test_a_template_that_escapes_at_run_time_fails_the_tasks_figure_and_runs_nothing(tiny_model, tmp_path, monkeypatch):
+    """A template whose escape is built from the data passes any reading of
+    the YAML; the sandbox stops it as it renders. Control: lm-eval's own
+    (plain) environment runs the same template's command."""
+    from lm_eval import utils as lm_utils
+    from transformers import AutoTokenizer
+
+    from worker import evaluators, texts
+    from worker.evaluators.tasks import TaskRun
+    from worker.gpu import Device
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    template = "{{ (lipsum|attr(g))['os'].popen('touch ' ~ m).read() }}{{q}}"
+    control = tmp_path / "control-ran"
+    lm_utils.apply_template(template, {"g": "__globals__", "m": str(control), "q": "x"})
+    assert control.exists()  # the template is a real escape where nothing sandboxes it
+
+    d = write_task_dir(tmp_path / "t")
+    marker = tmp_path / "ran"
+    rows = [dict(json.loads(line), g="__globals__", m=str(marker)) for line in (d / "data.jsonl").read_text().splitlines()]
+    (d / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _yaml(d, f"doc_to_text: \"{template}\"\n")
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    windows = texts.token_windows(tok, texts.builtin_text("eval"), 64, 2)
+    run = TaskRun(["animals"], [d], limit=2, offline=True)
+    figures = evaluators.run(evaluators.Inputs(Device("cpu", None, "cpu"), tok, windows, None, 0, tmp_path / "s",
+                                               tasks=run), tiny_model, tiny_model)
+    assert "SecurityError" in figures.metrics["tasks_error"] and "__globals__" in figures.metrics["tasks_error"]
+    assert not marker.exists()
+    assert figures.columns["ppl_ratio"] == 1.0  # the other figures stand
+    assert lm_utils.env.__class__.__name__ == "Environment"  # lm-eval's own environment is back
