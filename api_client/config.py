@@ -41,6 +41,16 @@ def _user() -> str:
     return user
 
 
+# A calibration or evaluation text is read whole (by the client at submit,
+# by the worker): bounded, so a mistaken 2 GiB file is refused in one line.
+DEFAULT_MAX_TEXT_BYTES = 256 * 2**20
+
+
+def max_text_bytes() -> int:
+    """QFARM_MAX_TEXT_BYTES: the largest calibration or evaluation text."""
+    return _env_int("QFARM_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
+
+
 @dataclass(frozen=True)
 class Settings:
     broker_url: str

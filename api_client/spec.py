@@ -199,7 +199,7 @@ def _windows(tok: Any, source: str, purpose: str, seqlen: int, want: int | None 
         text = texts.builtin_text(purpose)
     else:
         path = Path(source).expanduser()
-        text = texts.decode_text(path.read_bytes(), path.name)
+        text = texts.decode_text(texts.read_bounded(path, "text file"), path.name)
     if want:
         text = text[: want * seqlen * 12]  # no token is longer than 12 characters here
     return len(tok.encode(text, add_special_tokens=False).ids) // seqlen

@@ -38,6 +38,7 @@ from typing import Any
 import yaml
 
 from api_client.errors import SpecError, first_line
+from api_client.sources import hub_dataset_problem
 
 # lm-eval indexes these as task files; includes may also be `.yml` or lm-eval's
 # own convention, a name ending in `_yaml` (`_default_template_yaml`).
@@ -45,18 +46,10 @@ TASK_SUFFIX = ".yaml"
 # Python that lm-eval would import (`!function`, `class:`).
 CODE_SUFFIXES = (".py", ".pyc", ".so")
 BUILDERS = ("json", "csv", "parquet", "text", "arrow")
-# `datasets`' other builders (5.2, and the ones it resolves by name): never a
-# hub name. `pandas` unpickles, `cache` reads other jobs' cached datasets.
-PACKAGED_BUILDERS = frozenset((
-    "arrow", "audiofolder", "cache", "conll", "csv", "eval", "fasta", "fastq", "genbank", "generator", "harbor",
-    "hdf5", "iceberg", "imagefolder", "json", "lance", "meshfolder", "mmcif", "niftifolder", "pandas", "parquet",
-    "pdb", "pdffolder", "spark", "sql", "text", "tsfile", "videofolder", "vortex", "webdataset", "xml",
-))
 # What `dataset_kwargs` may hold beside the data files: how a file is read,
 # never where a cache, a credential or code comes from.
 FORMAT_OPTIONS = ("field", "sep", "delimiter", "column_names", "header", "names", "encoding", "encoding_errors",
                   "keep_linebreaks", "sample_by", "columns", "quotechar", "skiprows", "revision")
-_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w\-]*(\.[\w\-]+)*(/[A-Za-z0-9][\w\-]*(\.[\w\-]+)*)?$")
 _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
 # A config is data: a cap on its nodes keeps an alias bomb (`&a [*a, *a]`,
 # nested) from taking the worker's memory and time.
@@ -258,12 +251,9 @@ class _Checker:
             if "data_dir" in kwargs:
                 kwargs["data_dir"] = str(self.local_path(kwargs["data_dir"], "data_dir", directory=True))
             return
-        if not isinstance(path, str) or not _HUB_DATASET.match(path) or path in PACKAGED_BUILDERS:
+        if not isinstance(path, str) or hub_dataset_problem(path, self.root):
             raise self.refuse(f"dataset_path {path!r} is neither a file builder ({', '.join(BUILDERS)}, with "
                               f"data_files inside the task directory) nor a hub dataset name (owner/name)")
-        if (self.root / path).exists():
-            raise self.refuse(f"dataset_path {path} is a path of the task directory: use dataset_path: json "
-                              f"(or csv, parquet, text) with data_files")
         # Files of a hub dataset are named inside its repository.
         for name in _file_names(kwargs.get("data_files")) + _file_names(kwargs.get("data_dir")):
             self.relative(name, "data_files")

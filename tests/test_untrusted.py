@@ -200,3 +200,148 @@ def test_a_template_that_escapes_at_run_time_fails_the_tasks_figure_and_runs_not
     assert not marker.exists()
     assert figures.columns["ppl_ratio"] == 1.0  # the other figures stand
     assert lm_utils.env.__class__.__name__ == "Environment"  # lm-eval's own environment is back
+
+
+# -- bounded inputs ------------------------------------------------------------------
+
+
+def test_a_job_that_outgrows_its_memory_fails_naming_memory_and_is_not_retried(qfarm_env, monkeypatch):
+    """The job process is stopped past QFARM_JOB_MEMORY_LIMIT; the job fails
+    at once with a reason naming memory, not "killed by SIGKILL; given up
+    after 3 attempts" as a lost worker's would after three more tries."""
+    import psutil
+
+    from api_client.config import Settings
+    from api_client.db import Database, Job, JobState, jobs
+    from worker import runner, tasks
+
+    monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", str(psutil.Process().memory_info().rss + 200 * 2**20))
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.upgrade()
+    job = Job(id="membomb00001", state=JobState.QUEUED.value, method="rtn", format="compressed-tensors", params={},
+              model="/m", eval={}, queue="q", submitted_by="ann", attempts=0, weights="auto")
+    jobs.create(db, job)
+    jobs.transition(db, job.id, expect=[JobState.QUEUED], state=JobState.RUNNING, worker="worker", attempts=1)
+
+    def bomb(job_id, settings, worker, farm=None):
+        held = []
+        for _ in range(40):
+            held.append(b"\1" * (64 * 2**20))
+            import time
+
+            time.sleep(0.05)
+        return runner.Outcome.DONE
+
+    monkeypatch.setattr(runner, "execute", bomb)
+    assert tasks.run_job.run(job.id) == f"job {job.id} failed"
+    row = jobs.get(db, job.id)
+    assert row.state == "failed" and row.attempts == 1
+    assert row.error.startswith("out of memory: the job used") and "QFARM_JOB_MEMORY_LIMIT" in row.error
+    assert "SIGKILL" not in row.error
+    db.dispose()
+
+
+def _peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_being_read(tmp_path, monkeypatch):
+    from api_client.spec import CalibSpec
+    from worker import texts
+
+    # 2 GiB that take no disk (sparse): refused by its size, never read.
+    huge = tmp_path / "huge.txt"
+    with open(huge, "wb") as f:
+        f.truncate(2 * 2**30)
+    before = _peak_rss()
+    with pytest.raises(SpecError, match=r"huge.txt is 2048.0 MiB, more than the 256 MiB a text may be \(QFARM_MAX_TEXT_BYTES\)"):
+        CalibSpec(source=str(huge)).validate()
+    with pytest.raises(QFarmError, match="more than the 256 MiB a text may be"):
+        texts.load_text(huge.as_uri(), "eval")
+    assert _peak_rss() - before < 64 * 2**20
+
+    # The cap is the farm's to set.
+    monkeypatch.setenv("QFARM_MAX_TEXT_BYTES", str(2**20))
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"text": "word " * 300_000}) + "\n")
+    with pytest.raises(SpecError, match=r"text.jsonl is 1.4 MiB, more than the 1 MiB"):
+        EvalSpec(source=str(text)).validate()
+    with pytest.raises(QFarmError, match=r"is 1.4 MiB, more than the 1 MiB"):
+        texts.load_text(str(text), "calib")
+
+
+def test_an_s3_text_past_the_cap_is_refused_before_it_is_downloaded(bucket, aws_env, monkeypatch):
+    from api_client.storage.s3 import s3_client
+    from worker import texts
+
+    monkeypatch.setenv("QFARM_MAX_TEXT_BYTES", str(2**20))
+    s3_client(aws_env).put_object(Bucket=bucket, Key="inputs/x/calib.txt", Body=b"a" * (2 * 2**20))
+    with pytest.raises(QFarmError, match=r"calib.txt is 2.0 MiB, more than the 1 MiB a text may be"):
+        texts.load_text(f"s3://{bucket}/inputs/x/calib.txt", "calib")
+
+
+@pytest.mark.parametrize(("make", "what"), [
+    (lambda p: p.mkdir(), "is a directory, not a regular file"),
+    (lambda p: __import__("os").mkfifo(p), r"is a FIFO \(named pipe\), not a regular file"),
+    (None, "is a device, not a regular file"),
+], ids=["directory", "fifo", "dev-zero"])
+def test_a_directory_fifo_or_device_as_a_text_is_named_for_what_it_is(make, what, tmp_path):
+    from api_client.spec import CalibSpec
+    from worker import texts
+
+    path = tmp_path / "calib.txt"
+    if make is None:
+        path = "/dev/zero"
+    else:
+        make(path)
+    with pytest.raises(SpecError, match=f"calibration file {path} {what}"):
+        CalibSpec(source=str(path)).validate()
+    with pytest.raises(QFarmError, match=f"calib file {path} {what}"):
+        texts.load_text(str(path), "calib")
+
+
+def _copy_model(src, dest):
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+def test_a_huge_tokenizer_file_is_refused_at_submit_and_on_the_worker(tiny_model, tmp_path):
+    from worker import model_source
+
+    model = _copy_model(tiny_model, tmp_path / "m")
+    with open(model / "tokenizer.json", "r+b") as f:
+        f.truncate(2 * 2**30)  # sparse: 2 GiB that take no disk
+    before = _peak_rss()
+    reason = r"tokenizer.json is 2048.0 MiB, more than the 64 MiB a config or tokenizer file may be: refused"
+    with pytest.raises(SpecError, match=reason):
+        resolve(JobSpec(model=str(model), method="gptq"))
+    with pytest.raises(QFarmError, match=reason):
+        model_source.fetch(str(model), tmp_path / "job")
+    assert _peak_rss() - before < 64 * 2**20
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    ("num_hidden_layers", 100_000, r"says num_hidden_layers 100000, but the weights hold 2 in model.layers"),
+    ("hidden_size", 4096, r"says hidden_size 4096, but the weights' embedding is \d+ × 128"),
+    ("vocab_size", 10_000_000, r"says vocab_size 10000000, but the weights' embedding is \d+ × 128"),
+])
+def test_a_config_that_disagrees_with_its_weights_is_refused_at_submit_and_on_the_worker(key, value, reason, tiny_model,
+                                                                                         tmp_path):
+    from api_client import checkpoint
+    from worker import model_source
+
+    model = _copy_model(tiny_model, tmp_path / "m")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, key: value}))
+    with pytest.raises(SpecError, match=reason) as submitted:
+        resolve(JobSpec(model=str(model), method="rtn"))
+    assert "refused" in str(submitted.value)
+    # The worker checks what it fetched before loading anything (runner._run).
+    fetched = model_source.fetch(str(model), tmp_path / "job")
+    with pytest.raises(QFarmError, match=reason):
+        checkpoint.check_quantizable(fetched.info, None)

@@ -163,15 +163,22 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         db.dispose()
 
 
-def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None, reason: str) -> Outcome:
-    """The job's process died without a word (the OOM killer, a SIGKILL):
-    a job it left running on this worker goes to the next one as a new
-    attempt, with the reason as an event, as when a whole worker is lost."""
+def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None, reason: str,
+                 memory: str | None = None) -> Outcome:
+    """The job's process died without a word (a SIGKILL): a job it left
+    running on this worker goes to the next one as a new attempt, with the
+    reason as an event, as when a whole worker is lost. One stopped for its
+    memory (`memory` says why) fails: the next attempt would need as much."""
     db = Database(settings.database_url)
     rec = Recorder(db, settings.db_retry_s)
     try:
         job = rec(jobs.get, job_id)
-        if job.state == JobState.RUNNING.value and job.worker == worker:
+        if job.state == JobState.RUNNING.value and job.worker == worker and memory:
+            error = f"out of memory: {memory}"
+            rec(jobs.transition, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
+                message=error, error=error)
+            log.error("job %s failed: %s", job_id, error)
+        elif job.state == JobState.RUNNING.value and job.worker == worker:
             rec(lifecycle.hand_back, job, reason, settings, farm or rec(jobs.farm_id))
             log.warning("job %s: %s; handed back", job_id, reason)
         else:

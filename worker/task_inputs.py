@@ -47,7 +47,7 @@ def prepare(spec: EvalSpec, dest: Path, allow_code: bool) -> TaskRun | None:
 
 
 def _unpack(uri: str, dest: Path) -> Path:
-    raw, _ = texts.read_input(uri, "task directory archive")
+    raw, _ = texts.read_input(uri, "task directory archive", lm_tasks.MAX_TASKS_DIR_BYTES)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
         members = tar.getmembers()

@@ -45,7 +45,8 @@ def run_job(self, job_id: str, farm: str | None = None) -> str:
     outcome = next((o for o, code in EXIT_CODES.items() if code == ended.code), None)
     if outcome is None:
         how = f"was killed by {ended.killed}" if ended.killed else f"exited with code {ended.code}"
-        outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}")
+        outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}",
+                                      memory=ended.memory)
     if outcome is runner.Outcome.GIVE_BACK:
         # Not acknowledged: the broker hands the message to the next worker.
         # The pause keeps a farm that cannot record anything from spinning.

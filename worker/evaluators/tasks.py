@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from typing import Any
 from api_client import task_yaml
 from api_client.errors import QFarmError
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
+from worker.texts import empty_working_dir
 
 HEADLINE_ORDER = ("acc_norm", "acc", "exact_match", "f1")
 # Numbers lm-eval reports beside the scores.
@@ -89,7 +89,7 @@ class Tasks(Evaluator):
         model = loaded.model
         lm = HFLM(pretrained=model, tokenizer=inputs.tokenizer, device=str(model.device),
                   batch_size=32 if inputs.device.is_cuda else 8)
-        with _offline(run.offline), sandboxed_templates(), _empty_working_dir():
+        with _offline(run.offline), sandboxed_templates(), empty_working_dir():
             result = simple_evaluate(
                 model=lm, tasks=run.names, limit=run.limit, bootstrap_iters=0, log_samples=False,
                 task_manager=run.manager(),
@@ -179,21 +179,6 @@ def sandboxed_templates():
         yield
     finally:
         utils.env = plain
-
-
-@contextmanager
-def _empty_working_dir():
-    """`datasets` reads a relative name against the working directory (a
-    hub name that is also a folder there would be read from disk): task
-    data files are absolute paths in their directory, so the evaluation
-    runs from an empty one."""
-    cwd = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="qfarm-tasks-") as empty:
-        os.chdir(empty)
-        try:
-            yield
-        finally:
-            os.chdir(cwd)
 
 
 def _check_metrics(cfg: dict[str, Any], allow_code: bool) -> None:
