@@ -51,6 +51,19 @@ def max_text_bytes() -> int:
     return _env_int("QFARM_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
 
 
+def input_prefixes() -> list[str] | None:
+    """QFARM_INPUT_PREFIXES: the `s3://` prefixes workers may read models
+    from with the farm's credentials, comma-separated (None: unset)."""
+    raw = os.environ.get("QFARM_INPUT_PREFIXES")
+    if raw is None or not raw.strip():
+        return None
+    prefixes = [p.strip() for p in raw.split(",") if p.strip()]
+    bad = [p for p in prefixes if not p.startswith("s3://") or len(p) <= len("s3://")]
+    if bad:
+        raise QFarmError(f"QFARM_INPUT_PREFIXES holds {bad[0]!r}: give s3:// prefixes, comma-separated")
+    return prefixes
+
+
 @dataclass(frozen=True)
 class Settings:
     broker_url: str

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from api_client.config import input_prefixes
 from api_client.errors import QFarmError, SpecError, printable
 from api_client.redaction import has_credentials, redact
 
@@ -93,6 +94,26 @@ def local_model_path(model: str) -> Path:
         return Path(model).expanduser().resolve()
     except (OSError, RuntimeError) as exc:
         raise SpecError(f"model path {printable(model)} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def check_model_prefix(model: str, on_worker: bool) -> None:
+    """An `s3://` model is read by a worker with the farm's credentials,
+    which can reach other teams' objects: only from a prefix the farm allows
+    (QFARM_INPUT_PREFIXES). A client without the variable leaves the
+    question to the worker, which refuses every s3:// model without it."""
+    prefixes = input_prefixes()
+    if prefixes is None and not on_worker:
+        return
+    if not any(_under(model, p) for p in prefixes or []):
+        allowed = f"the prefixes it allows: {', '.join(prefixes)}" if prefixes else "none is set"
+        raise SpecError(f"model {model} is not under QFARM_INPUT_PREFIXES ({allowed}): workers read s3:// models only "
+                        f"from prefixes the farm allows")
+
+
+def _under(url: str, prefix: str) -> bool:
+    if ".." in url.split("/"):
+        return False
+    return (url.rstrip("/") + "/").startswith(prefix.rstrip("/") + "/")
 
 
 @dataclass(frozen=True)

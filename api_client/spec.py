@@ -245,6 +245,8 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         layers, context = info.layers, info.context
     elif kind == "hub":
         sources.check_hub_model(spec.model)
+    elif kind == "s3":
+        sources.check_model_prefix(spec.model, on_worker=False)
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,

@@ -202,17 +202,17 @@ def test_workers_shows_the_live_worker(farm_env, worker):
 def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, worker, tiny_model):
     """`qfarm compare` of three methods through the worker: one row per
     method and the original, figures from the packed serve path, task
-    recovery, a recommendation, and the member whose calibration text is
-    missing failed with that reason while the others report."""
-    bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
-    missing = f"s3://{bucket}/no/such-calibration.txt"
+    recovery, a recommendation, and the member whose calibration text
+    cannot be had on the worker (a hub dataset, the hub offline) failed with
+    that reason while the others report."""
+    missing = "hf:qfarm-test/no-such-calibration"
     proc = run_cli("compare", str(tiny_model), "--methods", "rtn,nf4,gptq", "--calib", missing, *FAST[2:],
                    "--tasks", "builtin", "--limit", "40", "--wait", "--json", env=farm_env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     rows = {r["label"]: r for r in table["rows"]}
     assert set(rows) == {"original", "rtn", "nf4", "gptq"}
-    assert rows["gptq"]["state"] == "failed" and "such-calibration.txt" in rows["gptq"]["error"]
+    assert rows["gptq"]["state"] == "failed" and "qfarm-test/no-such-calibration" in rows["gptq"]["error"]
     for label, kernel in (("rtn", "gptq-"), ("nf4", "bnb-nf4")):
         row = rows[label]
         assert row["state"] == "succeeded" and row["serve_kernel"].startswith(kernel)
@@ -223,7 +223,7 @@ def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, wo
     assert "2 members that succeeded" in table["why"]
 
     shown = run_cli("status", table["group"], env=farm_env, check=True).stdout
-    assert "★" in shown and "such-calibration.txt" in shown and "bnb-nf4" in shown
+    assert "★" in shown and "no-such-calibration" in shown and "bnb-nf4" in shown
 
 
 def test_a_task_directory_travels_with_the_job(farm_env, worker, tiny_model, tmp_path):

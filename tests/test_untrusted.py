@@ -4,6 +4,7 @@ refusal is checked at submit (`spec.resolve`, what `qfarm submit` runs) and
 again on the worker, from an archive that did not come through submit."""
 
 import json
+import os
 import tarfile
 
 import pytest
@@ -345,3 +346,141 @@ def test_a_config_that_disagrees_with_its_weights_is_refused_at_submit_and_on_th
     fetched = model_source.fetch(str(model), tmp_path / "job")
     with pytest.raises(QFarmError, match=reason):
         checkpoint.check_quantizable(fetched.info, None)
+
+
+# -- inputs are read with the submitter's rights --------------------------------------
+
+
+def test_an_s3_text_is_read_by_the_client_with_its_credentials_and_travels_with_the_job(
+        qfarm_env, bucket, aws_env, tiny_model, monkeypatch):
+    from api_client import Client
+    from api_client.db import jobs
+    from api_client.spec import CalibSpec
+    from api_client.storage import open_store
+    from api_client.storage.s3 import s3_client
+
+    text = ("It was a bright cold day in April, and the clocks were striking thirteen. " * 400).encode()
+    s3_client(aws_env).put_object(Bucket=bucket, Key="team/calib.txt", Body=text)
+    source = f"s3://{bucket}/team/calib.txt"
+    client = Client()
+    from api_client.db import Database
+
+    migrate = Database(client.settings.database_url)
+    migrate.upgrade()
+    migrate.dispose()
+    spec = JobSpec(model=str(tiny_model), method="gptq", calib=CalibSpec(source=source, samples=1, seqlen=16))
+
+    # Without credentials of its own, the client cannot read it: refused at
+    # submit, nothing queued (the worker's credentials are never asked).
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(QFarmError, match=f"cannot list {source}"):
+        client.submit(spec)
+    assert jobs.list_jobs(client.db) == []
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    job = client.submit(spec)
+    stored = jobs.get(client.db, job.id).calib["source"]
+    store = open_store(client.settings.storage_url)
+    assert stored == store.uri(f"inputs/{job.id}/calib.txt") and store.get_bytes(f"inputs/{job.id}/calib.txt") == text
+    client.close()
+
+
+def _job(**fields):
+    from api_client.db import Job
+
+    base = dict(id="inputs000001", state="queued", method="gptq", format="compressed-tensors", params={}, model="/m",
+                calib={"source": "builtin"}, eval={"source": "builtin"}, queue="q", submitted_by="ann", attempts=0,
+                weights="auto")
+    return Job(**{**base, **fields})
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    (dict(calib={"source": "s3://otherteam/secret.txt"}), "calibration text s3://otherteam/secret.txt is not among the inputs"),
+    (dict(calib={"source": "/proc/self/environ"}), "calibration text /proc/self/environ is not among the inputs"),
+    (dict(eval={"source": "file:///etc/passwd"}), "evaluation text file:///etc/passwd is not among the inputs"),
+    (dict(eval={"source": "STORE/inputs/../../x.txt"}), "is not among the inputs"),
+    (dict(eval={"source": "builtin", "tasks": ["t"], "tasks_dir": "/home/bob/tasks"}), "task directory /home/bob/tasks"),
+    (dict(model="s3://otherteam/model/"), r"not under QFARM_INPUT_PREFIXES \(none is set\)"),
+])
+def test_the_worker_reads_only_what_the_job_carries(fields, reason, tmp_path):
+    from api_client.storage import open_store
+    from worker import job_inputs
+
+    store = open_store((tmp_path / "store").as_uri())
+    if "STORE" in str(fields):
+        fields = {k: {kk: vv.replace("STORE", store.uri("").rstrip("/")) for kk, vv in v.items()} for k, v in fields.items()}
+    with pytest.raises(QFarmError, match=reason):
+        job_inputs.check(_job(**fields), store)
+    # What submit writes passes: the store's inputs, builtin and hub texts.
+    job_inputs.check(_job(calib={"source": store.uri("inputs/x/calib.txt")},
+                          eval={"source": "hf:wikitext", "tasks_dir": store.uri("inputs/x/tasks.tar.gz")}), store)
+
+
+def test_a_job_naming_another_team_s_object_fails_on_the_worker_before_anything_is_read(qfarm_env):
+    """Through the runner: a row written without `qfarm submit`."""
+    from api_client.config import Settings
+    from api_client.db import Database, jobs
+    from worker import runner
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.upgrade()
+    jobs.create(db, _job(calib={"source": "s3://otherteam/secret.txt"}))
+    assert runner.execute("inputs000001", settings, worker="w1") is runner.Outcome.DONE
+    row = jobs.get(db, "inputs000001")
+    assert row.state == "failed" and "s3://otherteam/secret.txt is not among the inputs uploaded with it" in row.error
+    assert [e.stage for e in jobs.events(db, row.id)] == [None, None, None]  # never reached loading
+    db.dispose()
+
+
+def test_s3_models_only_from_the_prefixes_the_farm_allows(monkeypatch):
+    from api_client import sources
+
+    monkeypatch.setenv("QFARM_INPUT_PREFIXES", "s3://farm/models/, s3://shared/llama")
+    assert resolve(JobSpec(model="s3://farm/models/llama/", method="rtn")).model_kind == "s3"
+    sources.check_model_prefix("s3://shared/llama/8b", on_worker=True)
+    for model in ("s3://otherteam/models/x", "s3://shared/llama-evil/x", "s3://farm/models/../secret/x"):
+        with pytest.raises(SpecError, match="is not under QFARM_INPUT_PREFIXES"):
+            resolve(JobSpec(model=model, method="rtn"))
+    monkeypatch.delenv("QFARM_INPUT_PREFIXES")
+    assert resolve(JobSpec(model="s3://otherteam/x", method="rtn")).model_kind == "s3"  # the worker decides
+    with pytest.raises(SpecError, match="none is set"):
+        sources.check_model_prefix("s3://otherteam/x", on_worker=True)
+
+
+@pytest.mark.parametrize("name", ["../scratch", "./x", "json", "pandas", "here"])
+def test_an_hf_dataset_name_that_is_no_hub_name_is_refused_at_submit_and_on_the_worker(name, tmp_path, monkeypatch):
+    from api_client.spec import CalibSpec
+    from worker import texts
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "here").mkdir()
+    with pytest.raises(SpecError, match="dataset"):
+        CalibSpec(source=f"hf:{name}").validate()
+    with pytest.raises(QFarmError, match="dataset"):
+        texts.load_text(f"hf:{name}", "calib")
+
+
+def test_a_hub_dataset_is_loaded_from_an_empty_directory(tmp_path, monkeypatch):
+    """`datasets` reads a name that is a path of its working directory from
+    disk: the load runs from an empty directory of its own."""
+    import datasets
+
+    from worker import texts
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other-job-scratch").mkdir()
+    seen = {}
+
+    def load_dataset(name, config=None, split=None):
+        seen.update(cwd=os.getcwd(), listing=os.listdir("."))
+        return datasets.Dataset.from_dict({"text": ["hello from the hub"]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    assert texts.load_text("hf:owner/name", "calib") == "hello from the hub"
+    assert seen["listing"] == [] and seen["cwd"] != str(tmp_path) and os.getcwd() == str(tmp_path)

@@ -27,7 +27,7 @@ from api_client.redaction import redact
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
+from worker import evaluators, gpu, job_inputs, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
 from worker.versions import library_versions
@@ -373,6 +373,9 @@ class Run:
         if job.allow_remote_code and not remote_code_allowed():
             raise QFarmError("this job runs the model's own code, and this worker was not started with "
                              "--allow-remote-code")
+        # Before anything is read: what the job names may not make this
+        # worker read what its submitter could not (worker/job_inputs.py).
+        job_inputs.check(job, self.store)
         self.stage(Stage.LOADING, f"fetching {job.model}")
         fetched = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code, stack=self.held,
                                      cache=model_cache.ModelCache(self.settings.model_cache_dir, model_cache.limit_from_env()))
