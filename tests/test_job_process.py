@@ -100,8 +100,9 @@ def test_celery_s_soft_time_limit_raises_inside_the_job(tmp_path):
     from billiard.pool import soft_timeout_sighandler
 
     def job():
-        (tmp_path / "ready").touch()
         try:
+            # Inside the try: the signal can come as soon as the file exists.
+            (tmp_path / "ready").touch()
             time.sleep(30)
         except SoftTimeLimitExceeded:
             return 42
