@@ -203,6 +203,32 @@ def test_a_template_that_escapes_at_run_time_fails_the_tasks_figure_and_runs_not
     assert lm_utils.env.__class__.__name__ == "Environment"  # lm-eval's own environment is back
 
 
+def test_a_task_directory_with_code_runs_where_the_job_and_the_worker_allow_it(tiny_model, tmp_path, monkeypatch):
+    """--allow-remote-code on the job and the worker: `!function` is imported
+    from the directory (and only from it) and lm-eval calls it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from api_client import lm_tasks
+    from worker.evaluators import Inputs, Loaded
+    from worker.evaluators.tasks import Tasks
+    from worker.gpu import Device
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d = write_task_dir(tmp_path / "t")
+    called = tmp_path / "called"
+    (d / "utils.py").write_text(f"def text(doc):\n    open({str(called)!r}, 'a').write('x')\n    return doc['q']\n")
+    _yaml(d, "doc_to_text: !function utils.text\n")
+    assert lm_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True) == d.resolve()
+    run = task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job",
+                              allow_code=True)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    inputs = Inputs(Device("cpu", None, "cpu"), AutoTokenizer.from_pretrained(tiny_model), [], None, 0, tmp_path / "s",
+                    tasks=run)
+    scores = Tasks().measure(Loaded(model, "baseline", "dense"), inputs, {})
+    assert scores["animals"]["items"] == 5 and called.read_text().count("x") >= 5
+
+
 # -- bounded inputs ------------------------------------------------------------------
 
 
