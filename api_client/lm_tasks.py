@@ -63,7 +63,7 @@ def check_tasks_dir(path_text: str, names: list[str], allow_code: bool = False) 
         raise SpecError(f"--tasks-dir {path_text}: not a directory")
     root = path.resolve()
     total = 0
-    for item in root.rglob("*"):
+    for item in task_yaml.entries(root):
         if item.is_symlink() and not item.resolve().is_relative_to(root):
             raise SpecError(f"--tasks-dir: {item.relative_to(root)} links outside the directory")
         if item.is_file():

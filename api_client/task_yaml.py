@@ -30,6 +30,7 @@ message need not come through `qfarm submit`).
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -50,6 +51,12 @@ BUILDERS = ("json", "csv", "parquet", "text", "arrow")
 # never where a cache, a credential or code comes from.
 FORMAT_OPTIONS = ("field", "sep", "delimiter", "column_names", "header", "names", "encoding", "encoding_errors",
                   "keep_linebreaks", "sample_by", "columns", "quotechar", "skiprows", "revision")
+# What `generation_kwargs` may set: how text is sampled. The rest of
+# `generate`'s arguments include `custom_generate` (code from the hub) and
+# `trust_remote_code`.
+GENERATION_OPTIONS = ("until", "max_gen_toks", "max_new_tokens", "min_new_tokens", "do_sample", "temperature", "top_p",
+                      "top_k", "min_p", "typical_p", "num_beams", "repetition_penalty", "length_penalty",
+                      "no_repeat_ngram_size", "early_stopping", "epsilon_cutoff", "eta_cutoff")
 _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
 # A config is data: a cap on its nodes keeps an alias bomb (`&a [*a, *a]`,
 # nested) from taking the worker's memory and time.
@@ -88,13 +95,15 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
     docstring); SpecError naming the file and the problem otherwise."""
     root = root.resolve()
     out = TaskDir(root)
-    for item in sorted(root.rglob("*")):
+    items = entries(root)
+    for item in items:
         if item.name.endswith(CODE_SUFFIXES):
             if not allow_code:
                 raise RunsCode(f"{_rel(item, root)} is Python code")
             out.code = out.code or f"{_rel(item, root)} is Python code"
-    for path in sorted(root.rglob(f"*{TASK_SUFFIX}")):
-        if any(part in ("__pycache__", ".ipynb_checkpoints") for part in path.parts):
+    for path in items:
+        if not path.name.endswith(TASK_SUFFIX) or not path.is_file() \
+                or any(part in ("__pycache__", ".ipynb_checkpoints") for part in path.parts):
             continue
         cfg = _Reader(root, allow_code).config(path)
         if not isinstance(cfg, dict) or not ({"task", "group"} & cfg.keys()):
@@ -110,6 +119,15 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
         tags = cfg.get("tag")
         out.defined.update(t for t in ([tags] if isinstance(tags, str) else tags or []) if isinstance(t, str))
     return out
+
+
+def entries(root: Path) -> list[Path]:
+    """Everything under `root`, sorted, without descending into a linked
+    directory (a link to `.` would make a walk that follows it endless)."""
+    out = []
+    for base, dirs, files in os.walk(root, followlinks=False):
+        out += [Path(base) / name for name in dirs + files]
+    return sorted(out)
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -227,6 +245,11 @@ class _Checker:
         if prompt is not None and (not isinstance(prompt, str) or not _PROMPT.match(prompt)
                                    or prompt.startswith("promptsource:")):
             raise self.refuse(f"use_prompt {prompt!r}: only lm-eval's own prompts (category:name), no file")
+        generation = node.get("generation_kwargs")
+        if isinstance(generation, dict):
+            unknown = sorted(str(k) for k in generation if k not in GENERATION_OPTIONS)
+            if unknown:
+                raise self.refuse(f"generation_kwargs {', '.join(unknown)} not allowed ({', '.join(GENERATION_OPTIONS)})")
         for metric in node.get("metric_list") or []:
             if isinstance(metric, dict) and metric.get("hf_evaluate"):
                 raise self.refuse(f"metric {metric.get('metric')!r} with hf_evaluate: a metric fetched from the hub "

@@ -102,6 +102,15 @@ def prompt_file(d, tmp_path):
     _yaml(d, f"use_prompt: '{tmp_path / 'p.yaml'}:p'\n")
 
 
+def python_tag(d, tmp_path):
+    _yaml(d, f"doc_to_text: !!python/object/apply:os.system ['touch {tmp_path}/ran']\n")
+
+
+def hub_generation_code(d, tmp_path):
+    _yaml(d, "output_type: generate_until\ngeneration_kwargs:\n  until: ['.']\n  custom_generate: evil/code\n"
+             "  trust_remote_code: true\n")
+
+
 def hub_metric(d, tmp_path):
     _yaml(d, "metric_list:\n  - metric: evil\n    hf_evaluate: true\n")
 
@@ -123,6 +132,8 @@ VARIANTS = [
     (cache_dir_option, "dataset_kwargs cache_dir not allowed"),
     (prompt_file, "only lm-eval's own prompts"),
     (hub_metric, "fetched from the hub is code"),
+    (python_tag, "is not plain YAML: could not determine a constructor for the tag 'tag:yaml.org,2002:python/object/apply"),
+    (hub_generation_code, "generation_kwargs custom_generate, trust_remote_code not allowed"),
 ]
 
 
@@ -149,7 +160,7 @@ def test_a_hostile_task_directory_is_refused_at_submit_and_on_the_worker(variant
 
 def test_a_task_directory_of_plain_data_is_accepted_and_its_files_resolved_inside_it(tiny_model, tmp_path):
     """Includes inside the directory (lm-eval's `_yaml` convention too),
-    a group, data files in a sub-folder: accepted, and the worker's configs
+    a group, data files in a sub-folder, a link to itself: accepted, and the worker's configs
     name the unpacked files by absolute paths inside its directory."""
     d = write_task_dir(tmp_path / "t")
     (d / "data").mkdir()
@@ -157,6 +168,7 @@ def test_a_task_directory_of_plain_data_is_accepted_and_its_files_resolved_insid
     (d / "_base_yaml").write_text("output_type: multiple_choice\ndoc_to_target: label\n")
     _yaml(d, "include: _base_yaml\ndataset_kwargs:\n  data_files:\n    test: data/rows.jsonl\n")
     (d / "group.yaml").write_text("group: zoo\ntask:\n  - animals\n")
+    (d / "loop").symlink_to(".", target_is_directory=True)  # walked once, not forever
     job = JobSpec(model=str(tiny_model), method="rtn", eval=EvalSpec(tasks=["zoo"], tasks_dir=str(d)))
     assert resolve(job).eval.tasks_dir == str(d.resolve())
     run = task_inputs.prepare(EvalSpec(tasks=["zoo"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job", False)
