@@ -171,6 +171,7 @@ class _Watch(threading.Thread):
         self.oom_kills = _oom_kills()
 
     def run(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)  # the job's signals are the main thread's
         while not self.stop.wait(WATCH_INTERVAL_S):
             rss = _resident(self.pid)
             self.peak = max(self.peak, rss)
@@ -227,17 +228,22 @@ def run(job: Callable[[], int], handlers: dict[int, Callable[[int, Any], Any]] |
     # Blocked across the fork, so a signal that comes meanwhile is neither
     # lost nor handled by the wrong process.
     previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, PASSED_ON)
+    # Set before the fork: another thread of this process (a library's,
+    # the memory watch's) may take a signal this thread blocks, and then
+    # runs the handler set at that moment, which must be this one.
+    previous: dict[int, Any] = {s: signal.signal(s, pass_on) for s in PASSED_ON}
     report_r, report_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the job process
         os.close(report_r)
         _die_with_parent(parent)
         _first_to_go()
-        for signum, handler in (handlers or {}).items():
-            signal.signal(signum, handler)
+        # The pool process's own handlers (billiard's soft time limit), then the job's.
+        own: dict[int, Any] = {**previous, **(handlers or {})}
+        for signum, handler in own.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
         _child(job, report_w, previous_mask)
     os.close(report_w)
-    previous = {s: signal.signal(s, pass_on) for s in PASSED_ON}
     child = pid
     watch = _Watch(pid, limit) if limit else None
     if watch:
