@@ -491,7 +491,7 @@ def test_s3_models_only_from_the_prefixes_the_farm_allows(monkeypatch):
         sources.check_model_prefix("s3://otherteam/x", on_worker=True)
 
 
-@pytest.mark.parametrize("name", ["../scratch", "./x", "json", "pandas", "here"])
+@pytest.mark.parametrize("name", ["..", "../scratch", "./x", "json", "pandas", "here"])
 def test_an_hf_dataset_name_that_is_no_hub_name_is_refused_at_submit_and_on_the_worker(name, tmp_path, monkeypatch):
     from api_client.spec import CalibSpec
     from worker import texts
