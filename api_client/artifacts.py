@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from api_client.errors import QFarmError
+from api_client.redaction import redact_value
 from api_client.storage import Store, StoredObject, StoreError, TransferCancelled, open_store, sha256_file
 
 MANIFEST = "manifest.json"
@@ -95,7 +96,9 @@ class Upload:
             self._thread.join()
             if self._error is not None:
                 raise self._error
-            manifest["files"] = self.files
+            # Figures and errors a library or a user's file wrote are
+            # redacted like the job row's; the file list is the store's own.
+            manifest = {**redact_value(manifest), "files": self.files}
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             self.store.put_bytes(body, self.prefix + MANIFEST)
             if self.store.get_bytes(self.prefix + MANIFEST) != body:

@@ -7,6 +7,7 @@ quantize, or a group size that does not divide a layer's input features."""
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,9 @@ from api_client.modelfiles import ModelFile, checked_files
 
 # Weights that quantizers leave in full precision.
 _SKIP = ("embed", "lm_head", "norm", "wte", "wpe", "rotary", "position")
+# A stack of layers in a weight's name: `model.layers.3.`, `transformer.h.3.`, ...
+_LAYER = re.compile(r"^(?P<stack>(?:.*\.)?(?:layers|h|blocks|layer))\.(?P<index>\d+)\.")
+_EMBEDDINGS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight", "embed_in.weight", "tok_embeddings.weight")
 _DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                 "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -132,8 +136,50 @@ def inspect(path: Path, remote_code: bool = False) -> CheckpointInfo:
     return info
 
 
+def _config_int(config: dict, key: str) -> int | None:
+    """`key` of config.json, or of its text model's config (multimodal)."""
+    text = config.get("text_config")
+    value = config.get(key, text.get(key) if isinstance(text, dict) else None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def check_consistent(info: CheckpointInfo) -> None:
+    """config.json against the weights' headers. transformers builds the
+    model config.json describes and fills it from the weights: a config
+    claiming 100,000 layers (weights for 6), a wider hidden size or a larger
+    vocabulary has it allocate, and initialise at random, a model of the
+    config's size. Refused in one line, before anything is loaded."""
+    if not info.shapes:
+        return  # pytorch .bin checkpoints: shapes are only known once loaded
+    config = info.config
+    stacks: dict[str, int] = {}
+    for name in info.shapes:
+        m = _LAYER.match(name)
+        if m:
+            stacks[m.group("stack")] = max(stacks.get(m.group("stack"), 0), int(m.group("index")) + 1)
+    layers = _config_int(config, "num_hidden_layers")
+    if layers is not None and stacks:
+        # Multi-token prediction layers (DeepSeek-V3) are stored after the others.
+        extra = _config_int(config, "num_nextn_predict_layers") or 0
+        if not any(n in (layers, layers + extra) for n in stacks.values()):
+            held = ", ".join(f"{n} in {stack}" for stack, n in sorted(stacks.items()))
+            raise SpecError(f"{info.path}/config.json says num_hidden_layers {layers}, but the weights hold {held}: "
+                            f"refused (a config that disagrees with its weights)")
+    embedding = next((shape for name, shape in sorted(info.shapes.items())
+                      if name.endswith(_EMBEDDINGS) and len(shape) == 2), None)
+    if embedding is None:
+        return
+    width_key = "word_embed_proj_dim" if _config_int(config, "word_embed_proj_dim") else "hidden_size"
+    for key, rows_or_width in (("vocab_size", embedding[0]), (width_key, embedding[1])):
+        said = _config_int(config, key)
+        if said is not None and said != rows_or_width:
+            raise SpecError(f"{info.path}/config.json says {key} {said}, but the weights' embedding is "
+                            f"{embedding[0]} × {embedding[1]}: refused (a config that disagrees with its weights)")
+
+
 def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:
     """Refuse what no method could quantize, naming the problem."""
+    check_consistent(info)
     qc = info.config.get("quantization_config")
     if qc:
         kind = (qc.get("quant_method") or qc.get("format") if isinstance(qc, dict) else None) or "unknown"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import os
 import sys
@@ -13,8 +14,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import click
 
 from api_client import catalog
-from api_client.config import redact
 from api_client.errors import QFarmError, first_line, printable
+from api_client.redaction import redact
 from api_client.spec import CPU_DEFAULTS, GPU_DEFAULTS, PRIORITY_NAMES, WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ class QFarmGroup(click.Group):
         try:
             return super().invoke(ctx)
         except QFarmError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(str(exc))}", err=True)
             ctx.exit(2)
 
 
@@ -486,10 +487,12 @@ def main() -> None:
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        shown = io.StringIO()
+        exc.show(file=shown)
+        click.echo(redact(shown.getvalue()), err=True, nl=False)
         sys.exit(exc.exit_code)
     except QFarmError as exc:
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {redact(str(exc))}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -227,21 +227,29 @@ class Client:
         return _Planned(queue_name, [e.as_dict() for e in self.estimates(r, queue_name)] or None)
 
     def _upload_inputs(self, owner: str, r: ResolvedSpec) -> tuple[Store | None, dict | None, dict]:
-        """Local calibration/evaluation texts and task directories go to the
-        store under inputs/<owner>/, so any worker can read them; returns the
-        calib and eval fields rewritten to point there."""
+        """Calibration/evaluation texts and task directories go to the store
+        under inputs/<owner>/, so any worker can read them; returns the
+        calib and eval fields rewritten to point there. An `s3://` text is
+        read here, with the submitter's credentials, and travels the same
+        way: a worker reads only what the job carries, never an object its
+        own credentials would reach."""
         calib = dict(vars(r.calib)) if r.calib else None
         evals = dict(vars(r.eval))
-        local = [(d, "source", name) for d, name in ((calib, "calib"), (evals, "eval"))
-                 if d is not None and sources.text_source_kind(d["source"]) == "local"]
+        texts = [(d, name) for d, name in ((calib, "calib"), (evals, "eval"))
+                 if d is not None and sources.text_source_kind(d["source"]) in ("local", "s3")]
+        local = [(d, "source", name) for d, name in texts]
         if evals.get("tasks_dir") and "://" not in evals["tasks_dir"]:
             local.append((evals, "tasks_dir", "tasks"))
         if not local:
             return None, calib, evals
-        store = open_store(self.settings.storage_url)
-        store.check()
-        for d, key, name in local:
-            d[key] = self._upload_input(store, owner, d[key], name)
+        with tempfile.TemporaryDirectory(prefix="qfarm-inputs-") as tmp:
+            for d, name in texts:
+                if d["source"].startswith("s3://"):
+                    d["source"] = str(_read_s3_text(d["source"], Path(tmp) / name, name))
+            store = open_store(self.settings.storage_url)
+            store.check()
+            for d, key, name in local:
+                d[key] = self._upload_input(store, owner, d[key], name)
         return store, calib, evals
 
     @staticmethod
@@ -421,6 +429,31 @@ class Client:
             for a in found:
                 store.delete_prefix(a.prefix)
         return found
+
+
+def _read_s3_text(source: str, dest_dir: Path, purpose: str) -> Path:
+    """Download an `s3://` calibration or evaluation text with this
+    client's credentials (its size checked first) into `dest_dir`, checked
+    as a local file would be."""
+    from api_client.config import max_text_bytes
+
+    what = "calibration text" if purpose == "calib" else "evaluation text"
+    loc = sources.parse_s3_url(source)
+    parent, _, name = loc.key.rpartition("/")
+    theirs = open_store(f"s3://{loc.bucket}/{parent}")
+    size = next((o.size for o in theirs.list(name) if o.key == name), None)
+    if size is None:
+        raise SpecError(f"{what} {source} does not exist (or these credentials cannot list it)")
+    if size > max_text_bytes():
+        raise SpecError(f"{what} {source} is {size / 2**20:.1f} MiB, more than the {max_text_bytes() / 2**20:.0f} MiB "
+                        f"a text may be (QFARM_MAX_TEXT_BYTES)")
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / name
+    theirs.get_file(name, dest)
+    try:
+        return sources.check_local_text(str(dest), what.split()[0])
+    except SpecError as exc:
+        raise SpecError(str(exc).replace(str(dest), source)) from None
 
 
 def _needs(r: ResolvedSpec) -> str:

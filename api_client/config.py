@@ -3,14 +3,13 @@
 Credentials never live here: S3 keys come from boto3's own chain (environment,
 shared credentials file, instance role), and broker/database passwords stay
 inside their URLs, which qfarm never writes to its logs, database or manifests
-(see `redact`).
+(see api_client/redaction.py).
 """
 
 from __future__ import annotations
 
 import getpass
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +39,29 @@ def _user() -> str:
         raise QFarmError(f"QFARM_USER must be 1 to 128 printable characters without spaces, not {printable(user[:40])!r}"
                          f"{'…' if len(user) > 40 else ''}")
     return user
+
+
+# A calibration or evaluation text is read whole (by the client at submit,
+# by the worker): bounded, so a mistaken 2 GiB file is refused in one line.
+DEFAULT_MAX_TEXT_BYTES = 256 * 2**20
+
+
+def max_text_bytes() -> int:
+    """QFARM_MAX_TEXT_BYTES: the largest calibration or evaluation text."""
+    return _env_int("QFARM_MAX_TEXT_BYTES", DEFAULT_MAX_TEXT_BYTES)
+
+
+def input_prefixes() -> list[str] | None:
+    """QFARM_INPUT_PREFIXES: the `s3://` prefixes workers may read models
+    from with the farm's credentials, comma-separated (None: unset)."""
+    raw = os.environ.get("QFARM_INPUT_PREFIXES")
+    if raw is None or not raw.strip():
+        return None
+    prefixes = [p.strip() for p in raw.split(",") if p.strip()]
+    bad = [p for p in prefixes if not p.startswith("s3://") or len(p) <= len("s3://")]
+    if bad:
+        raise QFarmError(f"QFARM_INPUT_PREFIXES holds {bad[0]!r}: give s3:// prefixes, comma-separated")
+    return prefixes
 
 
 @dataclass(frozen=True)
@@ -90,16 +112,3 @@ class Settings:
             heartbeat_timeout_s=_env_int("QFARM_HEARTBEAT_TIMEOUT", 120, low=2),
             db_retry_s=_env_int("QFARM_DB_RETRY_S", 300, low=0),
         )
-
-
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<userinfo>[^/@\s]+)@")
-
-
-def has_credentials(url: str) -> bool:
-    """Whether `url` carries a user or password (scheme://user:pw@host)."""
-    return _USERINFO.match(url) is not None
-
-
-def redact(text: str) -> str:
-    """Hide the user:password part of every URL in `text`."""
-    return _USERINFO.sub(lambda m: f"{m.group('scheme')}***@", text)

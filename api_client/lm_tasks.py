@@ -18,6 +18,7 @@ import random
 import re
 from pathlib import Path
 
+from api_client import task_yaml
 from api_client.errors import SpecError
 
 BUILTIN = "builtin"
@@ -50,54 +51,40 @@ def parse_names(text: str | None) -> list[str]:
     return [BUILTIN_TASK if n == BUILTIN else n for n in names]
 
 
-def runs_code(root: Path) -> str | None:
-    """Why lm-eval would run code from this task directory (None: it would
-    not): a Python file beside the YAML, a `!function` tag or a `class:`
-    key, which lm-eval resolves by importing the directory's modules."""
-    for item in sorted(root.rglob("*")):
-        if item.suffix == ".py":
-            return f"{item.relative_to(root)} is Python code"
-        if item.suffix in (".yaml", ".yml") and item.is_file():
-            text = item.read_text(errors="replace")
-            if "!function" in text or re.search(r"^\s*class:", text, flags=re.MULTILINE):
-                return f"{item.relative_to(root)} names code (!function or class:)"
-    return None
-
-
 def check_tasks_dir(path_text: str, names: list[str], allow_code: bool = False) -> Path:
     """A local directory of lm-eval task YAML files (and the data files they
     name, relative to it): it exists, is not too large, holds no link
-    leaving it, runs no code unless the job may (--allow-remote-code: lm-eval
-    imports a task's Python, which would run on the worker), and defines
-    the tasks asked for that lm-eval's registry would not know."""
+    leaving it, is data (api_client/task_yaml.py: no Python, no include or
+    data file outside it, no template reaching Python) unless the job may
+    run code (--allow-remote-code), and defines the tasks asked for that
+    lm-eval's registry would not know."""
     path = Path(path_text).expanduser()
     if not path.is_dir():
         raise SpecError(f"--tasks-dir {path_text}: not a directory")
     root = path.resolve()
-    total, defined = 0, set()
-    for item in root.rglob("*"):
+    total = 0
+    for item in task_yaml.entries(root):
         if item.is_symlink() and not item.resolve().is_relative_to(root):
             raise SpecError(f"--tasks-dir: {item.relative_to(root)} links outside the directory")
         if item.is_file():
             total += item.stat().st_size
-            if item.suffix in (".yaml", ".yml"):
-                text = item.read_text(errors="replace")
-                defined.update(re.findall(r"^task:\s*['\"]?([A-Za-z0-9_.\-]+)", text, flags=re.MULTILINE))
-                defined.update(re.findall(r"^group:\s*['\"]?([A-Za-z0-9_.\-]+)", text, flags=re.MULTILINE))
     if total > MAX_TASKS_DIR_BYTES:
         raise SpecError(f"--tasks-dir {path_text} holds {total / 2**20:.0f} MiB, more than the "
                         f"{MAX_TASKS_DIR_BYTES // 2**20} MiB a job may carry")
-    if not defined:
-        raise SpecError(f"--tasks-dir {path_text} has no task YAML (a file with a 'task:' line)")
-    code = runs_code(root)
-    if code and not allow_code:
-        raise SpecError(f"--tasks-dir: {code}, which lm-eval would run on the worker: pass --allow-remote-code "
-                        f"(workers started with --allow-remote-code take such jobs)")
+    try:
+        tasks = task_yaml.load(root, allow_code)
+    except task_yaml.RunsCode as exc:
+        raise SpecError(f"--tasks-dir: {exc}, which lm-eval would run on the worker: pass --allow-remote-code "
+                        f"(workers started with --allow-remote-code take such jobs)") from None
+    except SpecError as exc:
+        raise SpecError(f"--tasks-dir: {exc}") from None
+    if not tasks.defined:
+        raise SpecError(f"--tasks-dir {path_text} has no task YAML (a .yaml file with a 'task:' key)")
     # A name the directory does not define would go to lm-eval's registry,
     # which needs the hub; with a directory given, it is more likely a typo.
-    missing = [n for n in names if n not in defined and n != BUILTIN_TASK]
+    missing = [n for n in names if n not in tasks.defined and n != BUILTIN_TASK]
     if missing:
-        raise SpecError(f"--tasks-dir {path_text} defines {', '.join(sorted(defined))}, not {', '.join(missing)} "
+        raise SpecError(f"--tasks-dir {path_text} defines {', '.join(sorted(tasks.defined))}, not {', '.join(missing)} "
                         f"(submit registry tasks without --tasks-dir)")
     return root
 
@@ -136,10 +123,11 @@ def write_builtin(dest: Path, text: str) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     data = dest / f"{BUILTIN_TASK}.jsonl"
     data.write_text("".join(json.dumps(item) + "\n" for item in cloze_items(text)))
+    # Read through api_client/task_yaml.py like a user's task directory.
     (dest / f"{BUILTIN_TASK}.yaml").write_text(
         f"task: {BUILTIN_TASK}\n"
         "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data))}\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {data.name}\n"
         "test_split: test\n"
         "output_type: multiple_choice\n"
         "doc_to_text: \"{{context}}\"\n"

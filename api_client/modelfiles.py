@@ -37,6 +37,13 @@ WANTED = (
     "merges.txt", "vocab.txt",
 )
 REMOTE_CODE = ("*.py",)
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+# Every file of a model but its weights is read whole into memory (configs,
+# tokenizer files, templates): bounded, so a 2 GB tokenizer.json is refused
+# in one line, at submit and on the worker, not read by each attempt until
+# the kernel kills it. The largest tokenizer.json of a published model is
+# some 35 MB.
+MAX_SMALL_FILE_BYTES = 64 * 2**20
 # Never a model, whatever a path says.
 _SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 
@@ -44,6 +51,13 @@ _SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 def wanted(name: str, remote_code: bool) -> bool:
     patterns = WANTED + REMOTE_CODE if remote_code else WANTED
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def check_small_file(name: str, size: int, where: str) -> None:
+    """Refuse a file that is no weight file and larger than MAX_SMALL_FILE_BYTES."""
+    if not name.endswith(WEIGHT_SUFFIXES) and size > MAX_SMALL_FILE_BYTES:
+        raise SpecError(f"model file {where} is {size / 2**20:.1f} MiB, more than the {MAX_SMALL_FILE_BYTES // 2**20} MiB "
+                        f"a config or tokenizer file may be: refused")
 
 
 def plain_name(name: str) -> bool:
@@ -118,6 +132,7 @@ def checked_files(root: Path, remote_code: bool = False) -> list[ModelFile]:
             continue
         if not stat.S_ISREG(st.st_mode):
             raise SpecError(f"model file {path} is not a regular file (a device, FIFO or socket): refused")
+        check_small_file(entry.name, st.st_size, str(path))
         out.append(ModelFile(entry.name, target, st.st_size))
     _check_shard_index(root, {f.name for f in out})
     return out

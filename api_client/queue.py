@@ -14,8 +14,8 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from api_client.config import redact
 from api_client.errors import ServiceUnavailable, first_line
+from api_client.redaction import redact
 
 TASK_NAME = "qfarm.run_job"
 # --priority → the message's priority. On Redis, kombu keeps a list per

@@ -11,12 +11,24 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client.config import has_credentials, redact
+from api_client.config import input_prefixes
 from api_client.errors import QFarmError, SpecError, printable
+from api_client.redaction import has_credentials, redact
 
 BUILTIN = "builtin"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _HF_DATASET = re.compile(r"^hf:(?P<name>[\w.\-]+(/[\w.\-]+)?)(:(?P<config>[\w.\-]+))?(@(?P<split>[\w.\-\[\]:%]+))?$")
+# A hub dataset: `owner/name` or a canonical `name`, each part starting with a
+# letter or digit, so never `.`, `..`, `./x` or `../scratch`.
+_HUB_DATASET = re.compile(r"^[A-Za-z0-9][\w\-]*(\.[\w\-]+)*(/[A-Za-z0-9][\w\-]*(\.[\w\-]+)*)?$")
+# `datasets`' builders (5.2, and the ones it resolves by name), which read
+# local files or caches: never a hub name (`pandas` unpickles, `cache` reads
+# other jobs' cached datasets, `text` reads a directory).
+PACKAGED_BUILDERS = frozenset((
+    "arrow", "audiofolder", "cache", "conll", "csv", "eval", "fasta", "fastq", "genbank", "generator", "harbor",
+    "hdf5", "iceberg", "imagefolder", "json", "lance", "meshfolder", "mmcif", "niftifolder", "pandas", "parquet",
+    "pdb", "pdffolder", "spark", "sql", "text", "tsfile", "videofolder", "vortex", "webdataset", "xml",
+))
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ def parse_s3_url(url: str) -> S3Url:
 
 
 MAX_SOURCE_CHARS = 1024
+TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".md")
 
 
 def check_source_text(source: str, what: str) -> None:
@@ -83,6 +96,26 @@ def local_model_path(model: str) -> Path:
         raise SpecError(f"model path {printable(model)} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
 
 
+def check_model_prefix(model: str, on_worker: bool) -> None:
+    """An `s3://` model is read by a worker with the farm's credentials,
+    which can reach other teams' objects: only from a prefix the farm allows
+    (QFARM_INPUT_PREFIXES). A client without the variable leaves the
+    question to the worker, which refuses every s3:// model without it."""
+    prefixes = input_prefixes()
+    if prefixes is None and not on_worker:
+        return
+    if not any(_under(model, p) for p in prefixes or []):
+        allowed = f"the prefixes it allows: {', '.join(prefixes)}" if prefixes else "none is set"
+        raise SpecError(f"model {model} is not under QFARM_INPUT_PREFIXES ({allowed}): workers read s3:// models only "
+                        f"from prefixes the farm allows")
+
+
+def _under(url: str, prefix: str) -> bool:
+    if ".." in url.split("/"):
+        return False
+    return (url.rstrip("/") + "/").startswith(prefix.rstrip("/") + "/")
+
+
 @dataclass(frozen=True)
 class HFDataset:
     name: str
@@ -108,7 +141,28 @@ def parse_hf_dataset(source: str) -> HFDataset:
     m = _HF_DATASET.match(source)
     if not m:
         raise SpecError(f"bad dataset source {source!r}: write hf:NAME[:CONFIG][@SPLIT], e.g. hf:wikitext:wikitext-2-raw-v1@train")
+    why = hub_dataset_problem(m.group("name"))
+    if why:
+        raise SpecError(f"dataset source {source}: {why}")
     return HFDataset(m.group("name"), m.group("config"), m.group("split") or "train")
+
+
+def hub_dataset_problem(name: str, base: Path | None = None) -> str | None:
+    """Why `name` is no hub dataset name (None: it is one). `datasets` reads
+    a name that is a local path, or one of its builders, from the disk of
+    whoever loads it: another job's scratch beside the working directory."""
+    if not _HUB_DATASET.match(name):
+        return f"{name!r} is not a hub dataset name (owner/name)"
+    if name in PACKAGED_BUILDERS:
+        return f"{name} is one of the datasets library's file readers, not a hub dataset"
+    try:
+        local = (base or Path.cwd()) / name
+        exists = local.exists() or local.with_suffix(".py").exists()
+    except OSError:
+        exists = False
+    if exists:
+        return f"{name} is a path here, which the datasets library would read instead of the hub"
+    return None
 
 
 def check_hub_model(model: str) -> None:
@@ -145,21 +199,28 @@ def check_hub_model(model: str) -> None:
 
 
 def check_local_text(source: str, what: str) -> Path:
+    """A local calibration or evaluation file: a regular file (a directory,
+    FIFO or device is named as what it is), not empty, no larger than
+    QFARM_MAX_TEXT_BYTES, decoded as a worker will decode it."""
+    from api_client.texts import decode_text, not_a_file, read_bounded
+
     try:
         path = Path(source).expanduser().resolve()
-        is_file = path.is_file()
     except (OSError, RuntimeError) as exc:
         raise SpecError(f"{what} file {source} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-    if not is_file:
-        raise SpecError(f"{what} file {source} does not exist")
-    if path.suffix.lower() not in (".txt", ".jsonl", ".json", ".md"):
+    why = not_a_file(path)
+    if why:
+        raise SpecError(f"{what} file {source} {why}")
+    if path.suffix.lower() not in TEXT_SUFFIXES:
         raise SpecError(f"{what} file {source} must be .txt, .md or .jsonl (one JSON object with a 'text' field per line)")
-    if path.stat().st_size == 0:
+    try:
+        raw = read_bounded(path, f"{what} file")
+    except QFarmError as exc:
+        raise SpecError(str(exc).replace(str(path), source, 1)) from None
+    if not raw:
         raise SpecError(f"{what} file {source} is empty")
-    from api_client.texts import decode_text
-
     try:  # read as a worker will, so a malformed file fails here, naming the user's file
-        decode_text(path.read_bytes(), path.name)
+        decode_text(raw, path.name)
     except QFarmError as exc:
         raise SpecError(f"{what} file {source}: {str(exc).removeprefix(path.name + ' ')}") from None
     return path

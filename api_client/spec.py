@@ -199,7 +199,7 @@ def _windows(tok: Any, source: str, purpose: str, seqlen: int, want: int | None 
         text = texts.builtin_text(purpose)
     else:
         path = Path(source).expanduser()
-        text = texts.decode_text(path.read_bytes(), path.name)
+        text = texts.decode_text(texts.read_bounded(path, "text file"), path.name)
     if want:
         text = text[: want * seqlen * 12]  # no token is longer than 12 characters here
     return len(tok.encode(text, add_special_tokens=False).ids) // seqlen
@@ -245,6 +245,8 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         layers, context = info.layers, info.context
     elif kind == "hub":
         sources.check_hub_model(spec.model)
+    elif kind == "s3":
+        sources.check_model_prefix(spec.model, on_worker=False)
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,

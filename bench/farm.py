@@ -147,6 +147,8 @@ def s3_model(model: Path, stack: list) -> str:
         if f.is_file():
             client.upload_file(str(f), bucket, f"models/{model.name}/{f.name}")
     print(f"uploaded {model.name} to s3://{bucket}/models/{model.name}/ in {time.perf_counter() - t:.1f} s", flush=True)
+    # Workers read s3:// models only from prefixes the farm allows.
+    os.environ.setdefault("QFARM_INPUT_PREFIXES", f"s3://{bucket}/models/")
     return f"s3://{bucket}/models/{model.name}/"
 
 

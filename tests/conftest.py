@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -16,6 +17,106 @@ import pytest
 PG_ADMIN_URL = os.environ.get("QFARM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
 TEST_REDIS_DB = int(os.environ.get("QFARM_TEST_REDIS_DB", "11"))
+
+
+# -- secrets planted for the whole session -------------------------------------------
+# Put in this process's environment before the first test, so every process
+# the suite starts (CLI runs, workers) holds them as a farm's processes hold
+# their credentials; the session ends by looking for them in everything the
+# suite wrote: the rows of every PostgreSQL database before it is emptied,
+# the files under pytest's temporary directory (SQLite databases, file://
+# stores with their manifests, worker logs), the small objects of moto's S3
+# server, and every CLI run's output. Found anywhere: the session fails.
+# Test modules import this file again as `tests.conftest` (pytest loaded it
+# as `conftest`): the values come from one seed in the environment, so both
+# copies plant and look for the same ones.
+_SEED = os.environ.setdefault("QFARM_TEST_CANARY_SEED", uuid.uuid4().hex)
+
+
+def _canary(name: str, n: int = 32) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{_SEED}:{name}".encode()).hexdigest()[:n]
+
+
+_DB_PASSWORD = f"canary-pw-{_canary('pw', 16)}"
+CANARIES = {
+    "QFARM_CANARY_SECRET": f"canary-secret-{_canary('secret')}",
+    "QFARM_CANARY_DB_PASSWORD": _DB_PASSWORD,
+    "QFARM_CANARY_DATABASE_URL": f"postgresql://qfarm:{_DB_PASSWORD}@127.0.0.1:1/qfarm",
+    "QFARM_CANARY_AWS_SECRET_ACCESS_KEY": _canary("aws", 40),
+    "QFARM_CANARY_HF_TOKEN": "hf_" + _canary("hf", 34),
+}
+# The values to look for (the URL's secret part is its password).
+_PLANTED = {k: v for k, v in CANARIES.items() if k != "QFARM_CANARY_DATABASE_URL"}
+LEAKS: list[str] = []
+
+
+def leaked_names(data: bytes | str) -> list[str]:
+    """Which planted secrets `data` holds."""
+    blob = data.encode(errors="replace") if isinstance(data, str) else data
+    return [name for name, value in _PLANTED.items() if value.encode() in blob]
+
+
+def check_output(where: str, *texts: str) -> None:
+    for text in texts:
+        for name in leaked_names(text or ""):
+            LEAKS.append(f"{name} in {where}")
+
+
+def _scan_files(root: Path, max_bytes: int = 32 * 2**20) -> None:
+    """Regular files only, following no link (a test's link to
+    /proc/self/environ is the attack, not a leak)."""
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            path = os.path.join(base, name)
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+                    continue
+                with open(path, "rb") as f:
+                    check_output(path, f.read().decode("latin-1"))
+            except OSError:
+                continue
+
+
+def _scan_pg(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        for table in tables:
+            for (row,) in conn.execute(f'SELECT t::text FROM "{table}" t'):
+                check_output(f"PostgreSQL table {table}", row)
+
+
+def drop_qfarm_tables(url: str) -> None:
+    """Empty a PostgreSQL database of qfarm's tables, once what the tests
+    before wrote was searched for the planted secrets."""
+    from sqlalchemy import create_engine, text
+
+    _scan_pg(url)
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def planted_secrets(tmp_path_factory):
+    saved = {k: os.environ.get(k) for k in CANARIES}
+    os.environ.update(CANARIES)
+    yield CANARIES
+    _scan_files(tmp_path_factory.getbasetemp())
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    # What the copy imported as `tests.conftest` found, too.
+    found = {leak for module in ("conftest", "tests.conftest") for leak in getattr(sys.modules.get(module), "LEAKS", [])}
+    if found:
+        pytest.fail("planted secrets leaked:\n" + "\n".join(sorted(found)[:50]), pytrace=False)
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -64,6 +165,7 @@ def pg_server_url() -> str:
         conn.execute(f'CREATE DATABASE "{name}"')
     base = PG_ADMIN_URL.rsplit("/", 1)[0]
     yield f"{base}/{name}"
+    _scan_pg(f"{base}/{name}")
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
@@ -71,12 +173,7 @@ def pg_server_url() -> str:
 @pytest.fixture
 def pg_url(pg_server_url) -> str:
     """The session's PostgreSQL database, emptied of qfarm's tables."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
-    engine.dispose()
+    drop_qfarm_tables(pg_server_url)
     return pg_server_url
 
 
@@ -114,8 +211,24 @@ def s3_endpoint(tmp_path_factory) -> str:
             pytest.fail("moto's S3 server did not start")
         time.sleep(0.1)
     yield f"http://127.0.0.1:{port}"
+    _scan_s3(f"http://127.0.0.1:{port}")
     proc.terminate()
     proc.wait(10)
+
+
+def _scan_s3(endpoint: str, max_bytes: int = 2**20) -> None:
+    """Every small object the session left in moto (manifests, configs,
+    uploaded inputs)."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                      region_name="us-east-1")
+    for bucket in s3.list_buckets().get("Buckets", []):
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket["Name"]):
+            for obj in page.get("Contents", []):
+                if obj["Size"] <= max_bytes:
+                    body = s3.get_object(Bucket=bucket["Name"], Key=obj["Key"])["Body"].read()
+                    check_output(f"s3://{bucket['Name']}/{obj['Key']}", body.decode("latin-1"))
 
 
 @pytest.fixture
@@ -200,6 +313,7 @@ def invoke(*args: str, env: dict | None = None, check: bool = False):
     overrides.update({k: None for k in os.environ if env is not None and k not in env})
     result = CliRunner().invoke(cli, list(args), env=overrides, catch_exceptions=False)
     out = SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
+    check_output(f"the output of qfarm {' '.join(args)[:80]}", out.stdout, out.stderr)
     if check and out.returncode != 0:
         raise AssertionError(f"qfarm {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
     return out
@@ -209,6 +323,7 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bo
     """Run the installed `qfarm` entry point as a user would."""
     proc = subprocess.run([sys.executable, "-c", "from api_client.cli import main; main()", *args],
                           capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
+    check_output(f"the output of qfarm {' '.join(args)[:80]}", proc.stdout, proc.stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"qfarm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api_client.db import Database, jobs
 from api_client.storage.s3 import s3_client
-from tests.conftest import run_cli
+from tests.conftest import drop_qfarm_tables, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -30,12 +30,8 @@ FAST = ["--calib-samples", "8", "--calib-seqlen", "128", "--eval-seqlen", "128",
 def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
     """One farm for the module: PostgreSQL, Redis, a bucket in moto's S3."""
     import redis
-    from sqlalchemy import create_engine, text
 
-    engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
-    engine.dispose()
+    drop_qfarm_tables(pg_server_url)
     redis.Redis.from_url(redis_url).flushdb()
     bucket = f"qfarm-{uuid.uuid4().hex[:10]}"
     env = {
@@ -209,17 +205,17 @@ def test_workers_shows_the_live_worker(farm_env, worker):
 def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, worker, tiny_model):
     """`qfarm compare` of three methods through the worker: one row per
     method and the original, figures from the packed serve path, task
-    recovery, a recommendation, and the member whose calibration text is
-    missing failed with that reason while the others report."""
-    bucket = farm_env["QFARM_STORAGE_URL"].removeprefix("s3://").split("/")[0]
-    missing = f"s3://{bucket}/no/such-calibration.txt"
+    recovery, a recommendation, and the member whose calibration text
+    cannot be had on the worker (a hub dataset, the hub offline) failed with
+    that reason while the others report."""
+    missing = "hf:qfarm-test/no-such-calibration"
     proc = run_cli("compare", str(tiny_model), "--methods", "rtn,nf4,gptq", "--calib", missing, *FAST[2:],
                    "--tasks", "builtin", "--limit", "40", "--wait", "--json", env=farm_env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     table = json.loads(proc.stdout)
     rows = {r["label"]: r for r in table["rows"]}
     assert set(rows) == {"original", "rtn", "nf4", "gptq"}
-    assert rows["gptq"]["state"] == "failed" and "such-calibration.txt" in rows["gptq"]["error"]
+    assert rows["gptq"]["state"] == "failed" and "qfarm-test/no-such-calibration" in rows["gptq"]["error"]
     for label, kernel in (("rtn", "gptq-"), ("nf4", "bnb-nf4")):
         row = rows[label]
         assert row["state"] == "succeeded" and row["serve_kernel"].startswith(kernel)
@@ -230,7 +226,7 @@ def test_compare_runs_a_group_and_a_failing_member_shows_its_reason(farm_env, wo
     assert "2 members that succeeded" in table["why"]
 
     shown = run_cli("status", table["group"], env=farm_env, check=True).stdout
-    assert "★" in shown and "such-calibration.txt" in shown and "bnb-nf4" in shown
+    assert "★" in shown and "no-such-calibration" in shown and "bnb-nf4" in shown
 
 
 def test_a_task_directory_travels_with_the_job(farm_env, worker, tiny_model, tmp_path):

@@ -100,8 +100,9 @@ def test_celery_s_soft_time_limit_raises_inside_the_job(tmp_path):
     from billiard.pool import soft_timeout_sighandler
 
     def job():
-        (tmp_path / "ready").touch()
         try:
+            # Inside the try: the signal can come as soon as the file exists.
+            (tmp_path / "ready").touch()
             time.sleep(30)
         except SoftTimeLimitExceeded:
             return 42
@@ -120,3 +121,41 @@ def test_celery_s_soft_time_limit_raises_inside_the_job(tmp_path):
     finally:
         signal.signal(signal.SIGUSR1, previous)
     assert ended.code == 42
+
+
+def test_a_job_past_its_memory_limit_is_stopped_with_a_reason_naming_memory(monkeypatch):
+    """The pool process watches its job's resident memory: past the limit
+    (QFARM_JOB_MEMORY_LIMIT) the job is stopped at once, and the reason says
+    memory and the limit, where the kernel would have killed it (or the
+    host) with a bare SIGKILL."""
+    limit = psutil.Process().memory_info().rss + 200 * 2**20
+    monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", str(limit))
+
+    def bomb():
+        held = []
+        for _ in range(40):  # 2.5 GiB if nothing stopped it
+            held.append(b"\1" * (64 * 2**20))
+            time.sleep(0.05)
+        return 0
+
+    start = time.monotonic()
+    ended = job_process.run(bomb)
+    assert ended.killed == "SIGKILL" and ended.code is None
+    assert ended.memory is not None and "of memory, more than its limit" in ended.memory
+    assert f"{limit / 2**30:.2f} GiB (QFARM_JOB_MEMORY_LIMIT {limit})" in ended.memory
+    assert time.monotonic() - start < 10
+    # A job that stays under its limit ends as it always did.
+    assert job_process.run(lambda: 5).memory is None
+
+
+def test_the_memory_limit_is_a_share_of_the_host_or_a_size(monkeypatch):
+    total = job_process.host_memory()
+    monkeypatch.delenv("QFARM_JOB_MEMORY_LIMIT", raising=False)
+    assert job_process.memory_limit().bytes == int(total * 0.8)
+    monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", "24GiB")
+    assert job_process.memory_limit().bytes == 24 * 2**30
+    monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", "off")
+    assert job_process.memory_limit() is None
+    monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", "150%")
+    with pytest.raises(Exception, match="QFARM_JOB_MEMORY_LIMIT must be a share of memory"):
+        job_process.memory_limit()

@@ -100,7 +100,8 @@ def test_a_task_directory_that_runs_code_needs_remote_code(tmp_path):
         lm_tasks.check_tasks_dir(str(d), ["animals"])
     assert lm_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True)
     (d / "utils.py").unlink()
-    assert "!function" in lm_tasks.runs_code(d)
+    with pytest.raises(SpecError, match="!function utils.text names Python code"):
+        lm_tasks.check_tasks_dir(str(d), ["animals"])
 
     # On the worker too: a message that did not come through `qfarm submit`.
     import tarfile

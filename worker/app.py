@@ -6,7 +6,13 @@ import os
 import sys
 
 from celery import Celery
-from celery.signals import after_setup_logger, celeryd_after_setup, worker_ready, worker_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    celeryd_after_setup,
+    worker_ready,
+    worker_shutdown,
+)
 
 import celery_config
 
@@ -17,10 +23,23 @@ log = logging.getLogger("qfarm.worker")
 
 @after_setup_logger.connect
 def _quiet_logs(**_kwargs) -> None:
+    from api_client.redaction import redact_logging
     from worker import logs
 
     logs.quiet_python_logging()
+    # Every line of the worker's log (the job's, the libraries', what Celery
+    # captures of stdout and stderr) is redacted as it is written.
+    redact_logging()
     logs.name_outcomes_in_celery_log()
+
+
+@after_setup_task_logger.connect
+def _redact_task_log(logger=None, **_kwargs) -> None:
+    # Celery's task logger has handlers of its own (it does not propagate).
+    from api_client.redaction import redact_logging
+
+    if logger is not None:
+        redact_logging(logger)
 
 
 @celeryd_after_setup.connect

@@ -35,9 +35,10 @@ def start(gpus: str, allow_remote_code: bool, cpu_workers: int, loglevel: str) -
     from api_client import queue
     from api_client.config import Settings, qfarm_home
     from api_client.db import Database, jobs
-    from worker import launcher
+    from worker import job_process, launcher
 
     settings = Settings.from_env()
+    job_process.memory_limit()  # a malformed QFARM_JOB_MEMORY_LIMIT stops the start, not every job
     db = Database(settings.database_url)
     try:
         db.check()

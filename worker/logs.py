@@ -10,6 +10,8 @@ import re
 import sys
 from typing import Any
 
+from api_client.redaction import redact
+
 _PROGRESS_BAR = re.compile(r"\d+%\|.*\|")
 
 
@@ -43,7 +45,7 @@ def quiet_python_logging() -> None:
 def quiet_loguru() -> None:
     """llm-compressor logs through loguru, which it configures on import:
     warnings and above, each message once per process (its "No accelerator
-    available!" came 19 times a job)."""
+    available!" came 19 times a job), redacted like the rest of the log."""
     try:
         from loguru import logger
     except ImportError:
@@ -57,7 +59,11 @@ def quiet_loguru() -> None:
         seen.add(message)
         return True
 
+    def masked(record: Any) -> None:
+        record["message"] = redact(str(record["message"]))
+
     logger.remove()
+    logger.configure(patcher=masked)
     logger.add(sys.stderr, level="WARNING", filter=once, format="{time:HH:mm:ss} | {name} | {level} - {message}")
 
 

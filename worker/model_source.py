@@ -23,7 +23,7 @@ from pathlib import Path
 from api_client import checkpoint, sources
 from api_client.checkpoint import CheckpointInfo
 from api_client.errors import QFarmError, first_line
-from api_client.modelfiles import REMOTE_CODE, WANTED, plain_name, wanted
+from api_client.modelfiles import REMOTE_CODE, WANTED, check_small_file, plain_name, wanted
 from api_client.storage import open_store
 from worker.model_cache import ModelCache
 
@@ -106,6 +106,8 @@ def _s3(model: str, remote_code: bool) -> tuple[str, Callable[[Path], None]]:
     objects = [o for o in store.list("") if plain_name(o.key) and wanted(o.key, remote_code)]
     if not any(o.key == "config.json" for o in objects):
         raise QFarmError(f"{model} holds no config.json: not a Hugging Face checkpoint prefix")
+    for o in objects:  # before anything is downloaded
+        check_small_file(o.key, o.size, f"{model.rstrip('/')}/{o.key}")
     version = json.dumps(sorted((o.key, o.size, o.version) for o in objects))
 
     def fill(dest: Path) -> None:

@@ -18,15 +18,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_client import artifacts, catalog, checkpoint, lifecycle, liveness
-from api_client.config import Settings, redact
+from api_client.config import Settings
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
 from api_client.db.models import utcnow
 from api_client.errors import JobNotFound, QFarmError, first_line, printable
+from api_client.redaction import redact
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
+from worker import evaluators, gpu, job_inputs, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
 from worker.pulse import Pulse
@@ -175,15 +176,22 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         db.dispose()
 
 
-def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None, reason: str) -> Outcome:
-    """The job's process died without a word (the OOM killer, a SIGKILL):
-    a job it left running on this worker goes to the next one as a new
-    attempt, with the reason as an event, as when a whole worker is lost."""
+def process_lost(job_id: str, settings: Settings, worker: str, farm: str | None, reason: str,
+                 memory: str | None = None) -> Outcome:
+    """The job's process died without a word (a SIGKILL): a job it left
+    running on this worker goes to the next one as a new attempt, with the
+    reason as an event, as when a whole worker is lost. One stopped for its
+    memory (`memory` says why) fails: the next attempt would need as much."""
     db = Database(settings.database_url)
     rec = Recorder(db, settings.db_retry_s)
     try:
         job = rec(jobs.get, job_id)
-        if job.state == JobState.RUNNING.value and job.worker == worker:
+        if job.state == JobState.RUNNING.value and job.worker == worker and memory:
+            error = f"out of memory: {memory}"
+            rec(jobs.transition, job_id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.FAILED,
+                message=error, error=error)
+            log.error("job %s failed: %s", job_id, error)
+        elif job.state == JobState.RUNNING.value and job.worker == worker:
             rec(lifecycle.hand_back, job, reason, settings, farm or rec(jobs.farm_id))
             log.warning("job %s: %s; handed back", job_id, reason)
         elif job.state == JobState.QUEUED.value:
@@ -388,6 +396,9 @@ class Run:
         if job.allow_remote_code and not remote_code_allowed():
             raise QFarmError("this job runs the model's own code, and this worker was not started with "
                              "--allow-remote-code")
+        # Before anything is read: what the job names may not make this
+        # worker read what its submitter could not (worker/job_inputs.py).
+        job_inputs.check(job, self.store)
         self.stage(Stage.LOADING, f"fetching {job.model}")
         fetched = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code, stack=self.held,
                                      cache=model_cache.ModelCache(self.settings.model_cache_dir, model_cache.limit_from_env()))

@@ -1,6 +1,8 @@
 """The lm-eval tasks a job asked for, made ready on this worker's disk: the
 builtin task written from qfarm's held-out book, a --tasks-dir fetched from
-the store and unpacked (safely: no member may leave the directory)."""
+the store and unpacked (safely: no member may leave the directory) and read
+as data again (api_client/task_yaml.py), as the message need not have come
+through `qfarm submit`."""
 
 from __future__ import annotations
 
@@ -8,8 +10,8 @@ import io
 import tarfile
 from pathlib import Path
 
-from api_client import lm_tasks
-from api_client.errors import QFarmError
+from api_client import lm_tasks, task_yaml
+from api_client.errors import QFarmError, SpecError
 from api_client.spec import EvalSpec
 from api_client.texts import builtin_text
 from worker import texts
@@ -22,24 +24,30 @@ def prepare(spec: EvalSpec, dest: Path, allow_code: bool) -> TaskRun | None:
     for --allow-remote-code and this worker was started with it."""
     if not spec.tasks:
         return None
-    include = []
+    include, defined, hub = [], {lm_tasks.BUILTIN_TASK}, set()
     if lm_tasks.BUILTIN_TASK in spec.tasks:
         include.append(lm_tasks.write_builtin(dest / "builtin", builtin_text("eval")))
     if spec.tasks_dir:
         user = _unpack(spec.tasks_dir, dest / "user")
-        # Checked again here: the message could come from anyone who can
-        # write to the broker, not only through `qfarm submit`.
-        code = lm_tasks.runs_code(user)
-        if code and not allow_code:
-            raise QFarmError(f"the job's task directory runs code ({code}) and the job or this worker does not allow "
-                             f"remote code (--allow-remote-code)")
+        try:
+            loaded = task_yaml.load(user, allow_code)
+        except task_yaml.RunsCode as exc:
+            raise QFarmError(f"the job's task directory runs code ({exc}) and the job or this worker does not allow "
+                             f"remote code (--allow-remote-code)") from None
+        except SpecError as exc:
+            raise QFarmError(f"the job's task directory: {exc}") from None
         include.append(user)
-    registry = [n for n in spec.tasks if n != lm_tasks.BUILTIN_TASK] if not spec.tasks_dir else []
-    return TaskRun(names=list(spec.tasks), include=include, limit=spec.tasks_limit, offline=not registry)
+        defined |= loaded.defined
+        hub |= loaded.hub_datasets
+    # Names no directory defines come from lm-eval's registry, which needs
+    # the hub, as do hub datasets; everything else runs offline.
+    registry = [n for n in spec.tasks if n not in defined]
+    return TaskRun(names=list(spec.tasks), include=include, limit=spec.tasks_limit, offline=not registry and not hub,
+                   allow_code=allow_code)
 
 
 def _unpack(uri: str, dest: Path) -> Path:
-    raw, _ = texts.read_input(uri, "task directory archive")
+    raw, _ = texts.read_input(uri, "task directory archive", lm_tasks.MAX_TASKS_DIR_BYTES)
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
         members = tar.getmembers()

@@ -50,7 +50,8 @@ def run_job(self, job_id: str, farm: str | None = None) -> str:
     if outcome is None:
         how = f"was killed by {ended.killed}" if ended.killed else f"exited with code {ended.code}"
         try:
-            outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}")
+            outcome = runner.process_lost(job_id, settings, worker, farm, f"its job process ({ended.pid}) {how}",
+                                          memory=ended.memory)
         except Exception as exc:  # noqa: BLE001 - an unreadable row: the message must not be acknowledged
             log.error("job %s: its job process %s, and its row cannot be read (%s); giving its message back",
                       job_id, how, first_line(exc))

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from api_client.db.database import Database
 from api_client.db.models import Job, JobEvent, JobGroup, utcnow
 from api_client.errors import JobNotFound
+from api_client.redaction import redact
 
 PREFIX = "g"
 
@@ -24,7 +25,7 @@ def create(db: Database, group: JobGroup, members: list[Job], message: str) -> N
             s.add(job)
         s.flush()
         for job in members:
-            s.add(JobEvent(job_id=job.id, at=now, state=job.state, stage=None, message=message))
+            s.add(JobEvent(job_id=job.id, at=now, state=job.state, stage=None, message=redact(message)))
 
 
 def delete(db: Database, group_id: str) -> None:

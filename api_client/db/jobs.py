@@ -14,8 +14,17 @@ from sqlalchemy import insert, select, update
 from api_client.db.database import Database
 from api_client.db.models import Farm, Job, JobEvent, JobState, utcnow
 from api_client.errors import JobNotFound, SpecError
+from api_client.redaction import redact, redact_value
 
 MIN_PREFIX = 4
+# The job fields that hold free text or figures a library or a user's file
+# may have put a secret into: redacted as they are written, like every
+# event's message (api_client/redaction.py).
+_REDACTED = ("error", "error_traceback", "metrics")
+
+
+def _clean(fields: dict[str, Any]) -> dict[str, Any]:
+    return {k: redact_value(v) if k in _REDACTED else v for k, v in fields.items()}
 
 
 def create(db: Database, job: Job, message: str = "submitted") -> None:
@@ -24,7 +33,7 @@ def create(db: Database, job: Job, message: str = "submitted") -> None:
     with db.session() as s:
         s.add(job)
         s.flush()
-        s.add(JobEvent(job_id=job.id, at=now, state=job.state, stage=None, message=message))
+        s.add(JobEvent(job_id=job.id, at=now, state=job.state, stage=None, message=redact(message)))
 
 
 def delete(db: Database, job_id: str) -> None:
@@ -85,7 +94,7 @@ def transition(
     Returns False, changing nothing, when the job has moved on meanwhile.
     """
     now = utcnow()
-    values = {"state": state.value, "stage": stage, "updated_at": now, **fields}
+    values = {"state": state.value, "stage": stage, "updated_at": now, **_clean(fields)}
     if state.terminal:
         values.setdefault("finished_at", now)
     cond = [Job.id == job_id, Job.state.in_([e.value for e in expect])]
@@ -95,7 +104,8 @@ def transition(
         res = s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
         if res.rowcount != 1:  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
             return False
-        s.execute(insert(JobEvent).values(job_id=job_id, at=now, state=state.value, stage=stage, message=message))
+        s.execute(insert(JobEvent).values(job_id=job_id, at=now, state=state.value, stage=stage,
+                                          message=redact(message) if message else message))
     return True
 
 
@@ -124,7 +134,7 @@ def record(db: Database, job_id: str, attempt: int | None = None, **fields: Any)
     if attempt is not None:
         cond += [Job.attempts == attempt, Job.state == JobState.RUNNING.value]
     with db.session() as s:
-        res = s.execute(update(Job).where(*cond).values(updated_at=utcnow(), **fields)
+        res = s.execute(update(Job).where(*cond).values(updated_at=utcnow(), **_clean(fields))
                         .execution_options(synchronize_session=False))
         return bool(res.rowcount)  # type: ignore[attr-defined]  # a CursorResult for an UPDATE
 
@@ -144,7 +154,7 @@ def note(db: Database, job_id: str, message: str) -> None:
     with db.session() as s:
         job = s.get(Job, job_id)
         if job is not None:
-            s.add(JobEvent(job_id=job_id, at=utcnow(), state=job.state, stage=job.stage, message=message))
+            s.add(JobEvent(job_id=job_id, at=utcnow(), state=job.state, stage=job.stage, message=redact(message)))
 
 
 def farm_id(db: Database) -> str:

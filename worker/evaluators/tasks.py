@@ -4,6 +4,11 @@ tasks come from lm-eval's registry (the hub must be reachable) or from
 directories on local disk (the builtin task, a user's --tasks-dir), which
 run offline.
 
+A directory's YAML is never handed to lm-eval's loader: qfarm reads it as
+data (api_client/task_yaml.py) and puts the finished configs into the task
+index, and lm-eval renders their templates in Jinja's sandbox while this
+evaluator runs, from an empty working directory.
+
 Per task: both scores, the metric, the number of items and the recovery
 (quantized / original, as llm-compressor's recovery gates compute it). The
 headline metric of a task is acc_norm where the task reports it (length-
@@ -13,13 +18,17 @@ else the first it reports.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api_client import task_yaml
+from api_client.errors import QFarmError
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
+from worker.texts import empty_working_dir
 
 HEADLINE_ORDER = ("acc_norm", "acc", "exact_match", "f1")
 # Numbers lm-eval reports beside the scores.
@@ -29,23 +38,39 @@ _NOT_SCORES = {"sample_len", "sample_count", "samples"}
 @dataclass
 class TaskRun:
     names: list[str]
-    # Directories of task YAML to add to lm-eval's registry.
+    # Directories of task YAML (read through api_client/task_yaml.py).
     include: list[Path] = field(default_factory=list)
     limit: int | None = None
     # Every task is local: keep datasets and the hub offline.
     offline: bool = False
+    # The job and this worker allow remote code: a directory's `!function`
+    # and `class:` are imported from it.
+    allow_code: bool = False
     _manager: Any = field(default=None, init=False, repr=False, compare=False)
 
     def manager(self):
         """One lm-eval TaskManager for both models of a job. Indexing
         lm-eval's own registry (about 14,700 task configs) took 15 s on two
         cores, once per model; a run whose tasks are all local does not
-        index it at all."""
+        index it at all. The directories' configs go into its index as
+        finished configs (an entry without a YAML path), so lm-eval reads
+        no file of theirs."""
         if self._manager is None:
             from lm_eval.tasks import TaskManager
+            from lm_eval.tasks._index import TaskIndex
 
-            self._manager = TaskManager(include_path=[str(p) for p in self.include] or None,
-                                        include_defaults=not self.offline, verbosity="ERROR")
+            manager = TaskManager(include_path=None, include_defaults=not self.offline, verbosity="ERROR")
+            entries: dict[str, Any] = {}
+            for directory in self.include:
+                loaded = task_yaml.load(directory, self.allow_code)
+                for cfg in loaded.configs:
+                    _check_metrics(cfg, self.allow_code)
+                    cfg = _imported(cfg, loaded.root) if loaded.code else cfg
+                    TaskIndex.process_cfg(cfg, directory, entries)
+            for entry in entries.values():
+                entry.yaml_path = None  # built from entry.cfg, never read again
+            manager.task_index.update(entries)
+            self._manager = manager
         return self._manager
 
 
@@ -64,7 +89,7 @@ class Tasks(Evaluator):
         model = loaded.model
         lm = HFLM(pretrained=model, tokenizer=inputs.tokenizer, device=str(model.device),
                   batch_size=32 if inputs.device.is_cuda else 8)
-        with _offline(run.offline), _working_dir(run.include[-1] if run.include else None):
+        with _offline(run.offline), sandboxed_templates(), empty_working_dir():
             result = simple_evaluate(
                 model=lm, tasks=run.names, limit=run.limit, bootstrap_iters=0, log_samples=False,
                 task_manager=run.manager(),
@@ -135,14 +160,67 @@ def _offline(on: bool):
 
 
 @contextmanager
-def _working_dir(path: Path | None):
-    """A user's task YAML names its data files relative to its directory."""
-    if path is None:
-        yield
-        return
-    cwd = os.getcwd()
-    os.chdir(path)
+def sandboxed_templates():
+    """lm-eval renders every task template (doc_to_text, doc_to_choice,
+    doc_to_target, descriptions, few-shot prefixes, ...) through one module
+    global, `lm_eval.utils.env`, a plain Jinja environment in which a
+    template is Python (`{{ lipsum.__globals__['os'].popen(...) }}`). For the
+    evaluation it is Jinja's immutable sandbox with lm-eval's own settings
+    and filter: a template that reaches Python internals raises
+    SecurityError, recorded as the job's tasks error."""
+    from jinja2 import BaseLoader, StrictUndefined
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from lm_eval import utils
+
+    sandbox = ImmutableSandboxedEnvironment(loader=BaseLoader(), undefined=StrictUndefined, keep_trailing_newline=True)
+    sandbox.filters["regex_replace"] = utils.regex_replace
+    plain, utils.env = utils.env, sandbox
     try:
         yield
     finally:
-        os.chdir(cwd)
+        utils.env = plain
+
+
+def _check_metrics(cfg: dict[str, Any], allow_code: bool) -> None:
+    """A metric lm-eval does not know is fetched from the hub by the
+    `evaluate` library and run: code, unless the job may run it."""
+    import lm_eval.api.metrics  # noqa: F401 - registers lm-eval's metrics
+    from lm_eval.api.registry import metric_registry
+
+    for node in _mappings(cfg):
+        for metric in node.get("metric_list") or []:
+            name = metric.get("metric") if isinstance(metric, dict) else None
+            if isinstance(name, str) and name not in metric_registry and not allow_code:
+                raise QFarmError(f"task {cfg.get('task') or cfg.get('group')}: metric {name!r} is not one of lm-eval's "
+                                 f"({', '.join(sorted(metric_registry))}): it would be fetched from the hub and run")
+
+
+def _mappings(node: Any):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _mappings(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _mappings(v)
+
+
+def _imported(node: Any, root: Path) -> Any:
+    """The config with each `!function module.name` (a job that may run
+    code) imported from the task directory, as lm-eval would."""
+    if isinstance(node, task_yaml.FunctionRef):
+        module, _, name = node.name.rpartition(".")
+        path = (node.base / f"{module.replace('.', '/')}.py").resolve()
+        if not module or not path.is_relative_to(root) or not path.is_file():
+            raise QFarmError(f"!function {node.name}: no module {module}.py in the task directory")
+        spec = importlib.util.spec_from_file_location(f"qfarm_task_{path.stem}_{abs(hash(path))}", path)
+        if spec is None or spec.loader is None:
+            raise QFarmError(f"!function {node.name}: {path.name} cannot be imported")
+        loaded = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(loaded)
+        return getattr(loaded, name)
+    if isinstance(node, dict):
+        return {k: _imported(v, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_imported(v, root) for v in node]
+    return node
