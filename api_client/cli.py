@@ -250,7 +250,7 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     job = client.status(job_id)
     from api_client.states import Stage
 
-    stages = [s.value for s in Stage.of(catalog.get(job.method).calibrated)]
+    stages = [s.value for s in Stage.of(job.calib is not None)]
     with Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(job.state, total=len(stages) + 1, job=job.id)

@@ -154,10 +154,12 @@ class Client:
         resolved = []
         for entry in methods:
             name, _, fmt = entry.partition(":")
-            member = dataclasses.replace(base, model=model, method=name, format=fmt or None,
-                                         calib=base.calib if catalog.get(name).calibrated else None,
-                                         eval=dataclasses.replace(base.eval))
             try:
+                method = catalog.get(name)
+                checked = method.parse_format(fmt or None)
+                calibrated = method.needs_calibration(method.parse_params(base.params, checked), checked)
+                member = dataclasses.replace(base, model=model, method=name, format=checked,
+                                             calib=base.calib if calibrated else None, eval=dataclasses.replace(base.eval))
                 resolved.append(resolve(member))
             except SpecError as exc:
                 raise SpecError(f"{entry}: {exc}") from None
