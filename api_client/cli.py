@@ -433,19 +433,26 @@ def download(job: str, dest: Path) -> None:
 
 
 @cli.command()
-def methods() -> None:
-    """List the methods, their formats and their options."""
+@click.argument("name", required=False)
+def methods(name: str | None) -> None:
+    """List the methods, their formats and their options (NAME: one method,
+    with every model architecture it takes where it names them)."""
     from api_client.catalog.options import cli_flags
 
-    for name in catalog.names():
-        m = catalog.get(name)
-        click.echo(f"{name}: {m.summary}")
+    for method in [name] if name else catalog.names():
+        m = catalog.get(method)
+        click.echo(f"{m.name}: {m.summary}")
         needs = f"; needs compute capability {m.min_capability[0]}.{m.min_capability[1]}+" if m.min_capability else ""
         click.echo(f"    formats: {', '.join(m.formats)}; calibration: {'yes' if m.calibrated else 'no'}{needs}")
         for f in m.options.knobs():
             choices = f.metadata.get("choices")
             allowed = f" ({'/'.join(map(str, choices))})" if choices else ""
             click.echo(f"    {cli_flags(f)}{allowed}, default {f.default}: {f.metadata.get('help', '')}")
+        if m.architectures is not None:
+            listed = ", ".join(sorted(m.architectures)) if name else f"qfarm methods {m.name} lists them"
+            click.echo(f"    architectures ({len(m.architectures)}): {listed}")
+    if name:
+        return
     from api_client import lm_tasks
 
     click.echo(f"tasks (--tasks): {lm_tasks.describe()}; any lm-eval registry task where the hub is reachable; "

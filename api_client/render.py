@@ -66,6 +66,7 @@ def status_lines(job: Job) -> list[str]:
         ("serve decode tok/s", f"{num(job.serve_tokens_per_s_baseline, '.1f')} → {num(job.serve_tokens_per_s, '.1f')}"
                                f" ({job.serve_kernel or '-'})"),
         *task_lines(job),
+        *format_lines(job),
         ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
     ]
@@ -98,6 +99,26 @@ def task_lines(job: Job) -> list[tuple[str, str]]:
         base = "-" if t.get("baseline") is None else f"{t['baseline']:.4f}"
         rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
         lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
+    return lines
+
+
+def format_lines(job: Job) -> list[tuple[str, str]]:
+    """One line per file of an artifact that holds several (a GGUF job's
+    formats): its size, perplexity ratio and the runtime that measured it,
+    how it was made, and the tensors a k-quant had to write otherwise."""
+    metrics = job.metrics or {}
+    made = metrics.get("gguf") or {}
+    lines = []
+    for label, f in (metrics.get("formats") or {}).items():
+        file = made.get(label) or {}
+        types = ", ".join(f"{t} {n}" for t, n in (file.get("tensor_types") or {}).items())
+        error = f.get("perplexity_error")
+        ppl = f"ppl ratio {num(f.get('ppl_ratio'), '.4f')} ({f.get('ppl_kernel') or '-'})" if not error else f"perplexity: {error}"
+        lines.append((f"format {label}", f"{file.get('file', '-')} {size(file.get('bytes'))}, {ppl}, "
+                                         f"decode {num(f.get('serve_tokens_per_s'), '.1f')} tok/s ({f.get('serve_kernel') or '-'}); "
+                                         f"{file.get('producer', '-')}; tensors {types or '-'}"))
+        if file.get("fallback"):
+            lines.append((f"format {label}", file["fallback"]))
     return lines
 
 

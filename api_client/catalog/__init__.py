@@ -34,6 +34,8 @@ class MethodSpec:
     # Compute capability a GPU needs to run this method (None: any GPU or CPU);
     # such jobs go to a queue only those GPUs' workers consume (api_client/routing.py).
     min_capability: ClassVar[tuple[int, int] | None] = None
+    # The config.json architectures the method takes (None: any it can load).
+    architectures: ClassVar[frozenset[str] | None] = None
 
     @classmethod
     def parse_format(cls, fmt: str | None) -> str:

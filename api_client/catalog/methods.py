@@ -170,6 +170,7 @@ class GGUF(MethodSpec):
     formats = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
     calibrated = True
     options = GGUFParams
+    architectures = GGUF_ARCHITECTURES
 
     @classmethod
     def parse_format(cls, fmt: str | None) -> str:
@@ -196,4 +197,4 @@ class GGUF(MethodSpec):
         arch = archs[0] if archs and isinstance(archs[0], str) else None
         if arch not in GGUF_ARCHITECTURES:
             raise SpecError(f"llama.cpp's GGUF converter does not know the architecture {arch or info.model_type!r} "
-                            f"(config.json architectures); `qfarm methods` names the {len(GGUF_ARCHITECTURES)} it does")
+                            f"(config.json architectures); `qfarm methods gguf` lists the {len(GGUF_ARCHITECTURES)} it does")
