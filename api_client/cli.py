@@ -296,10 +296,12 @@ def status(job: str, show_traceback: bool, as_json: bool) -> None:
         _print_comparison(group, groups.members(client.db, group.id), as_json)
         return
     found = client.status(job)
+    published = client.publications(found.id)
     if as_json:
-        _emit_json({**to_dict(found), **({"error_traceback": found.error_traceback} if show_traceback else {})})
+        _emit_json({**to_dict(found), "publications": [render.publication_dict(p) for p in published],
+                    **({"error_traceback": found.error_traceback} if show_traceback else {})})
         return
-    click.echo("\n".join(render.status_lines(found)))
+    click.echo("\n".join(render.status_lines(found, published)))
     if show_traceback:
         click.echo(found.error_traceback.rstrip() if found.error_traceback else "(no traceback stored)")
 
@@ -430,6 +432,39 @@ def download(job: str, dest: Path) -> None:
 
     manifest = _client().download(job, dest, progress=lambda e: click.echo(f"  {e['path']} ({size(e['bytes'])}) ok", err=True))
     click.echo(f"{len(manifest['files'])} files verified in {dest}")
+
+
+@cli.command()
+@click.argument("job")
+@click.argument("repo")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--dry-run", is_flag=True, help="Check the artifact and print the files and the model card; send nothing.")
+@click.option("--endpoint", help="The hub's URL (default: HF_ENDPOINT, else https://huggingface.co).")
+@click.option("--members", type=click.Choice(["recommended", "all"]), default="recommended", show_default=True,
+              help="A compare group: its recommended member to REPO, or every member to REPO-<method>.")
+@click.option("--base-model", help="The hub id the model was quantized from, where the job read it elsewhere (a path, s3://).")
+def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | None, members: str,
+            base_model: str | None) -> None:
+    """Publish JOB's artifact (or a compare GROUP's) to the hub repo REPO
+    (OWNER/NAME) with a model card made from the job's figures. The token
+    comes from QFARM_HF_TOKEN_FILE (a file) or HF_TOKEN."""
+    from api_client.render import size
+
+    done = _client().publish(job, repo, private=private, dry_run=dry_run, endpoint=endpoint, members=members,
+                             base_model=base_model, progress=lambda line: click.echo(f"  {line}", err=True))
+    for p in done:
+        total = size(sum(f["bytes"] for f in p.files))
+        if p.license_note:
+            click.echo(f"  note: {p.license_note}", err=True)
+        if dry_run:
+            click.echo(f"would publish job {p.job_id} to {p.endpoint}/{p.repo}: {len(p.files)} files, {total}")
+            for f in p.files:
+                click.echo(f"  {f['path']} ({size(f['bytes'])})")
+            click.echo(f"--- README.md ---\n{p.card.rstrip()}\n--- end of README.md ---")
+        elif p.changed:
+            click.echo(f"published job {p.job_id} to {p.url} at {p.revision} ({len(p.files)} files, {total})")
+        else:
+            click.echo(f"{p.url} already holds job {p.job_id}'s files and card at {p.revision}: nothing changed")
 
 
 @cli.command()

@@ -19,8 +19,8 @@ from typing import Any
 
 from api_client import artifacts, catalog, estimate, lifecycle, queue, routing, sources
 from api_client.config import Settings
-from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, workers
-from api_client.db.models import JobGroup, Worker
+from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, publications, workers
+from api_client.db.models import JobGroup, Publication, Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.spec import JobSpec, ResolvedSpec, parse_size, resolve
 from api_client.storage import Store, open_store, sha256_file
@@ -388,6 +388,16 @@ class Client:
         if job.state != JobState.SUCCEEDED.value or not job.artifact_uri:
             raise QFarmError(f"job {job.id} is {job.state}: it has no artifact to download")
         return artifacts.download(job.artifact_uri, dest, progress)
+
+    def publish(self, ref: str, repo: str, **options: Any) -> builtins.list[Any]:
+        """Publish a job's artifact (or a compare group's) to a model hub
+        repo with its model card (api_client/publish.py); one Published each."""
+        from api_client import publish
+
+        return publish.publish(self.db, ref, repo, user=self.settings.user, **options)
+
+    def publications(self, job_id: str) -> builtins.list[Publication]:
+        return publications.of_job(self.db, job_id)
 
     def gc(self, older_than_s: float = 86400, delete: bool = False) -> builtins.list[artifacts.Incomplete]:
         """Artifacts without a manifest (uploads cut short) older than

@@ -7,7 +7,7 @@ from typing import Any
 
 from api_client.db import Job
 from api_client.db.jobs import aware
-from api_client.db.models import Worker
+from api_client.db.models import Publication, Worker
 
 
 def size(n: float | None) -> str:
@@ -41,7 +41,7 @@ def when(dt: datetime | None) -> str:
     return "-" if dt is None else aware(dt).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_lines(job: Job) -> list[str]:
+def status_lines(job: Job, published: list[Publication] | None = None) -> list[str]:
     params = " ".join(f"{k}={v}" for k, v in (job.params or {}).items()) or "-"
     state = job.state + (f" ({job.stage})" if job.stage and job.state == "running" else "")
     rows = [
@@ -69,6 +69,7 @@ def status_lines(job: Job) -> list[str]:
         *format_lines(job),
         ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
+        *[("published", f"{p.url} at {p.revision} ({when(p.published_at)}, by {p.published_by})") for p in published or []],
     ]
     if job.error:
         rows.append(("error", job.error))
@@ -100,6 +101,11 @@ def task_lines(job: Job) -> list[tuple[str, str]]:
         rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
         lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
     return lines
+
+
+def publication_dict(p: Publication) -> dict[str, Any]:
+    return {"repo": p.repo, "endpoint": p.endpoint, "url": p.url, "revision": p.revision,
+            "published_by": p.published_by, "published_at": aware(p.published_at).isoformat()}
 
 
 def format_lines(job: Job) -> list[tuple[str, str]]:

@@ -75,7 +75,7 @@ def pg_url(pg_server_url) -> str:
 
     engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS publications, job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
     engine.dispose()
     return pg_server_url
 

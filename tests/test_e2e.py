@@ -33,7 +33,7 @@ def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
 
     engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS publications, job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
     engine.dispose()
     redis.Redis.from_url(redis_url).flushdb()
     bucket = f"qfarm-{uuid.uuid4().hex[:10]}"
