@@ -96,9 +96,8 @@ def _made(job: Job) -> str:
         samples = metrics.get("calib_samples_used") or job.calib.get("samples")
         seqlen = metrics.get("calib_seqlen") or job.calib.get("seqlen")
         rows.append(("calibration", f"{text}, {samples} samples × {seqlen} tokens"))
-    device = job.gpu_name or "CPU"
-    rows.append(("quantized on", f"{device}, {num(job.quantize_seconds, '.1f')} s (the library's own work)"))
-    versions = ", ".join(f"{k} {v}" for k, v in sorted((job.library_versions or {}).items()))
+    rows.append(("quantized on", f"{_device(job)}, {num(job.quantize_seconds, '.1f')} s (the library's own work)"))
+    versions = ", ".join(f"{k} {v}" for k, v in sorted((job.library_versions or {}).items()) if v)
     if versions:
         rows.append(("libraries", versions))
     return "## How it was made\n\n" + _table(("", ""), rows)
@@ -125,13 +124,17 @@ def _accuracy(job: Job) -> str:
 def _serving(job: Job) -> str:
     if job.weights_bytes is None and job.serve_tokens_per_s is None:
         return ""
-    kernel, gpu = job.serve_kernel or "-", job.gpu_name or "CPU"
+    kernel = job.serve_kernel or "-"
     rows = [("weights in memory", size(job.weights_bytes_baseline), size(job.weights_bytes)),
-            (f"serve VRAM (batch 1, `{kernel}` on {gpu})", size(job.serve_vram_baseline_bytes), size(job.serve_vram_bytes)),
-            ("decode tokens/s (batch 1)", num(job.serve_tokens_per_s_baseline, ".1f"), num(job.serve_tokens_per_s, ".1f"))]
-    where = ("torch's peak over the load, three windows and a decode" if job.gpu_name
-             else "not measured: the job ran on a CPU worker")
+            (f"serve VRAM (batch 1, `{kernel}` on {_device(job)})", size(job.serve_vram_baseline_bytes), size(job.serve_vram_bytes)),
+            (f"decode tokens/s (batch 1, `{kernel}`)", num(job.serve_tokens_per_s_baseline, ".1f"), num(job.serve_tokens_per_s, ".1f"))]
+    where = ("torch's peak over the load, three windows and a decode" if job.serve_vram_bytes is not None
+             else "not measured (a CPU worker, or a runtime that holds no GPU memory)")
     return "## Memory and speed\n\n" + _table(("", "original", "quantized"), rows) + f"\n\nServe VRAM: {where}."
+
+
+def _device(job: Job) -> str:
+    return job.gpu_name if job.gpu_name and job.gpu_name != "cpu" else "a CPU"
 
 
 def _gguf_files(job: Job) -> str:

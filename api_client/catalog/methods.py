@@ -180,7 +180,7 @@ class GGUF(MethodSpec):
         unknown = [f for f in names if f not in cls.formats]
         if not names or unknown:
             raise SpecError(f"--method gguf writes {'/'.join(cls.formats)} (one or several, comma-separated), "
-                            f"not --format {', '.join(unknown) or fmt!r}")
+                            f"not --format {', '.join(unknown) or repr(fmt)}")
         if len(set(names)) != len(names):
             raise SpecError(f"--format names a GGUF format twice: {fmt}")
         return ",".join(names)
