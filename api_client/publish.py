@@ -137,10 +137,16 @@ def _publish_job(db: Database, job: Job, repo: str, *, endpoint: str, token: str
 
     api = HfApi(endpoint=endpoint, token=token or False)
     base = base_model or (job.model if sources.model_source_kind(job.model) == "hub" else None)
+    if not dry_run:
+        # The token and the namespace first: seconds, where the download may take minutes.
+        with _hub_errors(endpoint, repo, token), _transfer_protocol(endpoint):
+            _check_namespace(api, repo)
     with tempfile.TemporaryDirectory(prefix=f"{job.id}-", dir=work) as tmp:
         folder = Path(tmp) / "repo"
-        manifest = artifacts.download(job.artifact_uri or "", folder,
-                                      progress=lambda e: progress(f"{e['path']} verified") if progress else None)
+        manifest = artifacts.download(job.artifact_uri or "", folder)
+        if progress:
+            progress(f"{len(manifest['files'])} files ({sum(e['bytes'] for e in manifest['files']) / 2**20:.1f} MiB) "
+                     f"verified against the artifact's manifest")
         # The manifest names workers, users and internal paths: it stays in
         # the farm's store. The card says what the world needs.
         (folder / artifacts.MANIFEST).unlink()
@@ -153,7 +159,6 @@ def _publish_job(db: Database, job: Job, repo: str, *, endpoint: str, token: str
         if dry_run:
             return out
         with _hub_errors(endpoint, repo, token), _transfer_protocol(endpoint):
-            _check_namespace(api, repo)
             url = api.create_repo(repo, private=private, exist_ok=True)
             before = api.repo_info(repo).sha
             total = sum(f["bytes"] for f in files)
@@ -200,12 +205,15 @@ def _license(api: HfApi, job: Job, base: str | None, scrub: str | None) -> tuple
 
 
 def _check_namespace(api: HfApi, repo: str) -> None:
-    """Before anything is written: the token is valid, and its user (or one
-    of its organisations) owns the namespace; a repo that exists under
-    another owner is refused here, not with a 403 halfway through."""
+    """Before anything is written: the token is valid and not read-only,
+    and its user (or one of its organisations) owns the namespace; a repo
+    that exists under another owner is refused here, not with a 403 halfway
+    through. (A fine-grained token's rights show only when it writes.)"""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     me = api.whoami()
+    if ((me.get("auth") or {}).get("accessToken") or {}).get("role") == "read":
+        raise QFarmError(f"the token of {me.get('name')} is read-only: publishing needs one with write access")
     owner = repo.split("/")[0]
     mine = {me.get("name"), *(o.get("name") for o in me.get("orgs") or [])}
     if owner in mine:
@@ -223,10 +231,12 @@ def _check_namespace(api: HfApi, repo: str) -> None:
 def _hub_errors(endpoint: str, repo: str, token: str | None) -> Iterator[None]:
     """Whatever the hub or the network does, one line that says what to do."""
     import httpx
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     try:
         yield
+    except OfflineModeIsEnabled:
+        raise QFarmError("HF_HUB_OFFLINE is set: huggingface_hub does not reach any hub while it is; unset it to publish") from None
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         said = _scrubbed(exc.server_message or first_line(exc), token)[:300]

@@ -36,6 +36,9 @@ class User:
     name: str
     orgs: list[str]
     write: bool = True
+    # What whoami-v2 says of the token: read, write, or fineGrained (whose
+    # rights show only when it is used).
+    role: str = "write"
 
 
 @dataclass
@@ -56,8 +59,8 @@ def git_blob_sha1(data: bytes) -> str:
 
 class FakeHub:
     def __init__(self) -> None:
-        self.users = {"tok-alice": User("alice", ["team"]), "tok-alice-read": User("alice", ["team"], write=False),
-                      "tok-bob": User("bob", [])}
+        self.users = {"tok-alice": User("alice", ["team"]), "tok-alice-read": User("alice", ["team"], False, "read"),
+                      "tok-alice-fine": User("alice", ["team"], False, "fineGrained"), "tok-bob": User("bob", [])}
         self.repos: dict[str, Repo] = {}
         self.lfs: dict[str, bytes] = {}
         self.requests: list[tuple[str, str]] = []
@@ -171,9 +174,8 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if method == "GET" and path == "/api/whoami-v2":
                 if user is None:
                     return self._error(401, "Invalid credentials in Authorization header")
-                role = "write" if user.write else "read"
                 return self._send(200, {"type": "user", "name": user.name, "orgs": [{"name": o} for o in user.orgs],
-                                        "auth": {"accessToken": {"role": role}}})
+                                        "auth": {"accessToken": {"role": user.role}}})
             if method == "POST" and path == "/api/repos/create":
                 return self._create(user, json.loads(self._body()))
             if method == "POST" and path == "/api/validate-yaml":

@@ -66,7 +66,7 @@ def test_the_architecture_table_is_the_converters():
                  if isinstance(node, (ast.Assign, ast.AnnAssign))
                  and getattr(node.targets[0] if isinstance(node, ast.Assign) else node.target, "id", "") == "TEXT_MODEL_MAP")
     causal = {a for a in known if a.endswith(("ForCausalLM", "LMHeadModel")) and "." not in a and not a.startswith("T5")}
-    assert GGUF_ARCHITECTURES == causal
+    assert causal == GGUF_ARCHITECTURES
 
 
 def test_a_byte_level_bpe_pre_tokenizer_is_named_by_its_structure(tiny_model, tmp_path):
