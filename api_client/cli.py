@@ -448,14 +448,15 @@ def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | N
     """Publish JOB's artifact (or a compare GROUP's) to the hub repo REPO
     (OWNER/NAME) with a model card made from the job's figures. The token
     comes from QFARM_HF_TOKEN_FILE (a file) or HF_TOKEN."""
+    import logging
+
     from huggingface_hub.utils import disable_progress_bars
-    from huggingface_hub.utils import logging as hub_logging
 
     from api_client.render import size
 
-    # huggingface_hub's progress bars and warnings ("No files have been
-    # modified…") say what the lines below say; kept for a terminal only.
-    hub_logging.set_verbosity_error()
+    # huggingface_hub's warnings ("No files have been modified…") and
+    # progress bars say what the lines below say; the bars stay on a terminal.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     if not sys.stderr.isatty():
         disable_progress_bars()
     done = _client().publish(job, repo, private=private, dry_run=dry_run, endpoint=endpoint, members=members,
