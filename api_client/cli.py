@@ -273,8 +273,10 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     final = client.status(job_id)
     if not quiet:
         if final.state == "succeeded":
-            console.print(f"succeeded: perplexity {final.ppl_baseline:.4g} → {final.ppl_quantized:.4g} "
-                          f"(ratio {final.ppl_ratio:.4f}), artifact {final.artifact_uri}")
+            from api_client.render import num
+
+            console.print(f"succeeded: perplexity {num(final.ppl_baseline)} → {num(final.ppl_quantized)} "
+                          f"(ratio {num(final.ppl_ratio, '.4f')}), artifact {final.artifact_uri}")
         else:
             console.print(f"{final.state}: {final.error or ''}".rstrip(": "))
     return final

@@ -191,3 +191,30 @@ def test_a_gguf_job_writes_one_measured_file_per_format(farm, tmp_path):
         return float(((weight - q) ** 2 * importance).sum())
 
     assert weighted(in_file) < weighted(plain)
+
+
+def test_a_gguf_file_no_runtime_here_loads_is_unmeasured_not_failed(tiny_model, tmp_path, monkeypatch):
+    """On a worker without llama-cpp-python, a file whose architecture
+    transformers' GGUF loader does not know: each figure an error, the
+    original still measured, nothing raised."""
+    from gguf import GGUFWriter
+    from transformers import AutoTokenizer
+
+    from worker import evaluators, gguf_runtime
+    from worker.gpu import Device
+
+    path = tmp_path / "model-q8_0.gguf"
+    writer = GGUFWriter(path, "bitnet")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    monkeypatch.setattr(gguf_runtime, "runtime", lambda: gguf_runtime.TRANSFORMERS)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    windows = [list(range(3, 67)), list(range(70, 134))]
+    inputs = evaluators.Inputs(Device("cpu", None, "cpu"), tokenizer, windows, None, 0, tmp_path / "eval")
+    figures = evaluators.run_targets(inputs, tiny_model, {"q8_0": path})["q8_0"]
+    assert "ppl_ratio" not in figures.columns and "serving_error" in figures.metrics
+    assert figures.metrics["perplexity_error"].startswith(
+        "the artifact: NoRuntime: model-q8_0.gguf: transformers' GGUF loader does not support it")
+    assert figures.metrics["eval_passes"]["baseline_reference"]["kernel"] == "dense"

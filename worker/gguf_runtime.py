@@ -6,23 +6,46 @@ kernels). Every figure names the runtime it ran on."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from api_client.errors import QFarmError, first_line
 
 LLAMA_CPP = "llama.cpp-cpu"
 TRANSFORMERS = "transformers-gguf"
 
 
+class NoRuntime(QFarmError):
+    """No GGUF runtime on this worker loads the file's architecture: its
+    figures are recorded as errors and the job goes on (the file is not
+    known to be broken, only unmeasured here)."""
+
+
 def runtime() -> str:
     """The runtime this worker measures GGUF files with."""
+    return _probe()[0]
+
+
+def runtime_note() -> str | None:
+    """Why llama.cpp is not the runtime although llama-cpp-python is installed."""
+    return _probe()[1]
+
+
+@functools.cache
+def _probe() -> tuple[str, str | None]:
     try:
         import llama_cpp  # noqa: F401
     except ImportError:
-        return TRANSFORMERS
-    return LLAMA_CPP
+        return TRANSFORMERS, None
+    except Exception as exc:  # noqa: BLE001 - a package whose native library does not load (libgomp missing, …)
+        return TRANSFORMERS, f"llama-cpp-python is installed but does not load ({type(exc).__name__}: {first_line(exc)})"
+    return LLAMA_CPP, None
 
 
 def is_gguf(path: Path) -> bool:
@@ -113,10 +136,24 @@ def load_transformers(path: Path, device: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if device.is_cuda else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
-                                                 device_map={"": 0} if device.is_cuda else {"": "cpu"})
+    with _unsupported(path):
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=dtype,
+                                                     device_map={"": 0} if device.is_cuda else {"": "cpu"})
     model.eval()
     return model
+
+
+@contextlib.contextmanager
+def _unsupported(path: Path) -> Iterator[None]:
+    """transformers' GGUF loader knows fewer architectures than llama.cpp:
+    an architecture it does not know is a runtime this worker lacks."""
+    try:
+        yield
+    except ValueError as exc:
+        if "not supported" not in str(exc):
+            raise
+        raise NoRuntime(f"{path.name}: transformers' GGUF loader does not support it ({first_line(exc)}), and this "
+                        f"worker has no llama-cpp-python") from None
 
 
 def tokenize(path: Path, text: str) -> tuple[str, list[int]]:
@@ -133,4 +170,6 @@ def tokenize(path: Path, text: str) -> tuple[str, list[int]]:
             vocab.close()
     from transformers import AutoTokenizer
 
-    return TRANSFORMERS, AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)(text, add_special_tokens=False)["input_ids"]
+    with _unsupported(path):
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return TRANSFORMERS, tokenizer(text, add_special_tokens=False)["input_ids"]

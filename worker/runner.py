@@ -398,8 +398,11 @@ class Run:
         figures = self._evaluate(eval_spec, tasks, model_dir, ctx.targets or {job.format: output_dir}, info.weight_bytes,
                                  info.context)
         self.rec(jobs.record, job.id, **figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
-        self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
-                  f"(×{figures['columns']['ppl_ratio']:.4f})")
+        columns, extra = figures["columns"], figures["extra"]
+        if "ppl_ratio" in columns:
+            self.note(f"perplexity {columns['ppl_baseline']:.4g} → {columns['ppl_quantized']:.4g} (×{columns['ppl_ratio']:.4f})")
+        else:  # a GGUF file no runtime on this worker loads (gguf_runtime.NoRuntime)
+            self.note(f"perplexity not measured: {extra.get('perplexity_error')}")
 
         self.stage(Stage.UPLOADING, "finishing the upload, then the manifest")
         metrics = {

@@ -36,6 +36,9 @@ def converter(model_dir: Path) -> Any:
     own check logs and calls sys.exit)."""
     from auto_round.export.export_to_gguf.llama_cpp_conversion import get_conversion
 
+    from worker.logs import quiet_autoround
+
+    quiet_autoround()
     arch = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
     try:
         return get_conversion(model_dir, auto_update=False)

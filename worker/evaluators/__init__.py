@@ -168,7 +168,8 @@ def _measure(chosen: list[Evaluator], role: str, path: Path,
                     _close(loaded)
                     del loaded
             except Exception as exc:
-                if any(e.required for e in wanted):
+                # A GGUF file no runtime here loads is unmeasured, not broken.
+                if any(e.required for e in wanted) and not isinstance(exc, gguf_runtime.NoRuntime):
                     raise
                 for e in wanted:
                     measured[e.name] = {"error": _reason(exc, role)}

@@ -76,6 +76,8 @@ def quantize(ctx: JobContext, params: GGUFParams, fmt: str) -> None:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(ctx.model_dir, trust_remote_code=ctx.trust_remote_code)
+    if gguf_runtime.runtime_note():
+        ctx.note(f"GGUF files are measured with transformers' loader: {gguf_runtime.runtime_note()}")
     files = {}
     for n, f in enumerate(formats, 1):
         imatrix = windows is not None and f in K_QUANTS
@@ -120,7 +122,10 @@ def check_tokenizer(path: Path, tokenizer: Any) -> dict[str, Any]:
     was trained on. The job fails on a difference."""
     text = texts.builtin_text("eval")[:6000] + TOKENIZER_PROBE
     expected = tokenizer(text, add_special_tokens=False)["input_ids"]
-    runtime, got = gguf_runtime.tokenize(path, text)
+    try:
+        runtime, got = gguf_runtime.tokenize(path, text)
+    except gguf_runtime.NoRuntime as exc:
+        return {"runtime": None, "error": str(exc)}
     if got != expected:
         at = next((i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected)))
         raise QFarmError(f"{path.name}: {runtime} tokenizes text differently from the model's tokenizer (first at token {at} "
