@@ -452,6 +452,7 @@ def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | N
     comes from QFARM_HF_TOKEN_FILE (a file) or HF_TOKEN."""
     import logging
 
+    import huggingface_hub.hf_api  # noqa: F401 - sets its loggers' level when imported, so first
     from huggingface_hub.utils import disable_progress_bars
 
     from api_client.render import size
