@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from api_client.errors import QFarmError
+from worker.gpu import release_memory
 
 # The converter writes these itself (its --outtype), in numpy: a Q8_0 of the
 # 13.8M reference model took 1.8 s where AutoRound's pipeline took 55 s.
@@ -138,6 +139,8 @@ def k_quant(ctx, fmt: str, dest: Path, windows: list[list[int]] | None) -> None:
                               device_map=ctx.device.torch_device, amp=ctx.device.is_cuda, **calibration)
         autoround.quantize_and_save(str(out), format=f"gguf:{fmt}")
         del autoround, model
+    # The next format loads the model afresh (AutoRound changed this one in place).
+    release_memory(ctx.device)
     written = sorted(out.rglob("*.gguf"))
     if len(written) != 1:
         raise QFarmError(f"AutoRound wrote {len(written)} GGUF files for {fmt}, not one")
