@@ -251,7 +251,7 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     job = client.status(job_id)
     from api_client.states import Stage
 
-    stages = [s.value for s in Stage.of(catalog.get(job.method).calibrated)]
+    stages = [s.value for s in Stage.of(job.calib is not None)]
     with Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(job.state, total=len(stages) + 1, job=job.id)
@@ -274,8 +274,10 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     final = client.status(job_id)
     if not quiet:
         if final.state == "succeeded":
-            console.print(f"succeeded: perplexity {final.ppl_baseline:.4g} → {final.ppl_quantized:.4g} "
-                          f"(ratio {final.ppl_ratio:.4f}), artifact {final.artifact_uri}")
+            from api_client.render import num
+
+            console.print(f"succeeded: perplexity {num(final.ppl_baseline)} → {num(final.ppl_quantized)} "
+                          f"(ratio {num(final.ppl_ratio, '.4f')}), artifact {final.artifact_uri}")
         else:
             console.print(f"{final.state}: {final.error or ''}".rstrip(": "))
     return final
@@ -297,10 +299,12 @@ def status(job: str, show_traceback: bool, as_json: bool) -> None:
         _print_comparison(group, groups.members(client.db, group.id), as_json)
         return
     found = client.status(job)
+    published = client.publications(found.id)
     if as_json:
-        _emit_json({**to_dict(found), **({"error_traceback": found.error_traceback} if show_traceback else {})})
+        _emit_json({**to_dict(found), "publications": [render.publication_dict(p) for p in published],
+                    **({"error_traceback": found.error_traceback} if show_traceback else {})})
         return
-    click.echo("\n".join(render.status_lines(found)))
+    click.echo("\n".join(render.status_lines(found, published)))
     if show_traceback:
         click.echo(found.error_traceback.rstrip() if found.error_traceback else "(no traceback stored)")
 
@@ -434,19 +438,69 @@ def download(job: str, dest: Path) -> None:
 
 
 @cli.command()
-def methods() -> None:
-    """List the methods, their formats and their options."""
+@click.argument("job")
+@click.argument("repo")
+@click.option("--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility).")
+@click.option("--dry-run", is_flag=True, help="Check the artifact and print the files and the model card; send nothing.")
+@click.option("--endpoint", help="The hub's URL (default: HF_ENDPOINT, else https://huggingface.co).")
+@click.option("--members", type=click.Choice(["recommended", "all"]), default="recommended", show_default=True,
+              help="A compare group: its recommended member to REPO, or every member to REPO-<method>.")
+@click.option("--base-model", help="The hub id the model was quantized from, where the job read it elsewhere (a path, s3://).")
+def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | None, members: str,
+            base_model: str | None) -> None:
+    """Publish JOB's artifact (or a compare GROUP's) to the hub repo REPO
+    (OWNER/NAME) with a model card made from the job's figures. The token
+    comes from QFARM_HF_TOKEN_FILE (a file) or HF_TOKEN."""
+    import logging
+
+    import huggingface_hub.hf_api  # noqa: F401 - sets its loggers' level when imported, so first
+    from huggingface_hub.utils import disable_progress_bars
+
+    from api_client.render import size
+
+    # huggingface_hub's warnings ("No files have been modified…") and
+    # progress bars say what the lines below say; the bars stay on a terminal.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    if not sys.stderr.isatty():
+        disable_progress_bars()
+    done = _client().publish(job, repo, private=private, dry_run=dry_run, endpoint=endpoint, members=members,
+                             base_model=base_model, progress=lambda line: click.echo(f"  {line}", err=True))
+    for p in done:
+        total = size(sum(f["bytes"] for f in p.files))
+        if p.license_note:
+            click.echo(f"  note: {p.license_note}", err=True)
+        if dry_run:
+            click.echo(f"would publish job {p.job_id} to {p.endpoint}/{p.repo}: {len(p.files)} files, {total}")
+            for f in p.files:
+                click.echo(f"  {f['path']} ({size(f['bytes'])})")
+            click.echo(f"--- README.md ---\n{p.card.rstrip()}\n--- end of README.md ---")
+        elif p.changed:
+            click.echo(f"published job {p.job_id} to {p.url} at {p.revision} ({len(p.files)} files, {total})")
+        else:
+            click.echo(f"{p.url} already holds job {p.job_id}'s files and card at {p.revision}: nothing changed")
+
+
+@cli.command()
+@click.argument("name", required=False)
+def methods(name: str | None) -> None:
+    """List the methods, their formats and their options (NAME: one method,
+    with every model architecture it takes where it names them)."""
     from api_client.catalog.options import cli_flags
 
-    for name in catalog.names():
-        m = catalog.get(name)
-        click.echo(f"{name}: {m.summary}")
+    for method in [name] if name else catalog.names():
+        m = catalog.get(method)
+        click.echo(f"{m.name}: {m.summary}")
         needs = f"; needs compute capability {m.min_capability[0]}.{m.min_capability[1]}+" if m.min_capability else ""
         click.echo(f"    formats: {', '.join(m.formats)}; calibration: {'yes' if m.calibrated else 'no'}{needs}")
         for f in m.options.knobs():
             choices = f.metadata.get("choices")
             allowed = f" ({'/'.join(map(str, choices))})" if choices else ""
             click.echo(f"    {cli_flags(f)}{allowed}, default {f.default}: {f.metadata.get('help', '')}")
+        if m.architectures is not None:
+            listed = ", ".join(sorted(m.architectures)) if name else f"qfarm methods {m.name} lists them"
+            click.echo(f"    architectures ({len(m.architectures)}): {listed}")
+    if name:
+        return
     from api_client import lm_tasks
 
     click.echo(f"tasks (--tasks): {lm_tasks.describe()}; any lm-eval registry task where the hub is reachable; "

@@ -19,8 +19,8 @@ from typing import Any
 
 from api_client import artifacts, catalog, estimate, lifecycle, liveness, queue, routing, sources
 from api_client.config import Settings
-from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, roles, workers
-from api_client.db.models import JobGroup, Worker
+from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, publications, roles, workers
+from api_client.db.models import JobGroup, Publication, Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.spec import JobSpec, ResolvedSpec, parse_size, resolve
 from api_client.storage import Store, open_store, sha256_file
@@ -164,10 +164,12 @@ class Client:
         resolved = []
         for entry in methods:
             name, _, fmt = entry.partition(":")
-            member = dataclasses.replace(base, model=model, method=name, format=fmt or None,
-                                         calib=base.calib if catalog.get(name).calibrated else None,
-                                         eval=dataclasses.replace(base.eval))
             try:
+                method = catalog.get(name)
+                checked = method.parse_format(fmt or None)
+                calibrated = method.needs_calibration(method.parse_params(base.params, checked), checked)
+                member = dataclasses.replace(base, model=model, method=name, format=checked,
+                                             calib=base.calib if calibrated else None, eval=dataclasses.replace(base.eval))
                 resolved.append(resolve(member))
             except SpecError as exc:
                 raise SpecError(f"{entry}: {exc}") from None
@@ -417,6 +419,16 @@ class Client:
         if job.state != JobState.SUCCEEDED.value or not job.artifact_uri:
             raise QFarmError(f"job {job.id} is {job.state}: it has no artifact to download")
         return artifacts.download(job.artifact_uri, dest, progress)
+
+    def publish(self, ref: str, repo: str, **options: Any) -> builtins.list[Any]:
+        """Publish a job's artifact (or a compare group's) to a model hub
+        repo with its model card (api_client/publish.py); one Published each."""
+        from api_client import publish
+
+        return publish.publish(self.db, ref, repo, user=self.user, **options)
+
+    def publications(self, job_id: str) -> builtins.list[Publication]:
+        return publications.of_job(self.db, job_id)
 
     def gc(self, older_than_s: float = 86400, delete: bool = False) -> builtins.list[artifacts.Incomplete]:
         """Artifacts without a manifest (uploads cut short) older than

@@ -107,6 +107,9 @@ def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
         row.task_recovery = sum(recoveries) / len(recoveries)
     if serving_error and row.serve_vram_bytes is None:
         row.excluded_vram = f"serve VRAM not measured: {serving_error}"
+    elif row.serve_vram_bytes is None and job.serve_kernel and job.gpu_name not in (None, "cpu"):
+        # A GGUF file served by llama.cpp's CPU build on a GPU worker.
+        row.excluded_vram = f"serve VRAM not measured: its serve path ({job.serve_kernel}) holds no GPU memory"
     return row
 
 

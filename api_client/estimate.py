@@ -68,6 +68,12 @@ H100 = DeviceClass(
         "int8": Cost(0.5, per_gb=0.6),
         "gptq/gptq": Cost(40.0, per_layer=1.0, per_pt=6.3e-4),
         "awq/awq": Cost(30.0, per_layer=10.0, per_pt=3.0e-4),
+        # GGUF, per format of a job: k-quants by AutoRound's torch search on
+        # the GPU (a guess until bench/RESULTS.md has a GPU run: 1/200 of
+        # the 2-core CPU's), Q8_0/F16 by llama.cpp's converter (numpy).
+        "gguf/k": Cost(20.0, per_gb=60.0),
+        "gguf/q8_0": Cost(5.0, per_gb=30.0),
+        "gguf/f16": Cost(5.0, per_gb=10.0),
     },
     offload_quantize_s_per_gb=1.5, offload_forward_s_per_gb=0.55,
 )
@@ -84,6 +90,12 @@ CPU = DeviceClass(
         "int8": Cost(1.0, per_gb=20.0),
         "gptq/gptq": Cost(20.0, per_layer=2.0, per_pt=0.15),
         "awq/awq": Cost(20.0, per_layer=10.0, per_pt=0.7),
+        # The reference model (27.6 MB): Q4_K_M with an importance matrix
+        # 5.5 min, Q8_0 1.8 s, on the 2-core machine while it was shared
+        # (worker/methods/gguf.py).
+        "gguf/k": Cost(20.0, per_gb=11_000.0),
+        "gguf/q8_0": Cost(2.0, per_gb=65.0),
+        "gguf/f16": Cost(2.0, per_gb=35.0),
     },
 )
 # Tokens a builtin evaluation text holds, about: 80,325 with the reference
@@ -111,6 +123,15 @@ def device_class(gpu_name: str | None) -> tuple[DeviceClass, str, bool]:
     return H100, short, short in ("H100", "H200")
 
 
+def _costs(dev: DeviceClass, method: str, fmt: str) -> list[Cost]:
+    """The quantization costs of a job: one, or a GGUF job's one per format."""
+    if method == "gguf":
+        from api_client.catalog.methods import K_QUANTS
+
+        return [dev.costs["gguf/k" if f in K_QUANTS else f"gguf/{f}"] for f in fmt.split(",")]
+    return [dev.costs.get(f"{method}/{fmt}") or dev.costs[method]]
+
+
 def estimate(method: str, fmt: str, params_m: float, layers: int, weight_gb: float,
              calib_samples: int | None, calib_seqlen: int | None, eval_seqlen: int | None,
              eval_windows: int | None, eval_text_tokens: int, context: int | None,
@@ -118,11 +139,10 @@ def estimate(method: str, fmt: str, params_m: float, layers: int, weight_gb: flo
     """Seconds a job takes on a worker of `gpu_name` (None: a CPU worker)."""
     dev, name, measured = device_class(gpu_name)
     d = dev.defaults
-    cost = dev.costs.get(f"{method}/{fmt}") or dev.costs[method]
     calib_k = (calib_samples or d.calib_samples) * (calib_seqlen or d.calib_seqlen) / 1000
-    quantize = cost.fixed + cost.per_layer * layers + cost.per_gb * weight_gb
-    if cost.per_pt:
-        quantize += cost.per_pt * params_m * calib_k
+    quantize = 0.0
+    for cost in _costs(dev, method, fmt):
+        quantize += cost.fixed + cost.per_layer * layers + cost.per_gb * weight_gb + cost.per_pt * params_m * calib_k
     seqlen = eval_seqlen or min(d.eval_seqlen, context or d.eval_seqlen)
     windows = eval_windows or d.eval_windows
     eval_tokens = min(eval_text_tokens, windows * seqlen) if windows else eval_text_tokens

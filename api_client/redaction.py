@@ -67,6 +67,11 @@ def _mask_userinfo(m: re.Match[str]) -> str:
 def _mask_pair(m: re.Match[str]) -> str:
     if not secret_name(m.group("name")) or m.group("value") == MASK:
         return m.group(0)
+    # Prose such as "no hub token: set HF_TOKEN" is no pair: a lower-case
+    # word before a colon counts only with a value long enough to be a secret.
+    name, sep, value = m.group("name"), m.group("sep"), m.group("value")
+    if "=" not in sep and name.islower() and len(value) < MIN_SECRET_CHARS:
+        return m.group(0)
     return f"{m.group('name')}{m.group('sep')}{MASK}"
 
 

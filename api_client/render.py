@@ -7,7 +7,7 @@ from typing import Any
 
 from api_client.db import Job
 from api_client.db.jobs import aware
-from api_client.db.models import Worker
+from api_client.db.models import Publication, Worker
 
 
 def size(n: float | None) -> str:
@@ -41,7 +41,7 @@ def when(dt: datetime | None) -> str:
     return "-" if dt is None else aware(dt).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_lines(job: Job) -> list[str]:
+def status_lines(job: Job, published: list[Publication] | None = None) -> list[str]:
     params = " ".join(f"{k}={v}" for k, v in (job.params or {}).items()) or "-"
     state = job.state + (f" ({job.stage})" if job.stage and job.state == "running" else "")
     rows = [
@@ -66,8 +66,10 @@ def status_lines(job: Job) -> list[str]:
         ("serve decode tok/s", f"{num(job.serve_tokens_per_s_baseline, '.1f')} → {num(job.serve_tokens_per_s, '.1f')}"
                                f" ({job.serve_kernel or '-'})"),
         *task_lines(job),
+        *format_lines(job),
         ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
+        *[("published", f"{p.url} at {p.revision} ({when(p.published_at)}, by {p.published_by})") for p in published or []],
     ]
     if job.error:
         rows.append(("error", job.error))
@@ -98,6 +100,31 @@ def task_lines(job: Job) -> list[tuple[str, str]]:
         base = "-" if t.get("baseline") is None else f"{t['baseline']:.4f}"
         rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
         lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
+    return lines
+
+
+def publication_dict(p: Publication) -> dict[str, Any]:
+    return {"repo": p.repo, "endpoint": p.endpoint, "url": p.url, "revision": p.revision,
+            "published_by": p.published_by, "published_at": aware(p.published_at).isoformat()}
+
+
+def format_lines(job: Job) -> list[tuple[str, str]]:
+    """One line per file of an artifact that holds several (a GGUF job's
+    formats): its size, perplexity ratio and the runtime that measured it,
+    how it was made, and the tensors a k-quant had to write otherwise."""
+    metrics = job.metrics or {}
+    made = metrics.get("gguf") or {}
+    lines = []
+    for label, f in (metrics.get("formats") or {}).items():
+        file = made.get(label) or {}
+        types = ", ".join(f"{t} {n}" for t, n in (file.get("tensor_types") or {}).items())
+        error = f.get("perplexity_error")
+        ppl = f"ppl ratio {num(f.get('ppl_ratio'), '.4f')} ({f.get('ppl_kernel') or '-'})" if not error else f"perplexity: {error}"
+        lines.append((f"format {label}", f"{file.get('file', '-')} {size(file.get('bytes'))}, {ppl}, "
+                                         f"decode {num(f.get('serve_tokens_per_s'), '.1f')} tok/s ({f.get('serve_kernel') or '-'}); "
+                                         f"{file.get('producer', '-')}; tensors {types or '-'}"))
+        if file.get("fallback"):
+            lines.append((f"format {label}", file["fallback"]))
     return lines
 
 

@@ -208,16 +208,15 @@ def _windows(tok: Any, source: str, purpose: str, seqlen: int, want: int | None 
 def resolve(spec: JobSpec) -> ResolvedSpec:
     """Validate everything that can be checked on the submitting machine."""
     method = catalog.get(spec.method)
-    fmt = spec.format or method.formats[0]
-    if fmt not in method.formats:
-        raise SpecError(f"--method {method.name} writes {'/'.join(method.formats)}, not --format {fmt}")
+    fmt = method.parse_format(spec.format)
     params = method.parse_params(spec.params, fmt)
-    if method.calibrated:
+    if method.needs_calibration(params, fmt):
         calib = spec.calib or CalibSpec()
         calib.validate()
     else:
         if spec.calib is not None:
-            raise SpecError(f"--method {method.name} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
+            which = f"--method {method.name}" + (f" --format {fmt} with these options" if method.calibrated else "")
+            raise SpecError(f"{which} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
         calib = None
     spec.eval.validate()
     if spec.eval.tasks_dir is not None and spec.eval.tasks:
@@ -239,6 +238,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         path = sources.local_model_path(spec.model)
         info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
+        method.check_model(info, params, fmt)
         _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
         params_count = info.params or None

@@ -6,6 +6,10 @@ table is built by api_client/compare.py from the job rows.
     python -m bench.compare --model .gpu/refmodel --methods gptq,awq,rtn,fp8,nf4,fp4,int8,gptq:gptq,awq:awq --tasks builtin
     python -m bench.compare --model /tmp/llama7b --shape 7b --methods gptq,awq,nf4,int8,fp8 --tasks builtin --limit 200
     python -m bench.compare --model /tmp/llama13b --shape 13b --methods gptq --max-vram 16GiB
+    python -m bench.compare --model /tmp/llama7b --shape 7b --methods gguf:q4_k_m,gguf:q8_0 --calib-samples 32 --eval-windows 4
+
+GGUF members add a table of their files: size, the runtime that measured
+them, the time each format took, the importance matrix, the tensor types.
 
 Also printed, for the farm (issue 10): each worker's time from start to its
 first job, and the idle gaps between one job's end and the next one's start
@@ -74,6 +78,22 @@ def task_table(comparison) -> str:
     return "\n".join(["| method | task | metric | score | recovery |", "|---|---|---|---|---|", *out]) if out else ""
 
 
+def gguf_table(members) -> str:
+    """Each GGUF file of the group: how it was made and what it measured."""
+    out = []
+    for job in members:
+        metrics = job.metrics or {}
+        for fmt, f in (metrics.get("gguf") or {}).items():
+            m = (metrics.get("formats") or {}).get(fmt) or {}
+            types = ", ".join(f"{t} {n}" for t, n in (f.get("tensor_types") or {}).items())
+            out.append(f"| {fmt} | {size(f.get('bytes'))} | {size(f.get('seconds'), 1, '.1f')} | {'yes' if f.get('imatrix') else 'no'} "
+                       f"| {m.get('ppl_kernel') or '-'} | {size(m.get('ppl_ratio'), 1, '.4f')} | {size(m.get('serve_tokens_per_s'), 1, '.1f')} "
+                       f"| {types} |")
+    head = ["| format | file GiB | made in s | imatrix | measured on | ppl ratio | decode tok/s | tensor types |",
+            "|---|---|---|---|---|---|---|---|"]
+    return "\n".join(head + out) if out else ""
+
+
 def farm_line(members, worker_started: float) -> str:
     """Each worker's start to its first job, and the idle gaps between jobs
     on one GPU (bench/farm.py's figures, in one line)."""
@@ -96,6 +116,7 @@ def main() -> None:
     p.add_argument("--limit", type=int)
     p.add_argument("--calib-samples", type=int)
     p.add_argument("--eval-windows", type=int)
+    p.add_argument("--eval-seqlen", type=int)
     p.add_argument("--decode-tokens", type=int, default=64)
     p.add_argument("--max-vram", help="each job's GPU memory cap")
     p.add_argument("--max-size")
@@ -118,7 +139,7 @@ def main() -> None:
     try:
         base = JobSpec(model=a.model, method="rtn", max_vram=a.max_vram,
                        calib=CalibSpec(samples=a.calib_samples) if a.calib_samples else None,
-                       eval=EvalSpec(windows=a.eval_windows, decode_tokens=a.decode_tokens, tasks=a.tasks.split(",") if a.tasks else None, tasks_limit=a.limit))
+                       eval=EvalSpec(windows=a.eval_windows, seqlen=a.eval_seqlen, decode_tokens=a.decode_tokens, tasks=a.tasks.split(",") if a.tasks else None, tasks_limit=a.limit))
         group, members = client.compare(str(Path(a.model).resolve()), a.methods.split(","), base,
                                         max_size=a.max_size, max_vram=a.max_serve_vram)
         print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format} {j.id}" for j in members), flush=True)
@@ -142,6 +163,7 @@ def main() -> None:
     print(table(result, members, GUIDE_7B if a.shape == "7b" else {}))
     print(f"\nrecommended: {result.why}\n")
     print(task_table(result))
+    print(gguf_table(members))
     print("\n" + farm_line(members, started))
     if a.json_out:
         from api_client.db.jobs import to_dict

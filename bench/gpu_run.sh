@@ -9,8 +9,9 @@
 set -euo pipefail
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 unset PYTHONDONTWRITEBYTECODE
-# A second run in the same call finds them installed.
-flock /tmp/site.lock sh -c '[ -d /tmp/site/celery ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl'
+# A second run in the same call finds them installed; a warm machine whose
+# /tmp/site came from another set of wheels (GGUF's added) installs again.
+flock /tmp/site.lock sh -c 'want=$(ls .whl | sha1sum); [ "$(cat /tmp/site/.wheels 2>/dev/null)" = "$want" ] || { python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && echo "$want" > /tmp/site/.wheels; }'
 if [ -d .moto ]; then
   flock /tmp/site.lock sh -c '[ -d /tmp/site/moto ] || python3 -m pip install -q --no-index --no-deps --no-cache-dir --upgrade --target /tmp/site .moto/*.whl'
 fi
@@ -26,6 +27,7 @@ python3 -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/
 export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:-redis://127.0.0.1:6379/0} QFARM_BENCH_TOKENIZER=$PWD/.gpu/tok
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
+python3 -c "from importlib.metadata import version as v; import worker.gguf_runtime as r; print('gguf', v('gguf'), 'auto-round', v('auto-round'), 'sentencepiece', v('sentencepiece'), 'GGUF runtime', r.runtime())" 2>&1 | tail -1
 suite=$1; shift
 # Stop short of the call's limit (counted from this script's start) so the
 # logs and the table still come back. `compare` is bench/compare.py (its own

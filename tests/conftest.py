@@ -98,7 +98,7 @@ def drop_qfarm_tables(url: str) -> None:
     _scan_pg(url)
     engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS publications, job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
     engine.dispose()
 
 

@@ -50,10 +50,12 @@ def greedy(path: Path, n: int = 8) -> list[int]:
     ("rtn", {"bits": 8, "group_size": 128}, 1.01, True),
     ("int8", {}, 1.01, True),
     ("rtn", {"bits": 4, "group_size": 128}, 1.10, False),
+    # llama.cpp's converter's Q8_0, measured in the worker's GGUF runtime.
+    ("gguf", {}, 1.01, False),
 ])
 def test_quantized_refmodel_keeps_its_accuracy(farm, method, params, bound, same_tokens):
     settings, db = farm
-    spec = JobSpec(model=str(REFMODEL), method=method, params=params,
+    spec = JobSpec(model=str(REFMODEL), method=method, params=params, format="q8_0" if method == "gguf" else None,
                    eval=EvalSpec(seqlen=256, windows=8, decode_tokens=4))
     job_id = f"acc{method}{params.get('bits', 8)}".ljust(12, "0")
     jobs.create(db, job_row(resolve(spec), job_id, "tester", "qfarm.test"))

@@ -28,13 +28,20 @@ def assert_nothing_queued(redis_conn, env):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--method", "gptqq"], "error: unknown method 'gptqq' (choose from awq, fp4, fp8, gptq, int8, nf4, rtn)"),
+    (["--method", "gptqq"], "error: unknown method 'gptqq' (choose from awq, fp4, fp8, gguf, gptq, int8, nf4, rtn)"),
     (["--method", "gptq", "--bits", "3"], "error: gptq does not support --bits 3 (supported: 4/8)"),
     (["--method", "gptq", "--group-size", "100"], "error: gptq does not support --group-size 100 (supported: 32/64/128/-1)"),
     (["--method", "nf4", "--threshold", "5"], "error: --threshold does not apply to --method nf4 (it takes --compute-dtype, --double-quant)"),
     (["--method", "rtn", "--calib", "builtin"], "error: --method rtn takes no calibration data (--calib, --calib-samples, --calib-seqlen)"),
     (["--method", "gptq", "--format", "gguf"], "error: --method gptq writes compressed-tensors/gptq, not --format gguf"),
     (["--method", "gptq", "--calib", "/nope/calib.txt"], "error: calibration file /nope/calib.txt does not exist"),
+    (["--method", "gguf", "--format", "q4_k_m,q3_k"],
+     "error: --method gguf writes q4_k_m/q5_k_m/q6_k/q8_0/f16 (one or several, comma-separated), not --format q3_k"),
+    (["--method", "gguf", "--format", "q8_0,q8_0"], "error: --format names a GGUF format twice: q8_0,q8_0"),
+    (["--method", "gguf", "--format", "q8_0", "--calib", "builtin"],
+     "error: --method gguf --format q8_0 with these options takes no calibration data (--calib, --calib-samples, --calib-seqlen)"),
+    (["--method", "gguf", "--no-imatrix", "--calib-samples", "8"],
+     "error: --method gguf --format q4_k_m with these options takes no calibration data (--calib, --calib-samples, --calib-seqlen)"),
 ])
 def test_bad_options(env, redis_conn, tiny_model, args, message):
     proc = run_cli("submit", str(tiny_model), *args, env=env)

@@ -100,3 +100,13 @@ def test_an_offloaded_original_says_so_in_its_row():
     console.print(comparison_table(table))
     lines = {line.split("│")[2].strip(): line for line in console.export_text().splitlines() if line.count("│") > 3}
     assert "10.00 GiB (offloaded)" in lines["original"] and "offloaded" not in lines["gptq"]
+
+
+def test_a_row_served_off_the_gpu_says_so_under_a_serve_vram_limit():
+    members = [member("d1", "gguf", "q4_k_m", ratio=1.01, artifact=GiB, serve=None, baseline="full",
+                      serve_kernel="llama.cpp-cpu", gpu_name="NVIDIA H200"),
+               member("d2", "nf4", "bitsandbytes", ratio=1.02, artifact=GiB, serve=2 * GiB)]
+    table = compare(group(max_vram_bytes=3 * GiB), members)
+    rows = {r.label: r for r in table.rows}
+    assert rows["gguf"].excluded == "serve VRAM not measured: its serve path (llama.cpp-cpu) holds no GPU memory"
+    assert table.recommended == "nf4"

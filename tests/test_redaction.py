@@ -37,7 +37,8 @@ def test_redact_masks_secrets_of_every_shape_and_leaves_ordinary_text():
     for s in ("hunter2", aws, "abc123xyz", "eyJhbGci", "hf_aaaa", "AKIAIOSFODNN7EXAMPLE"):
         assert s not in out, out
     assert "postgresql://***@db:5432/farm" in out and "PGPASSWORD=***" in out
-    ordinary = "max_tokens=64 tokenizer: tokenizer.json perplexity 12.5 → 12.7 (×1.0160) key: inputs/x/calib.txt"
+    ordinary = ("max_tokens=64 tokenizer: tokenizer.json perplexity 12.5 → 12.7 (×1.0160) key: inputs/x/calib.txt "
+                "no hub token: set HF_TOKEN")
     assert redact(ordinary) == ordinary
 
 

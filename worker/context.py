@@ -40,6 +40,10 @@ class JobContext:
     on_note: Callable[[str], None]
     library_seconds: float = 0.0
     facts: dict = field(default_factory=dict)
+    # The files the evaluation measures, by label, where an artifact holds
+    # several models (a GGUF job: one file per format, the first its
+    # headline); empty: the artifact directory is the one model.
+    targets: dict[str, Path] = field(default_factory=dict)
 
     def stage(self, stage: Stage, message: str | None = None) -> None:
         self.on_stage(stage, message)

@@ -67,6 +67,15 @@ def quiet_loguru() -> None:
     logger.add(sys.stderr, level="WARNING", filter=once, format="{time:HH:mm:ss} | {name} | {level} - {message}")
 
 
+def quiet_autoround() -> None:
+    """AutoRound logs through its own handler (not propagated, so not
+    filtered above): a line per layer and per fallback tensor. The job
+    records what they say (worker/methods/gguf.py); its errors stay. The
+    llama.cpp converter it vendors logs as `hf-to-gguf` through the same."""
+    for name in ("autoround", "hf-to-gguf"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def name_outcomes_in_celery_log() -> None:
     """Celery logs every task that returns as "succeeded"; a job's task
     returns what happened to the job, and the line says "finished"."""

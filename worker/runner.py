@@ -429,10 +429,14 @@ class Run:
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
         self.stage(Stage.EVALUATING, f"uploading the artifact ({artifact_bytes / 2**20:.1f} MiB) to {self.store.url} meanwhile")
-        figures = self._evaluate(eval_spec, tasks, model_dir, output_dir, info.weight_bytes, info.context)
+        figures = self._evaluate(eval_spec, tasks, model_dir, ctx.targets or {job.format: output_dir}, info.weight_bytes,
+                                 info.context)
         self.record(**figures["columns"], eval_peak_rss_bytes=gpu.peak_rss())
-        self.note(f"perplexity {figures['columns']['ppl_baseline']:.4g} → {figures['columns']['ppl_quantized']:.4g} "
-                  f"(×{figures['columns']['ppl_ratio']:.4f})")
+        columns, extra = figures["columns"], figures["extra"]
+        if "ppl_ratio" in columns:
+            self.note(f"perplexity {columns['ppl_baseline']:.4g} → {columns['ppl_quantized']:.4g} (×{columns['ppl_ratio']:.4f})")
+        else:  # a GGUF file no runtime on this worker loads (gguf_runtime.NoRuntime)
+            self.note(f"perplexity not measured: {extra.get('perplexity_error')}")
 
         self.stage(Stage.UPLOADING, "finishing the upload, then the manifest")
         metrics = {
@@ -454,8 +458,11 @@ class Run:
                 and self.rec(jobs.get, job.id).state != JobState.SUCCEEDED.value:
             raise JobCancelled()
 
-    def _evaluate(self, spec: EvalSpec, tasks: TaskRun | None, model_dir: Path, output_dir: Path, model_bytes: int,
+    def _evaluate(self, spec: EvalSpec, tasks: TaskRun | None, model_dir: Path, targets: dict[str, Path], model_bytes: int,
                   context: int | None) -> dict:
+        """The job's figures: the first target's as its columns; where the
+        artifact holds several models (a GGUF job's formats), each one's
+        figures under metrics["formats"], by label."""
         from transformers import AutoTokenizer
 
         defaults = defaults_for(self.device.is_cuda)
@@ -474,9 +481,13 @@ class Run:
             trust_remote_code=code, tasks=tasks,
             full_baseline=spec.baseline == "full",
         )
-        figures = evaluators.run(inputs, model_dir, output_dir)
+        measured = evaluators.run_targets(inputs, model_dir, targets)
+        figures = next(iter(measured.values()))
         figures.metrics.update(eval_seqlen=seqlen, eval_windows=len(windows),
                                eval_dtype="auto" if self.device.is_cuda else "float32")
+        if len(targets) > 1 or next(iter(targets.values())).is_file():
+            figures.metrics["formats"] = {label: {**f.columns, **{k: v for k, v in f.metrics.items() if k != "eval_passes"}}
+                                          for label, f in measured.items()}
         return {"columns": figures.columns, "extra": figures.metrics}
 
     def _manifest(self, metrics: dict, versions: dict) -> dict:

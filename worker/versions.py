@@ -6,7 +6,9 @@ import platform
 from importlib import metadata
 
 PACKAGES = ("qfarm", "torch", "transformers", "accelerate", "llmcompressor", "compressed-tensors",
-            "gptqmodel", "bitsandbytes", "optimum", "safetensors", "numpy")
+            "gptqmodel", "bitsandbytes", "optimum", "safetensors", "numpy",
+            # GGUF: the writer of the k-quants, llama.cpp's library, the runtime that measured them.
+            "auto-round", "gguf", "llama-cpp-python")
 
 
 def library_versions() -> dict[str, str | None]:

@@ -10,10 +10,13 @@ A method is a `MethodSpec` subclass registered with `@register`
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from api_client.catalog.options import NoParams, Params
 from api_client.errors import SpecError
+
+if TYPE_CHECKING:
+    from api_client.checkpoint import CheckpointInfo
 
 
 class MethodSpec:
@@ -31,6 +34,16 @@ class MethodSpec:
     # Compute capability a GPU needs to run this method (None: any GPU or CPU);
     # such jobs go to a queue only those GPUs' workers consume (api_client/routing.py).
     min_capability: ClassVar[tuple[int, int] | None] = None
+    # The config.json architectures the method takes (None: any it can load).
+    architectures: ClassVar[frozenset[str] | None] = None
+
+    @classmethod
+    def parse_format(cls, fmt: str | None) -> str:
+        """The format a job writes: `fmt` checked, or the default (the first)."""
+        fmt = fmt or cls.formats[0]
+        if fmt not in cls.formats:
+            raise SpecError(f"--method {cls.name} writes {'/'.join(cls.formats)}, not --format {fmt}")
+        return fmt
 
     @classmethod
     def parse_params(cls, raw: dict[str, Any], fmt: str) -> Params:
@@ -41,6 +54,17 @@ class MethodSpec:
     @classmethod
     def check_format(cls, params: Any, fmt: str) -> None:
         """Reject parameter values the chosen format cannot hold."""
+
+    @classmethod
+    def needs_calibration(cls, params: Params, fmt: str) -> bool:
+        """Whether this job reads calibration text (a method may need it for
+        some formats or options only)."""
+        return cls.calibrated
+
+    @classmethod
+    def check_model(cls, info: CheckpointInfo, params: Params, fmt: str) -> None:
+        """Refuse a checkpoint this method cannot take (beyond what every
+        method checks), in one line."""
 
     @classmethod
     def group_size(cls, params: Params) -> int | None:

@@ -5,10 +5,15 @@ worker/methods/<name>.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from api_client.catalog import MethodSpec, register
+from api_client.catalog.gguf_architectures import GGUF_ARCHITECTURES
 from api_client.catalog.options import Params, knob
 from api_client.errors import SpecError
+
+if TYPE_CHECKING:
+    from api_client.checkpoint import CheckpointInfo
 
 GROUP_SIZES = (32, 64, 128, -1)
 COMPUTE_DTYPES = ("auto", "float16", "bfloat16", "float32")
@@ -136,3 +141,60 @@ class Int8(MethodSpec):
     summary = "bitsandbytes LLM.int8() with outlier decomposition"
     formats = ("bitsandbytes",)
     options = Int8Params
+
+
+# llama.cpp's k-quants pack 256 weights of a row into one super-block: a row
+# (a weight's input features) that is not a multiple of 256 cannot be one, and
+# llama.cpp writes that tensor in a fallback type (Q4_K → Q5_0, Q5_K → Q5_1,
+# Q6_K → Q8_0; llama-quant.cpp). The job records which tensors did.
+K_QUANT_ROW = 256
+K_QUANTS = ("q4_k_m", "q5_k_m", "q6_k")
+
+
+@dataclass(frozen=True)
+class GGUFParams(Params):
+    imatrix: bool = knob(True, help="weigh the k-quants' rounding by an importance matrix computed on the calibration text "
+                                    "(k-quant formats only)")
+
+
+@register
+class GGUF(MethodSpec):
+    """GGUF files for llama.cpp, Ollama and LM Studio: llama.cpp's k-quants
+    (Q4_K_M, Q5_K_M, Q6_K, with the importance matrix llama-imatrix would
+    compute), Q8_0 or F16. `--format` takes several, comma-separated: one
+    job writes one .gguf file per format into its artifact, each measured.
+    The code is worker/methods/gguf.py (why these producers: its docstring)."""
+
+    name = "gguf"
+    summary = "GGUF for llama.cpp/Ollama: q4_k_m by default, several formats a job (--format q4_k_m,q8_0)"
+    formats = ("q4_k_m", "q5_k_m", "q6_k", "q8_0", "f16")
+    calibrated = True
+    options = GGUFParams
+    architectures = GGUF_ARCHITECTURES
+
+    @classmethod
+    def parse_format(cls, fmt: str | None) -> str:
+        """One format or several, comma-separated, in the order given (the
+        first is the job's headline figures)."""
+        names = [f.strip().lower() for f in (fmt or cls.formats[0]).split(",") if f.strip()]
+        unknown = [f for f in names if f not in cls.formats]
+        if not names or unknown:
+            raise SpecError(f"--method gguf writes {'/'.join(cls.formats)} (one or several, comma-separated), "
+                            f"not --format {', '.join(unknown) or repr(fmt)}")
+        if len(set(names)) != len(names):
+            raise SpecError(f"--format names a GGUF format twice: {fmt}")
+        return ",".join(names)
+
+    @classmethod
+    def needs_calibration(cls, params: Params, fmt: str) -> bool:
+        # The importance matrix is the only use of calibration text, and only
+        # the k-quants take one (llama.cpp's Q8_0 and F16 ignore it).
+        return bool(getattr(params, "imatrix", False)) and any(f in K_QUANTS for f in fmt.split(","))
+
+    @classmethod
+    def check_model(cls, info: CheckpointInfo, params: Params, fmt: str) -> None:
+        archs = info.config.get("architectures") or []
+        arch = archs[0] if archs and isinstance(archs[0], str) else None
+        if arch not in GGUF_ARCHITECTURES:
+            raise SpecError(f"llama.cpp's GGUF converter does not know the architecture {arch or info.model_type!r} "
+                            f"(config.json architectures); `qfarm methods gguf` lists the {len(GGUF_ARCHITECTURES)} it does")

@@ -10,7 +10,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from api_client.states import JobState, Stage
 
-__all__ = ["Base", "Farm", "Job", "JobEvent", "JobGroup", "JobState", "Stage", "Worker", "utcnow"]
+__all__ = ["Base", "Farm", "Job", "JobEvent", "JobGroup", "JobState", "Publication", "Stage", "Worker", "utcnow"]
 
 
 def utcnow() -> datetime:
@@ -166,3 +166,21 @@ class Worker(Base):
     current_job: Mapped[str | None] = mapped_column(String(32))
     jobs_done: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Publication(Base):
+    """A job's artifact published to a model hub repo (`qfarm publish`): the
+    repo, the commit it is at, and when and by whom. A publish that changed
+    nothing on the hub adds no row."""
+
+    __tablename__ = "publications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False, index=True)
+    endpoint: Mapped[str] = mapped_column(Text, nullable=False)
+    repo: Mapped[str] = mapped_column(String(200), nullable=False)
+    # The commit id (the hub's revision) the repo's main branch is at.
+    revision: Mapped[str] = mapped_column(String(64), nullable=False)
+    url: Mapped[str] = mapped_column(Text, nullable=False)
+    published_by: Mapped[str] = mapped_column(String(128), nullable=False)
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, default=utcnow)

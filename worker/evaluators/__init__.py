@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from worker import loading
+from worker import gguf_runtime, loading
 from worker.gpu import Device, PeakMemory, release_memory
 
 LOADS = ("reference", "serve")
@@ -76,6 +76,9 @@ class Evaluator:
     required: ClassVar[bool] = False
     # Whether the original model is measured when `full_baseline` is off.
     baseline_always: ClassVar[bool] = False
+    # Needs a torch model (lm-eval's HFLM): a GGUF file is then measured on
+    # transformers' load of it, not on llama.cpp.
+    torch_model: ClassVar[bool] = False
 
     def wanted(self, inputs: Inputs) -> bool:
         return True
@@ -105,61 +108,101 @@ def evaluators() -> list[Evaluator]:
 def run(inputs: Inputs, baseline: Path, quantized: Path) -> Figures:
     """Measure both models with every evaluator that is wanted, a load at a
     time (so one model is in memory at once), and return the job's figures."""
+    return run_targets(inputs, baseline, {"": quantized})[""]
+
+
+def run_targets(inputs: Inputs, baseline: Path, targets: dict[str, Path]) -> dict[str, Figures]:
+    """`run` for an artifact that holds several models (a GGUF job's files,
+    by format): the original is measured once, each target against it.
+    Every target's `eval_seconds` is the whole evaluation's."""
     chosen = [e for e in evaluators() if e.wanted(inputs)]
-    measured: dict[str, dict[str, dict[str, Any]]] = {"baseline": {}, "quantized": {}}
-    passes: dict[str, dict[str, Any]] = {}
-    for role, path in (("baseline", baseline), ("quantized", quantized)):
-        for load in LOADS:
-            wanted = [e for e in chosen if e.load == load
-                      and (role == "quantized" or inputs.full_baseline or e.baseline_always)]
-            if not wanted:
-                continue
-            figures: dict[str, Any] = {}
-            passes[f"{role}_{load}"] = figures
-            start = time.perf_counter()
-            # What the process already held (nothing, unless a library kept
-            # something alive): a pass's peak counts only what it added.
-            resident = _allocated(inputs.device)
-            figures["resident_before"] = resident or 0
-            with PeakMemory(inputs.device) as peak:
-                try:
-                    loaded = _load(load, role, path, inputs)
-                    figures["load_seconds"] = time.perf_counter() - start
-                    figures["kernel"] = loaded.kernel
-                    if loaded.packed_instead:
-                        figures["packed_instead"] = loaded.packed_instead
-                    for e in wanted:
-                        try:
-                            measured[role][e.name] = e.measure(loaded, inputs, figures)
-                        except Exception as exc:
-                            if e.required:
-                                raise
-                            measured[role][e.name] = {"error": _reason(exc, role)}
-                    del loaded
-                except Exception as exc:
-                    if any(e.required for e in wanted):
-                        raise
-                    for e in wanted:
-                        measured[role][e.name] = {"error": _reason(exc, role)}
-            figures.update(seconds=time.perf_counter() - start, evaluators=[e.name for e in wanted],
-                           peak_vram_bytes=peak.torch_peak - resident if peak.torch_peak is not None and resident is not None
-                           else peak.torch_peak,
-                           peak_vram_nvml_bytes=peak.nvml_peak)
-            release_memory(inputs.device)
-    out = Figures()
-    for e in chosen:
-        base, quant = measured["baseline"].get(e.name), measured["quantized"][e.name]
-        failed = next((m["error"] for m in (base, quant) if m and "error" in m), None)
-        if failed:
-            out.metrics[f"{e.name}_error"] = failed
-        else:
-            out.merge(e.figures(base, quant))
-    out.metrics["eval_passes"] = passes
-    out.columns["eval_seconds"] = sum(p["seconds"] for p in passes.values())
+    base, passes = _measure(chosen, "baseline", baseline, inputs)
+    measured = {label: _measure(chosen, "quantized", path, inputs) for label, path in targets.items()}
+    seconds = sum(p["seconds"] for p in passes.values()) + sum(p["seconds"] for _, ps in measured.values() for p in ps.values())
+    out = {}
+    for label, (quant, own) in measured.items():
+        figures = Figures()
+        for e in chosen:
+            b, q = base.get(e.name), quant[e.name]
+            failed = next((m["error"] for m in (b, q) if m and "error" in m), None)
+            if failed:
+                figures.metrics[f"{e.name}_error"] = failed
+            else:
+                figures.merge(e.figures(b, q))
+        figures.metrics["eval_passes"] = {**passes, **own}
+        figures.columns["eval_seconds"] = seconds
+        out[label] = figures
     return out
 
 
+def _measure(chosen: list[Evaluator], role: str, path: Path,
+             inputs: Inputs) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every chosen evaluator's figures of one model (`role`), a load at a
+    time, and each load's own figures (seconds, peak memory) by pass name."""
+    measured: dict[str, dict[str, Any]] = {}
+    passes: dict[str, dict[str, Any]] = {}
+    for load, wanted in _passes(chosen, role, path, inputs):
+        figures: dict[str, Any] = {}
+        passes[f"{role}_{load}"] = figures
+        start = time.perf_counter()
+        # What the process already held (nothing, unless a library kept
+        # something alive): a pass's peak counts only what it added.
+        resident = _allocated(inputs.device)
+        figures["resident_before"] = resident or 0
+        with PeakMemory(inputs.device) as peak:
+            try:
+                loaded = _load(load, role, path, inputs)
+                figures["load_seconds"] = time.perf_counter() - start
+                figures["kernel"] = loaded.kernel
+                if loaded.packed_instead:
+                    figures["packed_instead"] = loaded.packed_instead
+                try:
+                    for e in wanted:
+                        try:
+                            measured[e.name] = e.measure(loaded, inputs, figures)
+                        except Exception as exc:
+                            if e.required:
+                                raise
+                            measured[e.name] = {"error": _reason(exc, role)}
+                finally:
+                    _close(loaded)
+                    del loaded
+            except Exception as exc:
+                # A GGUF file no runtime here loads is unmeasured, not broken.
+                if any(e.required for e in wanted) and not isinstance(exc, gguf_runtime.NoRuntime):
+                    raise
+                for e in wanted:
+                    measured[e.name] = {"error": _reason(exc, role)}
+        figures.update(seconds=time.perf_counter() - start, evaluators=[e.name for e in wanted],
+                       peak_vram_bytes=peak.torch_peak - resident if peak.torch_peak is not None and resident is not None
+                       else peak.torch_peak,
+                       peak_vram_nvml_bytes=peak.nvml_peak)
+        release_memory(inputs.device)
+    return measured, passes
+
+
+def _passes(chosen: list[Evaluator], role: str, path: Path, inputs: Inputs) -> list[tuple[str, list[Evaluator]]]:
+    """The loads of one model and the evaluators each serves, in order. A
+    GGUF file has one load in the worker's GGUF runtime (gguf_runtime.py)
+    for everything, and where that runtime is llama.cpp, a second in
+    transformers' GGUF loader for what needs a torch model (lm-eval)."""
+    wanted = [e for e in chosen if role == "quantized" or inputs.full_baseline or e.baseline_always]
+    if role == "quantized" and gguf_runtime.is_gguf(path):
+        torch_only = gguf_runtime.runtime() == gguf_runtime.LLAMA_CPP
+        groups = [("gguf", [e for e in wanted if not (torch_only and e.torch_model)]),
+                  ("gguf_transformers", [e for e in wanted if torch_only and e.torch_model])]
+    else:
+        groups = [(load, [e for e in wanted if e.load == load]) for load in LOADS]
+    return [(load, es) for load, es in groups if es]
+
+
 def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
+    if load in ("gguf", "gguf_transformers"):
+        model = gguf_runtime.load(path, inputs.device, len(inputs.windows[0]), transformers_only=load == "gguf_transformers")
+        if isinstance(model, gguf_runtime.LlamaCppModel):
+            return Loaded(model, role, model.kernel)
+        return Loaded(model, role, gguf_runtime.TRANSFORMERS,
+                      dense_reason="transformers dequantizes every GGUF tensor as it loads the file")
     packed_instead = None
     if load == "reference" and role == "quantized":
         packed_instead = loading.packed_reference_reason(path, inputs.device, inputs.max_vram_bytes, inputs.dense_bytes)
@@ -170,6 +213,12 @@ def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))
+
+
+def _close(loaded: Loaded) -> None:
+    """A llama.cpp model frees its memory when closed, not when collected."""
+    if isinstance(loaded.model, gguf_runtime.LlamaCppModel):
+        loaded.model.close()
 
 
 def _allocated(device: Device) -> int | None:

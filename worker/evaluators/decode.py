@@ -7,12 +7,15 @@ import time
 from typing import Any
 
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
+from worker.gguf_runtime import LlamaCppModel
 
 
 def decode_speed(model, prompt: list[int], new_tokens: int) -> float | None:
     """Tokens per second generating `new_tokens` greedily at batch 1."""
     import torch
 
+    if isinstance(model, LlamaCppModel):
+        return model.decode_speed(prompt, new_tokens)
     if new_tokens <= 0:
         return None
     device = next(model.parameters()).device

@@ -1,7 +1,8 @@
 """Perplexity on the evaluation windows, on the reference load: the ratio
 quantized / original is qfarm's first accuracy figure. The load it ran on is
 named (`ppl_kernel`): under a cap too small for the dequantized artifact the
-reference load is the packed one (loading.packed_reference_reason)."""
+reference load is the packed one (loading.packed_reference_reason); a GGUF
+file's is llama.cpp's (`llama.cpp-cpu`) where the worker has it."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 from typing import Any
 
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
+from worker.gguf_runtime import LlamaCppModel
 
 # Tokens per forward batch: bounds the logits' memory (tokens × vocabulary × 4 bytes).
 TOKENS_PER_BATCH = 4096
@@ -52,8 +54,11 @@ class Perplexity(Evaluator):
     required = True
 
     def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
-        # Under a memory cap, one window at a time bounds the logits' memory.
-        ppl, tokens = perplexity(loaded.model, inputs.windows, 1 if inputs.max_vram_bytes else TOKENS_PER_BATCH)
+        if isinstance(loaded.model, LlamaCppModel):
+            ppl, tokens = loaded.model.perplexity(inputs.windows)
+        else:
+            # Under a memory cap, one window at a time bounds the logits' memory.
+            ppl, tokens = perplexity(loaded.model, inputs.windows, 1 if inputs.max_vram_bytes else TOKENS_PER_BATCH)
         return {"perplexity": ppl, "tokens": tokens, "load": load, "kernel": loaded.kernel}
 
     def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:

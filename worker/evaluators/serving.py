@@ -11,6 +11,10 @@ greedy decode at batch 1.
 - `serve_kernel`: the path the layers ran (`dense` where none is packed,
   with the reason), so a dense figure is never reported as a packed one;
 - `serve_tokens_per_s`: decode speed at batch 1 on that path.
+
+A GGUF file is served by llama.cpp where the worker has it (its CPU build:
+weights as llama.cpp holds them, no GPU memory), else by transformers'
+dequantized load of it (`transformers-gguf`, dense).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from worker import loading
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
 from worker.evaluators.decode import decode_speed
 from worker.evaluators.perplexity import perplexity
+from worker.gguf_runtime import LlamaCppModel
 
 # Windows run at batch 1: the peak is reached in the first; a few more show it is steady.
 SERVE_WINDOWS = 3
@@ -35,6 +40,8 @@ class Serving(Evaluator):
         import torch
 
         model = loaded.model
+        if isinstance(model, LlamaCppModel):
+            return self._measure_llama_cpp(loaded, inputs, load)
         weights = loading.held_bytes(model)
         resident = torch.cuda.memory_allocated() - load["resident_before"] if inputs.device.is_cuda else None
         # The windows' perplexity on this load: the packed path computes what
@@ -45,10 +52,22 @@ class Serving(Evaluator):
                 "dense_reason": loaded.dense_reason, "window_tokens": len(inputs.windows[0]), "load": load,
                 "perplexity": ppl, "offloaded": loaded.offloaded}
 
+    @staticmethod
+    def _measure_llama_cpp(loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
+        """A GGUF file on llama.cpp's CPU build: no GPU memory to count (a
+        torch peak of a GPU worker would read as a model served in none)."""
+        model = loaded.model
+        ppl, _ = model.perplexity(inputs.windows[:SERVE_WINDOWS])
+        return {"weights_bytes": model.weights_bytes(), "loaded_vram_bytes": None, "on_gpu": False,
+                "tokens_per_s": model.decode_speed(inputs.windows[0][:32], inputs.decode_tokens), "kernel": loaded.kernel,
+                "dense_reason": None, "window_tokens": len(inputs.windows[0]), "load": load, "perplexity": ppl,
+                "offloaded": False}
+
     def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:
         base = baseline or {}
         columns = dict(
-            weights_bytes=quantized["weights_bytes"], serve_vram_bytes=quantized["load"]["peak_vram_bytes"],
+            weights_bytes=quantized["weights_bytes"],
+            serve_vram_bytes=quantized["load"]["peak_vram_bytes"] if quantized.get("on_gpu", True) else None,
             serve_kernel=quantized["kernel"], serve_tokens_per_s=quantized["tokens_per_s"],
             weights_bytes_baseline=base.get("weights_bytes"),
             serve_vram_baseline_bytes=base["load"]["peak_vram_bytes"] if base else None,

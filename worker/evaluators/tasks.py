@@ -77,6 +77,7 @@ class TaskRun:
 @register
 class Tasks(Evaluator):
     name = "tasks"
+    torch_model = True
 
     def wanted(self, inputs: Inputs) -> bool:
         return bool(inputs.tasks and inputs.tasks.names)

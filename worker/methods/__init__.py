@@ -38,6 +38,6 @@ def implemented() -> list[str]:
 
 
 # Importing the modules registers them.
-from worker.methods import awq, bnb4bit, fp8, gptq, int8, rtn  # noqa: E402,F401
+from worker.methods import awq, bnb4bit, fp8, gguf, gptq, int8, rtn  # noqa: E402,F401
 
 __all__ = ["implements", "quantize", "implemented"]
