@@ -62,6 +62,11 @@ _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
 # nested) from taking the worker's memory and time.
 MAX_NODES = 200_000
 MAX_DEPTH = 64
+# Includes are followed each time they are named (lm-eval's rule): a file
+# naming another thirty times, which names another thirty times, would parse
+# without end. A directory follows at most this many, or this many bytes.
+MAX_INCLUDES = 1000
+MAX_INCLUDED_BYTES = 16 * 2**20
 
 
 class RunsCode(SpecError):
@@ -96,6 +101,7 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
     root = root.resolve()
     out = TaskDir(root)
     items = entries(root)
+    reader = _Reader(root, allow_code)
     for item in items:
         if item.name.endswith(CODE_SUFFIXES):
             if not allow_code:
@@ -105,7 +111,7 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
         if not path.name.endswith(TASK_SUFFIX) or not path.is_file() \
                 or any(part in ("__pycache__", ".ipynb_checkpoints") for part in path.parts):
             continue
-        cfg = _Reader(root, allow_code).config(path)
+        cfg = reader.config(path)
         if not isinstance(cfg, dict) or not ({"task", "group"} & cfg.keys()):
             continue
         checker = _Checker(root, path, allow_code)
@@ -143,10 +149,19 @@ class _Reader:
 
     def __init__(self, root: Path, allow_code: bool):
         self.root, self.allow_code = root, allow_code
+        self.includes = self.included_bytes = 0
 
     def config(self, path: Path, seen: tuple[Path, ...] = ()) -> Any:
         if path in seen:
-            raise SpecError(f"{_rel(path, self.root)} includes itself")
+            chain = " → ".join(_rel(p, self.root) for p in (*seen[seen.index(path):], path))
+            raise SpecError(f"{_rel(path, self.root)} includes itself ({chain})")
+        if seen:
+            self.includes += 1
+            self.included_bytes += path.stat().st_size
+            if self.includes > MAX_INCLUDES or self.included_bytes > MAX_INCLUDED_BYTES:
+                raise SpecError(f"{_rel(seen[-1], self.root)}: the directory's includes, counted each time one is "
+                                f"followed, come to more than {MAX_INCLUDES} files or "
+                                f"{MAX_INCLUDED_BYTES // 2**20} MiB")
         cfg = self.parse(path)
         if not isinstance(cfg, dict) or "include" not in cfg:
             return cfg
@@ -206,8 +221,10 @@ class _Checker:
         self.hub_datasets: set[str] = set()
         self.code: str | None = None
         self.nodes = 0
-        # Mappings already checked: an alias (`*kw`) names the same one twice.
+        # Mappings and templates already checked: an alias (`*kw`) names the
+        # same one twice.
         self.seen: set[int] = set()
+        self.templates: set[str] = set()
 
     def refuse(self, what: str) -> SpecError:
         return SpecError(f"{self.where}: {what}")
@@ -222,17 +239,20 @@ class _Checker:
         if self.nodes > MAX_NODES or depth > MAX_DEPTH:
             raise self.refuse(f"the config holds more than {MAX_NODES} values or is nested deeper than {MAX_DEPTH}")
         if isinstance(node, dict):
-            if id(node) in self.seen:
-                return
-            self.seen.add(id(node))
-            self.check_mapping(node)
+            # Checked once, but counted each time it is named: lm-eval copies
+            # it each time (an alias bomb of mappings, `&b {x: *a, y: *a}`
+            # nested thirty deep, is a billion values to it).
+            if id(node) not in self.seen:
+                self.seen.add(id(node))
+                self.check_mapping(node)
             for k, v in node.items():
                 self.walk(v, str(k), depth + 1)
         elif isinstance(node, list):
             for v in node:
                 self.walk(v, key, depth + 1)
-        elif isinstance(node, str):
+        elif isinstance(node, str) and node not in self.templates:
             check_template(node, f"{self.where}: {key or 'a value'}")
+            self.templates.add(node)
 
     def check_mapping(self, node: dict[str, Any]) -> None:
         if "class" in node:
