@@ -562,6 +562,8 @@ def _job(**fields):
     (dict(calib={"source": "/proc/self/environ"}), "calibration text /proc/self/environ is not among the inputs"),
     (dict(eval={"source": "file:///etc/passwd"}), "evaluation text file:///etc/passwd is not among the inputs"),
     (dict(eval={"source": "STORE/inputs/../../x.txt"}), "is not among the inputs"),
+    (dict(calib={"source": "STORE/inputs/otherjob0001/calib.txt"}), "is not among the inputs uploaded with it"),
+    (dict(calib={"source": "STORE/inputs/calib.txt"}), "is not among the inputs uploaded with it"),
     (dict(eval={"source": "builtin", "tasks": ["t"], "tasks_dir": "/home/bob/tasks"}), "task directory /home/bob/tasks"),
     (dict(model="s3://otherteam/model/"), r"not under QFARM_INPUT_PREFIXES \(none is set\)"),
 ])
@@ -574,9 +576,41 @@ def test_the_worker_reads_only_what_the_job_carries(fields, reason, tmp_path):
         fields = {k: {kk: vv.replace("STORE", store.uri("").rstrip("/")) for kk, vv in v.items()} for k, v in fields.items()}
     with pytest.raises(QFarmError, match=reason):
         job_inputs.check(_job(**fields), store)
-    # What submit writes passes: the store's inputs, builtin and hub texts.
-    job_inputs.check(_job(calib={"source": store.uri("inputs/x/calib.txt")},
-                          eval={"source": "hf:wikitext", "tasks_dir": store.uri("inputs/x/tasks.tar.gz")}), store)
+    # What submit writes passes: the job's (or its group's) inputs, builtin and hub texts.
+    job_inputs.check(_job(calib={"source": store.uri("inputs/inputs000001/calib.txt")},
+                          eval={"source": "hf:wikitext", "tasks_dir": store.uri("inputs/inputs000001/tasks.tar.gz")}), store)
+    job_inputs.check(_job(group_id="g-abc", calib={"source": store.uri("inputs/g-abc/calib.txt")}), store)
+
+
+def test_the_worker_reads_what_submit_and_compare_uploaded_and_not_another_job_s(qfarm_env, redis_conn, tiny_model,
+                                                                               tmp_path):
+    """Through the client: a job's texts and task directory, and a compare
+    group's shared calibration text, pass the worker's check; the same
+    source on another job does not."""
+    from api_client import Client
+    from api_client.db import Database, jobs
+    from api_client.spec import CalibSpec
+    from api_client.storage import open_store
+    from tests.test_tasks import write_task_dir
+    from worker import job_inputs
+
+    migrate = Database(os.environ["QFARM_DATABASE_URL"])
+    migrate.upgrade()
+    migrate.dispose()
+    calib = tmp_path / "calib.txt"
+    calib.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 200)
+    spec = JobSpec(model=str(tiny_model), method="gptq", calib=CalibSpec(source=str(calib), samples=1, seqlen=16),
+                   eval=EvalSpec(tasks=["animals"], tasks_dir=str(write_task_dir(tmp_path / "t"))))
+    client = Client()
+    store = open_store(client.settings.storage_url)
+    job = jobs.get(client.db, client.submit(spec).id)
+    _, members = client.compare(str(tiny_model), ["gptq", "rtn"], spec)
+    for row in [job, *(jobs.get(client.db, m.id) for m in members)]:
+        job_inputs.check(row, store)
+    other = _job(id="otherjob0001", calib=job.calib)
+    with pytest.raises(QFarmError, match="is not among the inputs uploaded with it"):
+        job_inputs.check(other, store)
+    client.close()
 
 
 def test_a_job_naming_another_team_s_object_fails_on_the_worker_before_anything_is_read(qfarm_env):
