@@ -58,6 +58,7 @@ GENERATION_OPTIONS = ("until", "max_gen_toks", "max_new_tokens", "min_new_tokens
                       "top_k", "min_p", "typical_p", "num_beams", "repetition_penalty", "length_penalty",
                       "no_repeat_ngram_size", "early_stopping", "epsilon_cutoff", "eta_cutoff")
 _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
+_METRIC = re.compile(r"^[A-Za-z_][\w+\-]*$")
 # A config is data: a cap on its nodes keeps an alias bomb (`&a [*a, *a]`,
 # nested) from taking the worker's memory and time.
 MAX_NODES = 200_000
@@ -274,6 +275,14 @@ class _Checker:
             if isinstance(metric, dict) and metric.get("hf_evaluate"):
                 raise self.refuse(f"metric {metric.get('metric')!r} with hf_evaluate: a metric fetched from the hub "
                                   f"is code")
+            # A name lm-eval does not register is handed to `evaluate.load`,
+            # which runs a script from a path or the hub: one that looks like
+            # a path or module is refused here (the worker checks the rest
+            # against lm-eval's registry).
+            name = metric.get("metric") if isinstance(metric, dict) else None
+            if isinstance(name, str) and not _METRIC.match(name) and not self.allow_code:
+                raise self.refuse(f"metric {name!r} is no lm-eval metric name: it would be loaded from a path or the "
+                                  f"hub and run")
 
     def check_dataset(self, node: dict[str, Any]) -> None:
         path, kwargs = node.get("dataset_path"), node.get("dataset_kwargs") or {}

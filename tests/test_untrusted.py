@@ -188,6 +188,14 @@ def include_cycle(d, tmp_path):
     _yaml(d, "include: a_yaml\n")
 
 
+def metric_by_module_path(d, tmp_path):
+    _yaml(d, "metric_list:\n  - metric: os.path.exists\n")
+
+
+def metric_by_local_path(d, tmp_path):
+    _yaml(d, "metric_list:\n  - metric: ./metrics/evil\n")
+
+
 def link_to_environ(d, tmp_path):
     (d / "rows.jsonl").symlink_to("/proc/self/environ")
     _yaml(d, "dataset_kwargs:\n  data_files:\n    test: rows.jsonl\n")
@@ -210,6 +218,8 @@ VARIANTS = [
     (alias_bomb, "the config holds more than 200000 values"),
     (include_fan_out, r"includes, counted each time one is followed, come to more than 1000 files"),
     (include_cycle, r"a_yaml includes itself \(a_yaml → b_yaml → a_yaml\)"),
+    (metric_by_module_path, r"metric 'os.path.exists' is no lm-eval metric name"),
+    (metric_by_local_path, r"metric './metrics/evil' is no lm-eval metric name"),
     (link_to_environ, r"rows\.jsonl'? (links outside the directory|is a link to an absolute path)"),
     (jinja_escape, r"reaches Python internals \(__globals__\)"),
     (encoded_function_tag, "!function utils.text names Python code"),
