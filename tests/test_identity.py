@@ -257,3 +257,26 @@ def test_db_upgrade_by_a_database_owner_who_may_not_create_roles(tmp_path, qfarm
         assert done.stdout.rstrip().endswith("is at schema 0007")
         with psycopg.connect(pg.url_for("farm"), autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'jobs'").fetchone() == (4,)
+
+
+def test_every_table_and_sequence_of_the_schema_is_granted_to_the_roles(pg_url):
+    """A later migration that adds a table must grant it (as 0006 does):
+    otherwise a user's or a worker's role meets "permission denied" on it,
+    while the owner, who runs the tests' own writes, never would."""
+    Database(pg_url).upgrade()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        sequences = [r[0] for r in conn.execute("SELECT sequencename FROM pg_sequences "
+                                                "WHERE schemaname = current_schema()")]
+        assert {"jobs", "job_events", "job_groups", "workers", "farm", "alembic_version"} <= set(tables)
+        for role in ("qfarm_user", "qfarm_admin", "qfarm_worker"):
+            for table in tables:
+                assert conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, table)).fetchone() == (True,), \
+                    f"{role} may not read {table}"
+            for sequence in sequences:
+                assert conn.execute("SELECT has_sequence_privilege(%s, %s, 'USAGE')",
+                                    (role, sequence)).fetchone() == (True,), f"{role} may not use {sequence}"
+        # What a worker writes beside the jobs (heartbeats), and no user may.
+        for privilege in ("INSERT", "UPDATE", "DELETE"):
+            assert conn.execute("SELECT has_table_privilege('qfarm_worker', 'workers', %s)", (privilege,)).fetchone()[0]
+            assert not conn.execute("SELECT has_table_privilege('qfarm_user', 'workers', %s)", (privilege,)).fetchone()[0]
