@@ -212,6 +212,8 @@ class _Reader:
             return yaml.load(path.read_text(errors="replace"), Loader=Loader)
         except yaml.YAMLError as exc:
             raise SpecError(f"{rel} is not plain YAML: {first_line(exc)}") from None
+        except RecursionError:  # the parser recurses per level: `[[[[...]]]]`
+            raise SpecError(f"{rel} is nested deeper than YAML can be read (at most {MAX_DEPTH} levels)") from None
 
 
 class _Checker:

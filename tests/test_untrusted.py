@@ -174,6 +174,10 @@ def alias_bomb(d, tmp_path):
     _yaml(d, "metadata:\n" + levels)
 
 
+def deep_nesting(d, tmp_path):
+    _yaml(d, "metadata: " + "[" * 600 + "]" * 600 + "\n")
+
+
 def include_fan_out(d, tmp_path):
     # 30^5 includes, each parsed again where it is named.
     for i in range(5):
@@ -216,6 +220,7 @@ VARIANTS = [
     (data_files_http_url, "data_files http://127.0.0.1:1/x.jsonl is outside the task directory"),
     (hub_dataset_absolute_file, "data_files /proc/self/environ is outside the task directory"),
     (alias_bomb, "the config holds more than 200000 values"),
+    (deep_nesting, r"animals.yaml is nested deeper than YAML can be read"),
     (include_fan_out, r"includes, counted each time one is followed, come to more than 1000 files"),
     (include_cycle, r"a_yaml includes itself \(a_yaml → b_yaml → a_yaml\)"),
     (metric_by_module_path, r"metric 'os.path.exists' is no lm-eval metric name"),
