@@ -59,8 +59,9 @@ GENERATION_OPTIONS = ("until", "max_gen_toks", "max_new_tokens", "min_new_tokens
                       "no_repeat_ngram_size", "early_stopping", "epsilon_cutoff", "eta_cutoff")
 _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
 _METRIC = re.compile(r"^[A-Za-z_][\w+\-]*$")
-# A config is data: a cap on its nodes keeps an alias bomb (`&a [*a, *a]`,
-# nested) from taking the worker's memory and time.
+# Configs are data: a cap on a directory's values, counted as lm-eval
+# expands them, keeps an alias bomb (`&a [*a, *a]`, nested) from taking the
+# worker's memory and time.
 MAX_NODES = 200_000
 MAX_DEPTH = 64
 # Includes are followed each time they are named (lm-eval's rule): a file
@@ -103,6 +104,7 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
     out = TaskDir(root)
     items = entries(root)
     reader = _Reader(root, allow_code)
+    nodes = 0  # values walked, over all configs (lm-eval copies each config it builds)
     for item in items:
         if item.name.endswith(CODE_SUFFIXES):
             if not allow_code:
@@ -115,8 +117,9 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
         cfg = reader.config(path)
         if not isinstance(cfg, dict) or not ({"task", "group"} & cfg.keys()):
             continue
-        checker = _Checker(root, path, allow_code)
+        checker = _Checker(root, path, allow_code, MAX_NODES - nodes)
         checker.walk(cfg)
+        nodes += checker.nodes
         out.hub_datasets |= checker.hub_datasets
         out.code = out.code or checker.code
         out.configs.append(cfg)
@@ -219,8 +222,8 @@ class _Reader:
 class _Checker:
     """Every node of one resolved config: data paths, templates, code."""
 
-    def __init__(self, root: Path, path: Path, allow_code: bool):
-        self.root, self.where, self.allow_code = root, _rel(path, root), allow_code
+    def __init__(self, root: Path, path: Path, allow_code: bool, max_nodes: int = MAX_NODES):
+        self.root, self.where, self.allow_code, self.max_nodes = root, _rel(path, root), allow_code, max_nodes
         self.hub_datasets: set[str] = set()
         self.code: str | None = None
         self.nodes = 0
@@ -239,8 +242,9 @@ class _Checker:
 
     def walk(self, node: Any, key: str = "", depth: int = 0) -> None:
         self.nodes += 1
-        if self.nodes > MAX_NODES or depth > MAX_DEPTH:
-            raise self.refuse(f"the config holds more than {MAX_NODES} values or is nested deeper than {MAX_DEPTH}")
+        if self.nodes > self.max_nodes or depth > MAX_DEPTH:
+            raise self.refuse(f"the directory's configs hold more than {MAX_NODES} values (YAML aliases expanded) "
+                              f"or nest deeper than {MAX_DEPTH}")
         if isinstance(node, dict):
             # Checked once, but counted each time it is named: lm-eval copies
             # it each time (an alias bomb of mappings, `&b {x: *a, y: *a}`

@@ -178,6 +178,15 @@ def deep_nesting(d, tmp_path):
     _yaml(d, "metadata: " + "[" * 600 + "]" * 600 + "\n")
 
 
+def alias_bombs_spread_over_files(d, tmp_path):
+    # Each task just under the bound; together far past it.
+    levels = "".join(f"  l{i}: &l{i} {{a: {f'*l{i - 1}' if i else 1}, b: {f'*l{i - 1}' if i else 1}}}\n"
+                     for i in range(16))
+    for n in range(8):
+        (d / f"t{n}.yaml").write_text((d / "animals.yaml").read_text().replace("task: animals", f"task: t{n}")
+                                      + "metadata:\n" + levels)
+
+
 def include_fan_out(d, tmp_path):
     # 30^5 includes, each parsed again where it is named.
     for i in range(5):
@@ -219,7 +228,8 @@ VARIANTS = [
     (data_files_hub_url, "data_files hf://datasets/owner/name/x.jsonl is outside the task directory"),
     (data_files_http_url, "data_files http://127.0.0.1:1/x.jsonl is outside the task directory"),
     (hub_dataset_absolute_file, "data_files /proc/self/environ is outside the task directory"),
-    (alias_bomb, "the config holds more than 200000 values"),
+    (alias_bomb, r"the directory's configs hold more than 200000 values \(YAML aliases expanded\)"),
+    (alias_bombs_spread_over_files, r"the directory's configs hold more than 200000 values"),
     (deep_nesting, r"animals.yaml is nested deeper than YAML can be read"),
     (include_fan_out, r"includes, counted each time one is followed, come to more than 1000 files"),
     (include_cycle, r"a_yaml includes itself \(a_yaml → b_yaml → a_yaml\)"),
