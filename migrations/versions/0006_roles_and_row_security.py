@@ -82,37 +82,35 @@ def _tolerant(statement: str) -> str:
             f"OR SQLSTATE 'XX000' THEN NULL; END $$")
 
 
-# What a superuser runs once per cluster where the farm's administrator may
-# not create roles (admins and workers hold a user's table rights too).
-MAKE_ROLES = ("CREATE ROLE qfarm_user NOLOGIN; CREATE ROLE qfarm_admin NOLOGIN IN ROLE qfarm_user; "
-              "CREATE ROLE qfarm_worker NOLOGIN IN ROLE qfarm_user")
-
-
 def _ensure_roles() -> None:
-    """The cluster's roles and memberships, made only where missing: a farm's
-    administrator owns its database but need not be allowed to create roles
-    (CREATE ROLE and GRANT of a role are refused to such a role even when
-    nothing would change), and then is told in one line what a superuser runs."""
+    """The cluster's roles, admins and workers members of qfarm_user (they
+    hold a user's table rights too), made only where missing: a farm's
+    administrator owns its database but need not be allowed to create
+    roles (PostgreSQL refuses CREATE ROLE and GRANT of a role to such a role
+    even when nothing would change), and is then told in one line what a
+    superuser runs once."""
     bind = op.get_bind()
-    missing = [role for role in ROLES
-               if not bind.execute(sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": role}).first()]
-    members = [] if missing else [
-        role for role in ("qfarm_admin", "qfarm_worker")
-        if not bind.execute(sa.text("SELECT pg_has_role(:r, 'qfarm_user', 'MEMBER')"), {"r": role}).scalar()]
-    if not missing and not members:
+
+    def exists(role: str) -> bool:
+        return bind.execute(sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": role}).first() is not None
+
+    have = {role for role in ROLES if exists(role)}
+    statements = []
+    for role in ROLES:
+        if role not in have:
+            statements.append(f"CREATE ROLE {role} NOLOGIN" + ("" if role == "qfarm_user" else " IN ROLE qfarm_user"))
+        elif role != "qfarm_user" and ("qfarm_user" not in have or not bind.execute(
+                sa.text("SELECT pg_catalog.pg_has_role(:r, 'qfarm_user', 'MEMBER')"), {"r": role}).scalar()):
+            statements.append(f"GRANT qfarm_user TO {role}")
+    if not statements:
         return
     me, may = bind.execute(sa.text("SELECT current_user, rolsuper OR rolcreaterole FROM pg_catalog.pg_roles "
                                    "WHERE rolname = current_user")).one()
     if not may:
-        what = f"the roles {', '.join(missing)} do not exist" if missing else \
-            f"{' and '.join(members)} {'is' if len(members) == 1 else 'are'} not a member of qfarm_user"
-        raise RuntimeError(f"{what} in this PostgreSQL cluster and the role {me} may not create roles: a superuser "
-                           f"runs once per cluster: {MAKE_ROLES}")
-    for role in missing:
-        op.execute(_tolerant(f"CREATE ROLE {role} NOLOGIN"))
-    for role in ("qfarm_admin", "qfarm_worker"):
-        if missing or role in members:
-            op.execute(_tolerant(f"GRANT qfarm_user TO {role}"))
+        raise RuntimeError(f"qfarm's roles are missing from this PostgreSQL cluster and the role {me} may not create "
+                           f"roles: a superuser runs once per cluster: {'; '.join(statements)}")
+    for statement in statements:
+        op.execute(_tolerant(statement))
 
 
 def upgrade() -> None:
