@@ -28,6 +28,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 # A task directory travels with the job through the store, like a local
 # calibration file: bounded so a mistaken path does not upload a disk.
 MAX_TASKS_DIR_BYTES = 64 * 2**20
+MAX_TASKS_DIR_FILES = 10_000
 # A sentence runs to its closing punctuation and any quote or bracket after it.
 _SENTENCE = re.compile(r"[^.!?]*[A-Za-z][^.!?]*[.!?]+[\"')\]]*")
 _WORD = re.compile(r"^[A-Za-z]{3,}$")
@@ -63,14 +64,15 @@ def check_tasks_dir(path_text: str, names: list[str], allow_code: bool = False) 
         raise SpecError(f"--tasks-dir {path_text}: not a directory")
     root = path.resolve()
     total = 0
-    for item in task_yaml.entries(root):
+    items = task_yaml.entries(root)
+    for item in items:
         if item.is_symlink() and not item.resolve().is_relative_to(root):
             raise SpecError(f"--tasks-dir: {item.relative_to(root)} links outside the directory")
         if item.is_file():
             total += item.stat().st_size
-    if total > MAX_TASKS_DIR_BYTES:
-        raise SpecError(f"--tasks-dir {path_text} holds {total / 2**20:.0f} MiB, more than the "
-                        f"{MAX_TASKS_DIR_BYTES // 2**20} MiB a job may carry")
+    if total > MAX_TASKS_DIR_BYTES or len(items) > MAX_TASKS_DIR_FILES:
+        raise SpecError(f"--tasks-dir {path_text} holds {total / 2**20:.0f} MiB in {len(items)} files and folders, "
+                        f"more than the {MAX_TASKS_DIR_BYTES // 2**20} MiB or {MAX_TASKS_DIR_FILES} a job may carry")
     try:
         tasks = task_yaml.load(root, allow_code)
     except task_yaml.RunsCode as exc:

@@ -64,8 +64,11 @@ def check_source_text(source: str, what: str) -> None:
         raise SpecError(f"{what} must be 1 to {MAX_SOURCE_CHARS} characters, not {len(source)}")
     if not source.isprintable():
         raise SpecError(f"{what} '{printable(source)}' holds control characters")
-    if has_credentials(source):
-        raise SpecError(f"{what} {redact(source)} holds credentials: qfarm never stores them; "
+    if has_credentials(source) or redact(source) != source:
+        # A source is stored in the job's row and shown by `list` and
+        # `status`: one holding what the redaction masks (a token in a path,
+        # a secret's value) is refused rather than stored.
+        raise SpecError(f"{what} {redact(source)} holds credentials or a secret: qfarm never stores them; "
                         f"give S3 keys through the environment or ~/.aws, and the hub token as HF_TOKEN")
 
 

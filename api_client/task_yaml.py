@@ -58,10 +58,17 @@ GENERATION_OPTIONS = ("until", "max_gen_toks", "max_new_tokens", "min_new_tokens
                       "top_k", "min_p", "typical_p", "num_beams", "repetition_penalty", "length_penalty",
                       "no_repeat_ngram_size", "early_stopping", "epsilon_cutoff", "eta_cutoff")
 _PROMPT = re.compile(r"^[\w\-]+:[\w\-]+$")
-# A config is data: a cap on its nodes keeps an alias bomb (`&a [*a, *a]`,
-# nested) from taking the worker's memory and time.
+_METRIC = re.compile(r"^[A-Za-z_][\w+\-]*$")
+# Configs are data: a cap on a directory's values, counted as lm-eval
+# expands them, keeps an alias bomb (`&a [*a, *a]`, nested) from taking the
+# worker's memory and time.
 MAX_NODES = 200_000
 MAX_DEPTH = 64
+# Includes are followed each time they are named (lm-eval's rule): a file
+# naming another thirty times, which names another thirty times, would parse
+# without end. A directory follows at most this many, or this many bytes.
+MAX_INCLUDES = 1000
+MAX_INCLUDED_BYTES = 16 * 2**20
 
 
 class RunsCode(SpecError):
@@ -96,6 +103,8 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
     root = root.resolve()
     out = TaskDir(root)
     items = entries(root)
+    reader = _Reader(root, allow_code)
+    nodes = 0  # values walked, over all configs (lm-eval copies each config it builds)
     for item in items:
         if item.name.endswith(CODE_SUFFIXES):
             if not allow_code:
@@ -105,11 +114,12 @@ def load(root: Path, allow_code: bool = False) -> TaskDir:
         if not path.name.endswith(TASK_SUFFIX) or not path.is_file() \
                 or any(part in ("__pycache__", ".ipynb_checkpoints") for part in path.parts):
             continue
-        cfg = _Reader(root, allow_code).config(path)
+        cfg = reader.config(path)
         if not isinstance(cfg, dict) or not ({"task", "group"} & cfg.keys()):
             continue
-        checker = _Checker(root, path, allow_code)
+        checker = _Checker(root, path, allow_code, MAX_NODES - nodes)
         checker.walk(cfg)
+        nodes += checker.nodes
         out.hub_datasets |= checker.hub_datasets
         out.code = out.code or checker.code
         out.configs.append(cfg)
@@ -143,10 +153,19 @@ class _Reader:
 
     def __init__(self, root: Path, allow_code: bool):
         self.root, self.allow_code = root, allow_code
+        self.includes = self.included_bytes = 0
 
     def config(self, path: Path, seen: tuple[Path, ...] = ()) -> Any:
         if path in seen:
-            raise SpecError(f"{_rel(path, self.root)} includes itself")
+            chain = " → ".join(_rel(p, self.root) for p in (*seen[seen.index(path):], path))
+            raise SpecError(f"{_rel(path, self.root)} includes itself ({chain})")
+        if seen:
+            self.includes += 1
+            self.included_bytes += path.stat().st_size
+            if self.includes > MAX_INCLUDES or self.included_bytes > MAX_INCLUDED_BYTES:
+                raise SpecError(f"{_rel(seen[-1], self.root)}: the directory's includes, counted each time one is "
+                                f"followed, come to more than {MAX_INCLUDES} files or "
+                                f"{MAX_INCLUDED_BYTES // 2**20} MiB")
         cfg = self.parse(path)
         if not isinstance(cfg, dict) or "include" not in cfg:
             return cfg
@@ -196,18 +215,22 @@ class _Reader:
             return yaml.load(path.read_text(errors="replace"), Loader=Loader)
         except yaml.YAMLError as exc:
             raise SpecError(f"{rel} is not plain YAML: {first_line(exc)}") from None
+        except RecursionError:  # the parser recurses per level: `[[[[...]]]]`
+            raise SpecError(f"{rel} is nested deeper than YAML can be read (at most {MAX_DEPTH} levels)") from None
 
 
 class _Checker:
     """Every node of one resolved config: data paths, templates, code."""
 
-    def __init__(self, root: Path, path: Path, allow_code: bool):
-        self.root, self.where, self.allow_code = root, _rel(path, root), allow_code
+    def __init__(self, root: Path, path: Path, allow_code: bool, max_nodes: int = MAX_NODES):
+        self.root, self.where, self.allow_code, self.max_nodes = root, _rel(path, root), allow_code, max_nodes
         self.hub_datasets: set[str] = set()
         self.code: str | None = None
         self.nodes = 0
-        # Mappings already checked: an alias (`*kw`) names the same one twice.
+        # Mappings and templates already checked: an alias (`*kw`) names the
+        # same one twice.
         self.seen: set[int] = set()
+        self.templates: set[str] = set()
 
     def refuse(self, what: str) -> SpecError:
         return SpecError(f"{self.where}: {what}")
@@ -219,20 +242,24 @@ class _Checker:
 
     def walk(self, node: Any, key: str = "", depth: int = 0) -> None:
         self.nodes += 1
-        if self.nodes > MAX_NODES or depth > MAX_DEPTH:
-            raise self.refuse(f"the config holds more than {MAX_NODES} values or is nested deeper than {MAX_DEPTH}")
+        if self.nodes > self.max_nodes or depth > MAX_DEPTH:
+            raise self.refuse(f"the directory's configs hold more than {MAX_NODES} values (YAML aliases expanded) "
+                              f"or nest deeper than {MAX_DEPTH}")
         if isinstance(node, dict):
-            if id(node) in self.seen:
-                return
-            self.seen.add(id(node))
-            self.check_mapping(node)
+            # Checked once, but counted each time it is named: lm-eval copies
+            # it each time (an alias bomb of mappings, `&b {x: *a, y: *a}`
+            # nested thirty deep, is a billion values to it).
+            if id(node) not in self.seen:
+                self.seen.add(id(node))
+                self.check_mapping(node)
             for k, v in node.items():
                 self.walk(v, str(k), depth + 1)
         elif isinstance(node, list):
             for v in node:
                 self.walk(v, key, depth + 1)
-        elif isinstance(node, str):
+        elif isinstance(node, str) and node not in self.templates:
             check_template(node, f"{self.where}: {key or 'a value'}")
+            self.templates.add(node)
 
     def check_mapping(self, node: dict[str, Any]) -> None:
         if "class" in node:
@@ -254,6 +281,14 @@ class _Checker:
             if isinstance(metric, dict) and metric.get("hf_evaluate"):
                 raise self.refuse(f"metric {metric.get('metric')!r} with hf_evaluate: a metric fetched from the hub "
                                   f"is code")
+            # A name lm-eval does not register is handed to `evaluate.load`,
+            # which runs a script from a path or the hub: one that looks like
+            # a path or module is refused here (the worker checks the rest
+            # against lm-eval's registry).
+            name = metric.get("metric") if isinstance(metric, dict) else None
+            if isinstance(name, str) and not _METRIC.match(name) and not self.allow_code:
+                raise self.refuse(f"metric {name!r} is no lm-eval metric name: it would be loaded from a path or the "
+                                  f"hub and run")
 
     def check_dataset(self, node: dict[str, Any]) -> None:
         path, kwargs = node.get("dataset_path"), node.get("dataset_kwargs") or {}

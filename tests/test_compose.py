@@ -53,6 +53,10 @@ def fill_env(farm_dir: Path) -> dict[str, str]:
     return values
 
 
+def readme_text() -> str:
+    return (ROOT / "README.md").read_text()
+
+
 def readme_commands() -> list[str]:
     """The README's `docker compose …` commands (indented code lines)."""
     found = [line.split("  #")[0].strip() for line in (ROOT / "README.md").read_text().splitlines()
@@ -119,6 +123,12 @@ def test_the_readme_s_compose_commands_start_the_farm_and_it_is_safe_by_default(
                 assert secret in values.values(), f"{name}.{key} holds a credential that is not docker/.env's"
         # Workers come back, and keep their model cache and scratch on a volume.
         worker = services["worker"]
+        # They read s3:// models from the farm's own bucket's models/ only:
+        # the prefix the README's clients set, in the bucket make-bucket makes.
+        prefixes = worker["environment"]["QFARM_INPUT_PREFIXES"]
+        assert prefixes == "s3://qfarm/models/" and f"QFARM_INPUT_PREFIXES={prefixes}" in readme_text()
+        assert "mc mb --ignore-existing farm/qfarm" in services["make-bucket"]["entrypoint"][-1]
+        assert worker["environment"]["QFARM_STORAGE_URL"].startswith("s3://qfarm/")
         assert worker["restart"] == "unless-stopped"
         assert any(v["type"] == "volume" and v["target"] == "/home/qfarm/.qfarm" for v in worker["volumes"])
         # Pulled images are pinned: a version tag and a digest (Flower: a version).

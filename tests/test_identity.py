@@ -10,6 +10,7 @@ cluster (trust authentication) and drop them afterwards."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import uuid
 
@@ -160,3 +161,129 @@ def test_sqlite_keeps_qfarm_user_on_the_honour_system(qfarm_env, redis_conn, tin
     assert jobs.get(db, job_id).state == "cancelled"
     assert jobs.events(db, job_id)[-1].message == "cancelled by mallory (--force; submitted by ann)"
     db.dispose()
+
+
+def test_a_user_role_does_everything_a_user_does_on_its_own_jobs(team, tiny_model, tmp_path):
+    """alice, a plain qfarm_user, on PostgreSQL: submit, list, status, requeue
+    (a message again), compare, cancel, and, once a worker role ran her job,
+    watch and download it: every write the client makes passes row security."""
+    from api_client import artifacts
+    from api_client.storage import open_store
+    from worker import runner
+    from worker.gpu import Identity
+
+    names, urls = team
+    alice = names["alice"]
+    env = as_(urls["alice"])
+    job_id = invoke("submit", str(tiny_model), *JOB, env=env, check=True).stdout.strip()
+    listed = json.loads(invoke("list", "--mine", "--json", env=env, check=True).stdout)
+    assert [j["id"] for j in listed] == [job_id] and listed[0]["submitted_by"] == alice
+    assert json.loads(invoke("status", job_id, "--json", env=env, check=True).stdout)["state"] == "queued"
+    assert invoke("requeue", job_id, env=env, check=True).stdout.startswith(f"{job_id} queued on ")
+
+    group = json.loads(invoke("compare", str(tiny_model), "--methods", "rtn,int8", "--json", env=env, check=True).stdout)
+    members = [j["id"] for j in group["jobs"]]
+    assert len(members) == 2
+    for member in members:
+        assert invoke("cancel", member, env=env, check=True).stdout.strip() == f"{member} cancelled"
+    assert "cancelled" in invoke("status", group["group"], env=env, check=True).stdout
+
+    # A worker role runs alice's job (claim, an artifact, the end).
+    settings = dataclasses.replace(Settings.from_env(), database_url=urls["worker"])
+    db = Database(urls["worker"])
+    claimed = runner.claim(runner.Recorder(db, retry_s=0), job_id, "cpu-1@h", Identity(None, "cpu"), settings)
+    assert claimed is not None
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "model.safetensors").write_bytes(b"weights")
+    uri = artifacts.publish(open_store(settings.storage_url), job_id, tmp_path / "out", {"job": job_id})
+    assert jobs.transition(db, job_id, expect=[jobs.JobState.RUNNING], expect_attempts=1,
+                           state=jobs.JobState.SUCCEEDED, artifact_uri=uri)
+    db.dispose()
+
+    watched = invoke("watch", job_id, env=env)
+    assert watched.returncode == 0 and watched.stdout.rstrip().endswith("succeeded")
+    invoke("download", job_id, str(tmp_path / "got"), env=env, check=True)
+    assert (tmp_path / "got" / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_a_temporary_table_named_like_the_catalogue_passes_no_row_security(team):
+    """A session's temporary tables come first in its search path, before
+    pg_catalog: bob's own `pg_roles` (and `pg_class`, `jobs`) saying he is a
+    superuser must not make the database take him for an administrator."""
+    names, urls = team
+    alice_db = Database(urls["alice"])
+    jobs.create(alice_db, jobs.Job(id="aaaa00000001", state="queued", method="rtn", format="compressed-tensors",
+                                   params={}, model="/m", eval={}, weights="auto", queue="q",
+                                   submitted_by=names["alice"], attempts=0))
+    with psycopg.connect(urls["bob"], autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE pg_roles (rolname name, rolsuper bool, rolbypassrls bool)")
+        conn.execute("INSERT INTO pg_roles VALUES (current_user, true, true)")
+        conn.execute("CREATE TEMP TABLE jobs (id text)")  # its owner: bob
+        conn.execute("CREATE TEMP TABLE pg_class (oid regclass, relowner oid)")
+        conn.execute("INSERT INTO pg_class SELECT 'jobs'::regclass, oid FROM pg_catalog.pg_roles "
+                     "WHERE rolname = current_user")
+        assert conn.execute("SELECT qfarm_acts_for_all()").fetchone() == (False,)
+        assert conn.execute("UPDATE public.jobs SET state = 'cancelled' WHERE id = 'aaaa00000001'").rowcount == 0
+        assert conn.execute("DELETE FROM public.jobs WHERE id = 'aaaa00000001'").rowcount == 0
+    assert jobs.get(alice_db, "aaaa00000001").state == "queued"
+    alice_db.dispose()
+
+
+def test_db_upgrade_by_a_database_owner_who_may_not_create_roles(tmp_path, qfarm_env):
+    """A farm's administrator owns its database but is no superuser and may
+    not create roles: where the cluster lacks qfarm's roles, `qfarm db
+    upgrade` says in one line what a superuser runs once (only what is
+    missing); once run, the administrator's upgrade goes through (CREATE ROLE and GRANT are not
+    tried again: PostgreSQL refuses them to such a role even when nothing
+    would change)."""
+    from tests.faultkit import PrivatePostgres
+
+    with PrivatePostgres(tmp_path / "cluster") as pg:
+        with psycopg.connect(pg.url_for("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE ROLE farmadmin LOGIN")
+            conn.execute("CREATE DATABASE farm OWNER farmadmin")
+        env = as_(f"postgresql://farmadmin@{pg.host}:{pg.port}/farm")
+        out = invoke("db", "upgrade", env=env)
+        make_roles = ("CREATE ROLE qfarm_user NOLOGIN; CREATE ROLE qfarm_admin NOLOGIN IN ROLE qfarm_user; "
+                      "CREATE ROLE qfarm_worker NOLOGIN IN ROLE qfarm_user")
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+        assert out.stderr.endswith(": qfarm's roles are missing from this PostgreSQL cluster and the role farmadmin "
+                                   f"may not create roles: a superuser runs once per cluster: {make_roles}\n")
+        # A superuser who made only some of it: told the rest, and what it
+        # says is what to run.
+        with psycopg.connect(pg.url_for("postgres"), autocommit=True) as conn:
+            conn.execute("CREATE ROLE qfarm_user NOLOGIN")
+            conn.execute("CREATE ROLE qfarm_admin NOLOGIN")
+        out = invoke("db", "upgrade", env=env)
+        rest = "GRANT qfarm_user TO qfarm_admin; CREATE ROLE qfarm_worker NOLOGIN IN ROLE qfarm_user"
+        assert out.returncode == 2 and out.stderr.endswith(f"a superuser runs once per cluster: {rest}\n"), out.stderr
+        with psycopg.connect(pg.url_for("postgres"), autocommit=True) as conn:
+            for statement in rest.split("; "):
+                conn.execute(statement)
+        done = invoke("db", "upgrade", env=env, check=True)
+        assert done.stdout.rstrip().endswith("is at schema 0007")
+        with psycopg.connect(pg.url_for("farm"), autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_policies WHERE tablename = 'jobs'").fetchone() == (4,)
+
+
+def test_every_table_and_sequence_of_the_schema_is_granted_to_the_roles(pg_url):
+    """A later migration that adds a table must grant it (as 0006 does):
+    otherwise a user's or a worker's role meets "permission denied" on it,
+    while the owner, who runs the tests' own writes, never would."""
+    Database(pg_url).upgrade()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        tables = [r[0] for r in conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")]
+        sequences = [r[0] for r in conn.execute("SELECT sequencename FROM pg_sequences "
+                                                "WHERE schemaname = current_schema()")]
+        assert {"jobs", "job_events", "job_groups", "workers", "farm", "alembic_version"} <= set(tables)
+        for role in ("qfarm_user", "qfarm_admin", "qfarm_worker"):
+            for table in tables:
+                assert conn.execute("SELECT has_table_privilege(%s, %s, 'SELECT')", (role, table)).fetchone() == (True,), \
+                    f"{role} may not read {table}"
+            for sequence in sequences:
+                assert conn.execute("SELECT has_sequence_privilege(%s, %s, 'USAGE')",
+                                    (role, sequence)).fetchone() == (True,), f"{role} may not use {sequence}"
+        # What a worker writes beside the jobs (heartbeats), and no user may.
+        for privilege in ("INSERT", "UPDATE", "DELETE"):
+            assert conn.execute("SELECT has_table_privilege('qfarm_worker', 'workers', %s)", (privilege,)).fetchone()[0]
+            assert not conn.execute("SELECT has_table_privilege('qfarm_user', 'workers', %s)", (privilege,)).fetchone()[0]

@@ -74,6 +74,17 @@ def test_a_starved_worker_keeps_its_job_while_the_job_process_advances(migrated_
     assert not any("worker lost" in m for m in events)
 
 
+def test_a_job_process_silent_under_its_live_worker_is_never_taken_back(migrated_db, settings):
+    """Its process spent no CPU for ten timeouts (blocked in a long C call, a
+    hung download), but its worker's heartbeat is current and names it: the
+    worker still holds it, so it stays (its time limit ends a true hang);
+    taking it back would run it twice."""
+    running_job(migrated_db, heartbeat_age=0, progress_age=10 * TIMEOUT, process=a_process_of_another_host())
+    job, events = reconcile_once(migrated_db, settings)
+    assert job.state == "running" and job.attempts == 1
+    assert not any("worker lost" in m for m in events)
+
+
 def test_a_worker_whose_heartbeat_and_job_both_stopped_is_lost(migrated_db, settings):
     running_job(migrated_db, heartbeat_age=4 * TIMEOUT, progress_age=2 * TIMEOUT, process=a_process_of_another_host())
     job, events = reconcile_once(migrated_db, settings)

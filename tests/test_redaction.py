@@ -116,3 +116,26 @@ def test_the_planted_secrets_are_in_the_environment(name):
     """The session-wide check (conftest) means something only while the
     secrets are planted in every process the suite starts."""
     assert os.environ[name] == CANARIES[name]
+
+
+@pytest.mark.parametrize("where", ["model", "calib"])
+def test_a_source_holding_a_secret_is_refused_at_submit_not_stored(where, qfarm_env, redis_conn, tiny_model, tmp_path):
+    """A source is stored in the job's row and shown by `list` and `status`:
+    a hub token in a model's path, or a secret's value in a text's name, is
+    refused in one line (masked), and nothing is queued."""
+    import shutil
+
+    from api_client.db import Database
+
+    invoke("db", "upgrade", check=True)
+    token = CANARIES["QFARM_CANARY_HF_TOKEN"]
+    model = shutil.copytree(tiny_model, tmp_path / f"model-{token}")
+    calib = tmp_path / f"calib-{secret()}.txt"
+    calib.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 50)
+    args = [str(model), "--method", "rtn"] if where == "model" else [str(tiny_model), "--method", "gptq", "--calib", str(calib)]
+    out = invoke("submit", *args)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "holds credentials or a secret" in out.stderr
+    assert "***" in out.stderr and leaked_names(out.stderr) == []
+    db = Database(os.environ["QFARM_DATABASE_URL"])
+    assert jobs.list_jobs(db) == [] and list(redis_conn.keys("qfarm*")) == []
+    db.dispose()

@@ -115,7 +115,127 @@ def hub_metric(d, tmp_path):
     _yaml(d, "metric_list:\n  - metric: evil\n    hf_evaluate: true\n")
 
 
+def cycler_globals(d, tmp_path):
+    _yaml(d, "doc_to_text: \"{{ cycler.__init__.__globals__.os.popen('id').read() }}\"\n")
+
+
+def template_self_context(d, tmp_path):
+    _yaml(d, "doc_to_text: \"{{ self._TemplateReference__context.cycler }}\"\n")
+
+
+def attr_filter(d, tmp_path):
+    _yaml(d, "doc_to_text: \"{{ (lipsum|attr('__globals__'))['os'] }}\"\n")
+
+
+def image_template(d, tmp_path):
+    _yaml(d, "doc_to_image: \"{{ [].__class__.__mro__ }}\"\n")
+
+
+def until_template(d, tmp_path):
+    _yaml(d, "output_type: generate_until\ngeneration_kwargs:\n  until: [\"{{ namespace.__init__ }}\"]\n")
+
+
+def function_by_merge_key(d, tmp_path):
+    _yaml(d, "common: &common\n  doc_to_text: !function utils.text\n<<: *common\n")
+
+
+def function_verbatim_tag(d, tmp_path):
+    _yaml(d, "doc_to_text: !<!function> utils.text\n")
+
+
+def python_name_tag(d, tmp_path):
+    _yaml(d, "process_results: !!python/name:os.system\n")
+
+
+def data_files_list_with_absolute(d, tmp_path):
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: [data.jsonl, /etc/passwd]\n")
+
+
+def data_files_root_glob(d, tmp_path):
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: '/**'\n")
+
+
+def data_files_hub_url(d, tmp_path):
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: hf://datasets/owner/name/x.jsonl\n")
+
+
+def data_files_http_url(d, tmp_path):
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: http://127.0.0.1:1/x.jsonl\n")
+
+
+def hub_dataset_absolute_file(d, tmp_path):
+    _yaml(d, "dataset_path: owner/name\ndataset_kwargs:\n  data_files:\n    test: /proc/self/environ\n")
+
+
+def alias_bomb(d, tmp_path):
+    # 2^30 values once expanded, as lm-eval expands them (a few hundred bytes of YAML).
+    levels = "".join(f"  l{i}: &l{i} {{a: {f'*l{i - 1}' if i else 1}, b: {f'*l{i - 1}' if i else 1}}}\n"
+                     for i in range(30))
+    _yaml(d, "metadata:\n" + levels)
+
+
+def deep_nesting(d, tmp_path):
+    _yaml(d, "metadata: " + "[" * 600 + "]" * 600 + "\n")
+
+
+def alias_bombs_spread_over_files(d, tmp_path):
+    # Each task just under the bound; together far past it.
+    levels = "".join(f"  l{i}: &l{i} {{a: {f'*l{i - 1}' if i else 1}, b: {f'*l{i - 1}' if i else 1}}}\n"
+                     for i in range(16))
+    for n in range(8):
+        (d / f"t{n}.yaml").write_text((d / "animals.yaml").read_text().replace("task: animals", f"task: t{n}")
+                                      + "metadata:\n" + levels)
+
+
+def include_fan_out(d, tmp_path):
+    # 30^5 includes, each parsed again where it is named.
+    for i in range(5):
+        (d / f"i{i}_yaml").write_text("include: [" + ", ".join([f"i{i + 1}_yaml"] * 30) + "]\n")
+    (d / "i5_yaml").write_text("description: ''\n")
+    _yaml(d, "include: i0_yaml\n")
+
+
+def include_cycle(d, tmp_path):
+    (d / "a_yaml").write_text("include: b_yaml\n")
+    (d / "b_yaml").write_text("include: a_yaml\n")
+    _yaml(d, "include: a_yaml\n")
+
+
+def metric_by_module_path(d, tmp_path):
+    _yaml(d, "metric_list:\n  - metric: os.path.exists\n")
+
+
+def metric_by_local_path(d, tmp_path):
+    _yaml(d, "metric_list:\n  - metric: ./metrics/evil\n")
+
+
+def link_to_environ(d, tmp_path):
+    (d / "rows.jsonl").symlink_to("/proc/self/environ")
+    _yaml(d, "dataset_kwargs:\n  data_files:\n    test: rows.jsonl\n")
+
+
 VARIANTS = [
+    (cycler_globals, r"reaches Python internals \(__(init|globals)__\)"),
+    (template_self_context, r"reaches Python internals \(_TemplateReference__context\)"),
+    (attr_filter, r"reaches Python internals \(__globals__\)"),
+    (image_template, r"doc_to_image: the template reaches Python internals"),
+    (until_template, r"until: the template reaches Python internals \(__init__\)"),
+    (function_by_merge_key, "!function utils.text names Python code"),
+    (function_verbatim_tag, "!function utils.text names Python code"),
+    (python_name_tag, "could not determine a constructor for the tag 'tag:yaml.org,2002:python/name:os.system'"),
+    (data_files_list_with_absolute, "data_files /etc/passwd is outside the task directory"),
+    (data_files_root_glob, r"data_files /\*\* is outside the task directory"),
+    (data_files_hub_url, "data_files hf://datasets/owner/name/x.jsonl is outside the task directory"),
+    (data_files_http_url, "data_files http://127.0.0.1:1/x.jsonl is outside the task directory"),
+    (hub_dataset_absolute_file, "data_files /proc/self/environ is outside the task directory"),
+    (alias_bomb, r"the directory's configs hold more than 200000 values \(YAML aliases expanded\)"),
+    (alias_bombs_spread_over_files, r"the directory's configs hold more than 200000 values"),
+    (deep_nesting, r"animals.yaml is nested deeper than YAML can be read"),
+    (include_fan_out, r"includes, counted each time one is followed, come to more than 1000 files"),
+    (include_cycle, r"a_yaml includes itself \(a_yaml → b_yaml → a_yaml\)"),
+    (metric_by_module_path, r"metric 'os.path.exists' is no lm-eval metric name"),
+    (metric_by_local_path, r"metric './metrics/evil' is no lm-eval metric name"),
+    (link_to_environ, r"rows\.jsonl'? (links outside the directory|is a link to an absolute path)"),
     (jinja_escape, r"reaches Python internals \(__globals__\)"),
     (encoded_function_tag, "!function utils.text names Python code"),
     (function_in_included_txt, "include 'common.txt' is not a YAML file"),
@@ -213,6 +333,31 @@ def test_a_template_that_escapes_at_run_time_fails_the_tasks_figure_and_runs_not
     assert not marker.exists()
     assert figures.columns["ppl_ratio"] == 1.0  # the other figures stand
     assert lm_utils.env.__class__.__name__ == "Environment"  # lm-eval's own environment is back
+
+
+@pytest.mark.parametrize("template", [
+    "{{ '{0.__class__.__mro__}'.format(q) }}",
+    "{{ '{x.__class__}'.format_map({'x': q}) }}",
+    "{{ ('{0.' ~ g ~ '}')|attr('format')(q) }}",
+    "{{ q[g] }}",
+    "{{ (q|attr(g)).mro() }}",
+], ids=["format", "format_map", "attr-format", "getitem-built", "attr-built"])
+def test_a_template_that_reaches_python_only_as_it_renders_is_stopped_by_the_sandbox(template):
+    """Format strings and names read from the data hold no `_` a reading of
+    the YAML could see: they pass task_yaml's check, and lm-eval's plain
+    environment hands them Python's internals; in the sandbox the worker
+    renders with (the same lm-eval call), they raise SecurityError."""
+    from jinja2.sandbox import SecurityError
+    from lm_eval import utils as lm_utils
+
+    from api_client import task_yaml
+    from worker.evaluators.tasks import sandboxed_templates
+
+    doc = {"q": "text", "g": "__class__"}
+    task_yaml.check_template(template, "doc_to_text")
+    assert "class" in lm_utils.apply_template(template, doc)  # reaches internals where nothing sandboxes it
+    with sandboxed_templates(), pytest.raises(SecurityError, match="__class__"):
+        lm_utils.apply_template(template, doc)
 
 
 def test_a_task_directory_with_code_runs_where_the_job_and_the_worker_allow_it(tiny_model, tmp_path, monkeypatch):
@@ -442,6 +587,8 @@ def _job(**fields):
     (dict(calib={"source": "/proc/self/environ"}), "calibration text /proc/self/environ is not among the inputs"),
     (dict(eval={"source": "file:///etc/passwd"}), "evaluation text file:///etc/passwd is not among the inputs"),
     (dict(eval={"source": "STORE/inputs/../../x.txt"}), "is not among the inputs"),
+    (dict(calib={"source": "STORE/inputs/otherjob0001/calib.txt"}), "is not among the inputs uploaded with it"),
+    (dict(calib={"source": "STORE/inputs/calib.txt"}), "is not among the inputs uploaded with it"),
     (dict(eval={"source": "builtin", "tasks": ["t"], "tasks_dir": "/home/bob/tasks"}), "task directory /home/bob/tasks"),
     (dict(model="s3://otherteam/model/"), r"not under QFARM_INPUT_PREFIXES \(none is set\)"),
 ])
@@ -454,9 +601,41 @@ def test_the_worker_reads_only_what_the_job_carries(fields, reason, tmp_path):
         fields = {k: {kk: vv.replace("STORE", store.uri("").rstrip("/")) for kk, vv in v.items()} for k, v in fields.items()}
     with pytest.raises(QFarmError, match=reason):
         job_inputs.check(_job(**fields), store)
-    # What submit writes passes: the store's inputs, builtin and hub texts.
-    job_inputs.check(_job(calib={"source": store.uri("inputs/x/calib.txt")},
-                          eval={"source": "hf:wikitext", "tasks_dir": store.uri("inputs/x/tasks.tar.gz")}), store)
+    # What submit writes passes: the job's (or its group's) inputs, builtin and hub texts.
+    job_inputs.check(_job(calib={"source": store.uri("inputs/inputs000001/calib.txt")},
+                          eval={"source": "hf:wikitext", "tasks_dir": store.uri("inputs/inputs000001/tasks.tar.gz")}), store)
+    job_inputs.check(_job(group_id="g-abc", calib={"source": store.uri("inputs/g-abc/calib.txt")}), store)
+
+
+def test_the_worker_reads_what_submit_and_compare_uploaded_and_not_another_job_s(qfarm_env, redis_conn, tiny_model,
+                                                                               tmp_path):
+    """Through the client: a job's texts and task directory, and a compare
+    group's shared calibration text, pass the worker's check; the same
+    source on another job does not."""
+    from api_client import Client
+    from api_client.db import Database, jobs
+    from api_client.spec import CalibSpec
+    from api_client.storage import open_store
+    from tests.test_tasks import write_task_dir
+    from worker import job_inputs
+
+    migrate = Database(os.environ["QFARM_DATABASE_URL"])
+    migrate.upgrade()
+    migrate.dispose()
+    calib = tmp_path / "calib.txt"
+    calib.write_text("It was a bright cold day in April, and the clocks were striking thirteen. " * 200)
+    spec = JobSpec(model=str(tiny_model), method="gptq", calib=CalibSpec(source=str(calib), samples=1, seqlen=16),
+                   eval=EvalSpec(tasks=["animals"], tasks_dir=str(write_task_dir(tmp_path / "t"))))
+    client = Client()
+    store = open_store(client.settings.storage_url)
+    job = jobs.get(client.db, client.submit(spec).id)
+    _, members = client.compare(str(tiny_model), ["gptq", "rtn"], spec)
+    for row in [job, *(jobs.get(client.db, m.id) for m in members)]:
+        job_inputs.check(row, store)
+    other = _job(id="otherjob0001", calib=job.calib)
+    with pytest.raises(QFarmError, match="is not among the inputs uploaded with it"):
+        job_inputs.check(other, store)
+    client.close()
 
 
 def test_a_job_naming_another_team_s_object_fails_on_the_worker_before_anything_is_read(qfarm_env):

@@ -6,8 +6,10 @@ through `qfarm submit`."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
+import zlib
 from pathlib import Path
 
 from api_client import lm_tasks, task_yaml
@@ -49,12 +51,21 @@ def prepare(spec: EvalSpec, dest: Path, allow_code: bool) -> TaskRun | None:
 def _unpack(uri: str, dest: Path) -> Path:
     raw, _ = texts.read_input(uri, "task directory archive", lm_tasks.MAX_TASKS_DIR_BYTES)
     dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
-        members = tar.getmembers()
-        total = sum(m.size for m in members)
-        if total > lm_tasks.MAX_TASKS_DIR_BYTES:
-            raise QFarmError(f"task directory archive {uri} unpacks to {total / 2**20:.0f} MiB, more than "
-                             f"{lm_tasks.MAX_TASKS_DIR_BYTES // 2**20} MiB")
-        # The "data" filter refuses links leaving dest, absolute names and devices.
-        tar.extractall(dest, members=members, filter="data")
+    try:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
+            # Member by member, so a compression bomb is refused once the
+            # sizes it declares pass the cap, not after it was inflated whole.
+            members, total = [], 0
+            for member in tar:
+                members.append(member)
+                total += member.size
+                if total > lm_tasks.MAX_TASKS_DIR_BYTES or len(members) > lm_tasks.MAX_TASKS_DIR_FILES:
+                    raise QFarmError(f"task directory archive {uri} unpacks to more than "
+                                     f"{lm_tasks.MAX_TASKS_DIR_BYTES // 2**20} MiB or "
+                                     f"{lm_tasks.MAX_TASKS_DIR_FILES} files")
+            # The "data" filter refuses links leaving dest, absolute names and devices.
+            tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        # A link leaving the directory, an absolute name, a device, a broken archive.
+        raise QFarmError(f"task directory archive {uri} refused: {exc}") from None
     return dest

@@ -25,6 +25,7 @@ administrators by definition.
 SQLite has no roles: one machine, QFARM_USER, the honour system.
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
@@ -81,14 +82,41 @@ def _tolerant(statement: str) -> str:
             f"OR SQLSTATE 'XX000' THEN NULL; END $$")
 
 
+def _ensure_roles() -> None:
+    """The cluster's roles, admins and workers members of qfarm_user (they
+    hold a user's table rights too), made only where missing: a farm's
+    administrator owns its database but need not be allowed to create
+    roles (PostgreSQL refuses CREATE ROLE and GRANT of a role to such a role
+    even when nothing would change), and is then told in one line what a
+    superuser runs once."""
+    bind = op.get_bind()
+
+    def exists(role: str) -> bool:
+        return bind.execute(sa.text("SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = :r"), {"r": role}).first() is not None
+
+    have = {role for role in ROLES if exists(role)}
+    statements = []
+    for role in ROLES:
+        if role not in have:
+            statements.append(f"CREATE ROLE {role} NOLOGIN" + ("" if role == "qfarm_user" else " IN ROLE qfarm_user"))
+        elif role != "qfarm_user" and ("qfarm_user" not in have or not bind.execute(
+                sa.text("SELECT pg_catalog.pg_has_role(:r, 'qfarm_user', 'MEMBER')"), {"r": role}).scalar()):
+            statements.append(f"GRANT qfarm_user TO {role}")
+    if not statements:
+        return
+    me, may = bind.execute(sa.text("SELECT current_user, rolsuper OR rolcreaterole FROM pg_catalog.pg_roles "
+                                   "WHERE rolname = current_user")).one()
+    if not may:
+        raise RuntimeError(f"qfarm's roles are missing from this PostgreSQL cluster and the role {me} may not create "
+                           f"roles: a superuser runs once per cluster: {'; '.join(statements)}")
+    for statement in statements:
+        op.execute(_tolerant(statement))
+
+
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    for role in ROLES:
-        op.execute(_tolerant(f"CREATE ROLE {role} NOLOGIN"))
-    # Admins and workers hold a user's table rights too.
-    op.execute(_tolerant("GRANT qfarm_user TO qfarm_admin"))
-    op.execute(_tolerant("GRANT qfarm_user TO qfarm_worker"))
+    _ensure_roles()
     op.execute(ACTS_FOR_ALL)
     for grant in GRANTS:
         op.execute(grant)
