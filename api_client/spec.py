@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from api_client import catalog, lm_tasks, sources
+from api_client.catalog import architectures
 from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
 
@@ -239,6 +240,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         path = sources.local_model_path(spec.model)
         info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
+        architectures.check(info.config, method.name, fmt)
         _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
         params_count = info.params or None

@@ -56,16 +56,19 @@ class Coverage:
     kept_but_quantized: list[str] = field(default_factory=list)
     # Modules kept in full precision as they should be (routers, gates).
     kept: list[str] = field(default_factory=list)
+    # Eligible parameters of the original checkpoint the artifact does not hold at all.
+    missing_params: int = 0
 
     @property
     def fraction(self) -> float:
-        return self.quantized_params / self.eligible_params if self.eligible_params else 0.0
+        total = self.eligible_params + self.missing_params
+        return self.quantized_params / total if total else 0.0
 
     def as_metrics(self) -> dict:
         return {
             "quantized_fraction": self.fraction, "eligible_params": self.eligible_params,
             "quantized_params": self.quantized_params, "unreached_modules": patterns(self.unreached),
-            "kept_full_precision": patterns(self.kept),
+            "kept_full_precision": patterns(self.kept), "missing_params": self.missing_params,
         }
 
     def problem(self, method: str) -> str | None:
@@ -76,8 +79,11 @@ class Coverage:
         if self.eligible_params == 0:
             return f"{method} left no linear or expert weight in the decoder layers that could be measured"
         if self.fraction < MIN_FRACTION:
+            missing = (f"; {self.missing_params:,} parameters of the original's are not in the artifact"
+                       if self.missing_params else "")
+            reached = f"not reached: {_listed(self.unreached)}" if self.unreached else "every layer present was reached"
             return (f"{method} stored only {self.fraction * 100:.1f} % of the decoder's linear and expert weights "
-                    f"quantized (at least {MIN_FRACTION * 100:.0f} % expected); not reached: {_listed(self.unreached)}")
+                    f"quantized (at least {MIN_FRACTION * 100:.0f} % expected); {reached}{missing}")
         return None
 
 
@@ -89,18 +95,30 @@ class _Entity:
     quantized: bool = False
 
 
-def measure(artifact: Path, model_type: str | None = None) -> Coverage:
+def measure(artifact: Path, original: Path | None = None) -> Coverage:
     """Read the artifact's safetensors headers (and its config for the bit
-    width of packed weights) and say which eligible weights are quantized."""
+    width of packed weights) and say which eligible weights are quantized.
+    With the `original` checkpoint, eligible weights it has and the artifact
+    lacks count as not quantized."""
     config = json.loads((artifact / "config.json").read_text())
-    model_type = model_type or config.get("model_type")
-    bits = _packed_bits(config.get("quantization_config") or {})
+    out = _tally(_entities(artifact, _packed_bits(config.get("quantization_config") or {})), config.get("model_type"))
+    if original is not None:
+        before = _tally(_entities(original, None), config.get("model_type"))
+        out.missing_params = max(0, before.eligible_params - out.eligible_params)
+    return out
+
+
+def _entities(checkpoint: Path, bits: int | None) -> dict[str, _Entity]:
     entities: dict[str, _Entity] = {}
-    for shard in sorted(artifact.glob("*.safetensors")):
+    for shard in sorted(checkpoint.glob("*.safetensors")):
         header = read_safetensors_header(shard)
         shapes = _packed_shapes(shard, header)
         for name, meta in header.items():
             _add(entities, name, meta["dtype"], tuple(meta["shape"]), bits, shapes)
+    return entities
+
+
+def _tally(entities: dict[str, _Entity], model_type: str | None) -> Coverage:
     out = Coverage()
     for module, entity in sorted(entities.items()):
         if not _DECODER_LAYER.search(module) or entity.params == 0:
@@ -158,9 +176,9 @@ def _packed_bits(qc: dict) -> int | None:
     """The bit width of packed weights where the config names one."""
     if isinstance(qc.get("bits"), int):
         return int(qc["bits"])
-    widths = {(g.get("weights") or {}).get("num_bits") for g in (qc.get("config_groups") or {}).values()}
-    widths.discard(None)
-    return int(widths.pop()) if len(widths) == 1 else None
+    widths = {int(bits) for g in (qc.get("config_groups") or {}).values()
+              if isinstance(bits := (g.get("weights") or {}).get("num_bits"), int)}
+    return widths.pop() if len(widths) == 1 else None
 
 
 def _packed_shapes(shard: Path, header: dict) -> dict[str, tuple[int, ...]]:

@@ -77,7 +77,7 @@ def load_mapping(model_type: str) -> tuple[type, list]:
     if renames is None:
         experts_cls, load_map, _ = get_linearize_load_mappings(model_type)
         return experts_cls, load_map
-    extra = [WeightRenaming(source_patterns=source, target_patterns=target) for source, target in renames]
+    extra: list = [WeightRenaming(source_patterns=source, target_patterns=target) for source, target in renames]
     with patch_moe_mappings(model_type, extra, remove):
         experts_cls, load_map, _ = get_linearize_load_mappings(model_type)
     return experts_cls, load_map
@@ -112,7 +112,7 @@ def plain_linears(model, model_type: str | None) -> int:
     changed = 0
     for module in model.modules():
         if type(module) is FalconLinear:
-            module.__class__ = torch.nn.Linear
+            module.__class__ = torch.nn.Linear  # type: ignore[assignment]  # the same forward
             changed += 1
     return changed
 
@@ -129,7 +129,7 @@ def built(model_type: str | None) -> Iterator[None]:
     modules that hold quantized layers as above (nothing changes for other
     architectures)."""
     from compressed_tensors.utils import patch_attr
-    from transformers import conversion_mapping, modeling_utils
+    from transformers import modeling_utils
 
     replace: list[tuple[object, str, type]] = []
     mapping = None
@@ -156,22 +156,32 @@ def built(model_type: str | None) -> Iterator[None]:
                 stack.enter_context(patch_attr(module, name, cls))
             yield
 
-    cache = conversion_mapping._checkpoint_conversion_mapping_cache
-    had = cache is not None and model_type in cache
-    before = cache.get(model_type) if cache is not None else None
-    was_user = model_type in conversion_mapping.USER_REGISTERED_MAPPINGS
-    if mapping is not None:
-        conversion_mapping.register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)
-    try:
+    with _conversion_mapping(model_type, mapping), patch_attr(modeling_utils, "apply_patches", construction):
         # modeling_utils enters apply_patches() around `cls(config)` only.
-        with patch_attr(modeling_utils, "apply_patches", construction):
-            yield
+        yield
+
+
+@contextmanager
+def _conversion_mapping(model_type: str | None, mapping: list | None) -> Iterator[None]:
+    """transformers' checkpoint conversion mapping of `model_type` replaced
+    by `mapping` while active (None: left as it is)."""
+    from transformers import conversion_mapping
+
+    if model_type is None or mapping is None:
+        yield
+        return
+    conversion_mapping.get_checkpoint_conversion_mapping(model_type)  # builds the cache
+    cache = conversion_mapping._checkpoint_conversion_mapping_cache
+    assert cache is not None
+    had, before = model_type in cache, cache.get(model_type)
+    was_user = model_type in conversion_mapping.USER_REGISTERED_MAPPINGS
+    conversion_mapping.register_checkpoint_conversion_mapping(model_type, mapping, overwrite=True)
+    try:
+        yield
     finally:
-        if mapping is not None:
-            cache = conversion_mapping._checkpoint_conversion_mapping_cache
-            if had:
-                cache[model_type] = before
-            else:
-                cache.pop(model_type, None)
-            if not was_user:
-                conversion_mapping.USER_REGISTERED_MAPPINGS.discard(model_type)
+        if had:
+            cache[model_type] = before
+        else:
+            cache.pop(model_type, None)
+        if not was_user:
+            conversion_mapping.USER_REGISTERED_MAPPINGS.discard(model_type)

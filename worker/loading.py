@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from api_client.errors import QFarmError
 from worker.gpu import Device, is_oom, release_memory
 
 # The share of a --max-vram cap that a measured load may fill with weights
@@ -48,7 +50,16 @@ def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: in
         kwargs["dtype"] = torch.float32
         kwargs["device_map"] = {"": "cpu"}
     with model_layout(path):
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    model, info = loaded
+    incomplete = sorted({str(k) for k in info.get("missing_keys") or ()}
+                        | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()})
+    if incomplete:
+        # transformers initialises them at random and carries on: every
+        # figure measured on such a load would be of a model that is not the
+        # checkpoint (GPTQModel's Phi-3 artifacts lacked gate_up_proj).
+        raise QFarmError(f"{path.name} does not load in transformers: {len(incomplete)} weights missing or of the wrong "
+                         f"shape ({', '.join(incomplete[:3])}{', …' if len(incomplete) > 3 else ''})")
     if not device.is_cuda:
         to_float32(model)
     model.eval()

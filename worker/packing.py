@@ -113,7 +113,7 @@ def to_gptq(src: Path, dest: Path, rename: Callable[[str], str] | None = None) -
             if not name.endswith(".weight_packed"):
                 continue
             prefix = name.removesuffix(".weight_packed")
-            block, _, module = _split_block(prefix)
+            block, _, module = split_block(prefix)
             per_block.setdefault(block, set()).add(module)
             packed = tensors.pop(name)
             rows, cols = (int(x) for x in tensors.pop(f"{prefix}.weight_shape").tolist())
@@ -143,7 +143,7 @@ def to_gptq(src: Path, dest: Path, rename: Callable[[str], str] | None = None) -
         for name, tensor in tensors.items():
             out[name] = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
             if name.endswith(".weight") and tensor.dim() == 2:
-                block, _, module = _split_block(name.removesuffix(".weight"))
+                block, _, module = split_block(name.removesuffix(".weight"))
                 dense_in_block.setdefault(block, set()).add(module)
         save_file(out, dest / shard.name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(out, shard.name))
@@ -177,7 +177,7 @@ def to_gptq(src: Path, dest: Path, rename: Callable[[str], str] | None = None) -
     return dest
 
 
-def _split_block(prefix: str) -> tuple[str, str, str]:
+def split_block(prefix: str) -> tuple[str, str, str]:
     """'model.layers.3.mlp.up_proj' → ('model.layers.3', '.', 'mlp.up_proj');
     a module outside the numbered blocks gives block ''."""
     parts = prefix.split(".")

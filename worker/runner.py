@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_client import artifacts, catalog, checkpoint, lifecycle
+from api_client.catalog import architectures
 from api_client.config import Settings, redact
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
@@ -26,7 +27,7 @@ from api_client.errors import JobNotFound, QFarmError, first_line, printable
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
+from worker import coverage, evaluators, gpu, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
 from worker.versions import library_versions
@@ -373,6 +374,8 @@ class Run:
             self.note(f"model cache {fetched.cache}: {job.model} ({info.weight_bytes / 2**20:.1f} MiB of weights) "
                       f"{'was on this host' if fetched.cache == 'hit' else 'fetched'} in {fetched.seconds:.1f} s")
         checkpoint.check_quantizable(info, method_cls.group_size(params))
+        # A hub or s3:// model's config is first read here: refused as submit refuses a local one.
+        architectures.check(info.config, job.method, job.format)
         self.rec(jobs.record, job.id, model_bytes=info.weight_bytes)
 
         # The tasks are made ready (or refused) before any GPU time is spent.
@@ -389,8 +392,16 @@ class Run:
         with gpu.PeakMemory(device) as peak:
             methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
+        # What the artifact holds quantized, from its tensors: a method that
+        # left the decoder in full precision fails here, before any upload.
+        reached = coverage.measure(output_dir, model_dir)
+        ctx.facts.update(reached.as_metrics())
         self.rec(jobs.record, job.id, peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
-                 quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss())
+                 quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss(),
+                 quantized_fraction=reached.fraction)
+        problem = reached.problem(catalog.label_of(job.method, job.format))
+        if problem:
+            raise QFarmError(problem)
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)

@@ -1,0 +1,240 @@
+"""The support matrix, proven: every (architecture, method) pair of the
+catalog's table (api_client/catalog/architectures.py) on a tiny random
+checkpoint built here from transformers' own config classes.
+
+A pair the table says works is submitted (accepted), quantized in-process
+by the method's own code (as the worker's job runs it), and its artifact is
+read back: at least 95 % of the decoder's linear and expert weights stored
+quantized (worker/coverage.py), every router and shared-expert gate stored
+as it was, and the artifact loads and computes what the original does, to
+quantization error. A pair it refuses is refused by `submit` with the
+table's one line. `qfarm methods --architectures` and the README print the
+same table, so what they say is what ran here.
+
+Shapes are tiny but valid for every method: hidden 128 (group 128 divides
+every input), 2 layers, 4 experts, 1-2 calibration windows of 32 tokens; no
+evaluation pass. The full matrix is over a hundred quantizations; CI runs
+the FAST set below (every engine, every MoE layout, every fix) and every
+refusal, and `QFARM_FULL_MATRIX=1 pytest -m matrix tests/test_architectures.py`
+runs the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from api_client.catalog import architectures
+from api_client.catalog.architectures import METHOD_LABELS, TABLE
+from api_client.checkpoint import read_safetensors_header
+from api_client.errors import SpecError
+from api_client.spec import CalibSpec, JobSpec, resolve
+
+# Every checkpoint: a 1k vocabulary (the tokenizer of conftest's tiny Llama),
+# hidden 128, 2 layers. Per architecture, what its config needs beyond that
+# (MoE: 4 experts, 2 a token; DeepSeek-V3: its first layer dense, MLA ranks
+# of 128 so group 128 divides kv_b_proj's inputs).
+COMMON = dict(vocab_size=1024, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=512,
+              bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False)
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", dict(intermediate_size=256, num_key_value_heads=4)),
+    "mistral": ("MistralConfig", dict(intermediate_size=256, num_key_value_heads=2)),
+    "qwen2": ("Qwen2Config", dict(intermediate_size=256, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(intermediate_size=256, num_key_value_heads=2, head_dim=32)),
+    "gemma2": ("Gemma2Config", dict(intermediate_size=256, num_key_value_heads=2, head_dim=32)),
+    "gemma3_text": ("Gemma3TextConfig", dict(intermediate_size=256, num_key_value_heads=2, head_dim=32)),
+    "phi3": ("Phi3Config", dict(intermediate_size=256, num_key_value_heads=4)),
+    "olmo2": ("Olmo2Config", dict(intermediate_size=256, num_key_value_heads=4)),
+    "granite": ("GraniteConfig", dict(intermediate_size=256, num_key_value_heads=4)),
+    "gpt_neox": ("GPTNeoXConfig", dict(intermediate_size=512)),
+    "falcon": ("FalconConfig", dict(new_decoder_architecture=True, num_kv_heads=2)),
+    "mixtral": ("MixtralConfig", dict(intermediate_size=128, num_key_value_heads=2, num_local_experts=4,
+                                      num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeConfig", dict(intermediate_size=256, moe_intermediate_size=128, num_key_value_heads=2,
+                                         shared_expert_intermediate_size=128, num_experts=4, num_experts_per_tok=2)),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(intermediate_size=256, moe_intermediate_size=128, num_key_value_heads=2,
+                                         num_experts=4, num_experts_per_tok=2, head_dim=32)),
+    "deepseek_v3": ("DeepseekV3Config", dict(intermediate_size=256, moe_intermediate_size=128, num_key_value_heads=4,
+                                             n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, n_group=1,
+                                             topk_group=1, first_k_dense_replace=1, kv_lora_rank=128, q_lora_rank=128,
+                                             qk_rope_head_dim=32, qk_nope_head_dim=32, v_head_dim=32)),
+    "gpt_oss": ("GptOssConfig", dict(intermediate_size=128, num_key_value_heads=2, num_local_experts=4,
+                                     num_experts_per_tok=2, head_dim=32)),
+}
+
+# The default set: each engine (llm-compressor's three algorithms, FP8,
+# bitsandbytes 4- and 8-bit, GPTQModel's two formats) on a dense model and
+# on each MoE layout it takes, and every fix of issue 17 (Falcon's
+# FalconLinear, the AWQ mappings, the routers), plus every refusal (which
+# costs nothing: submit alone).
+FAST = {
+    ("llama", "gptq:gptq"), ("llama", "awq:awq"), ("llama", "nf4"), ("llama", "fp8"),
+    ("gpt_neox", "awq"), ("olmo2", "awq"), ("falcon", "rtn"), ("falcon", "awq"), ("falcon", "int8"),
+    ("mixtral", "gptq"), ("qwen2_moe", "rtn"), ("qwen2_moe", "gptq:gptq"), ("qwen3_moe", "awq"),
+    ("qwen3_moe", "gptq:gptq"), ("deepseek_v3", "awq"), ("gpt_oss", "gptq"), ("gemma3_text", "rtn"),
+    ("phi3", "fp4"),
+}
+CASES = [(arch, label) for arch in TABLE for label in METHOD_LABELS]
+
+
+def case_marks(arch: str, label: str) -> list:
+    if not TABLE[arch].works(label) or (arch, label) in FAST:
+        return []
+    return [pytest.mark.matrix, pytest.mark.skipif(not os.environ.get("QFARM_FULL_MATRIX"),
+                                                   reason="beyond the default set: QFARM_FULL_MATRIX=1 runs it")]
+
+
+def test_the_table_covers_the_issue_architectures_and_every_method():
+    from api_client import catalog
+
+    assert set(TABLE) == set(CONFIGS)
+    assert {label.split(":")[0] for label in METHOD_LABELS} == set(catalog.names())
+    for label in METHOD_LABELS:
+        method, _, fmt = label.partition(":")
+        assert catalog.label_of(method, fmt or None) == label
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory, tiny_model):
+    """Tiny random checkpoints, one per architecture, built on first use,
+    with the tiny Llama's tokenizer."""
+    root = tmp_path_factory.mktemp("architectures")
+
+    def build(model_type: str) -> Path:
+        dest = root / model_type
+        if (dest / "config.json").exists():
+            return dest
+        import torch
+        import transformers
+
+        config_class, extra = CONFIGS[model_type]
+        config = getattr(transformers, config_class)(**{**COMMON, **extra})
+        torch.manual_seed(0)
+        model = transformers.AutoModelForCausalLM.from_config(config).to(torch.bfloat16)
+        model.save_pretrained(dest)
+        for f in tiny_model.iterdir():
+            if f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copy(f, dest / f.name)
+        return dest
+
+    return build
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_each():
+    """One torch thread: under pytest-xdist two workers share two cores, and
+    torch's threads spinning against each other made a tiny AWQ take 22.7 s
+    where one thread took 2.3 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spec_for(model: Path, label: str) -> JobSpec:
+    method, _, fmt = label.partition(":")
+    calibrated = method in ("gptq", "awq")
+    return JobSpec(model=str(model), method=method, format=fmt or None,
+                   calib=CalibSpec(samples=2, seqlen=32) if calibrated else None)
+
+
+def quantize(model: Path, label: str, out: Path) -> None:
+    """The method's own code, as the job runs it (runner.Run._run)."""
+    from api_client import catalog
+    from worker import methods
+    from worker.context import JobContext
+    from worker.gpu import Device
+
+    spec = spec_for(model, label)
+    resolved = resolve(spec)
+    out.mkdir(parents=True)
+    ctx = JobContext(
+        job_id="matrix", model_dir=model, output_dir=out, scratch_dir=out.parent, device=Device("cpu", None, "cpu"),
+        calib=resolved.calib, max_vram_bytes=None, weights="auto", model_bytes=resolved.model_bytes or 0,
+        trust_remote_code=False, model_config=json.loads((model / "config.json").read_text()),
+        on_stage=lambda *a: None, on_note=lambda m: None)
+    params = catalog.get(resolved.method).parse_params(resolved.params, resolved.format)
+    if resolved.method == "fp8":
+        # FP8 computes on GPUs only (the method refuses a CPU worker), but
+        # llm-compressor quantizes it on a CPU: the test calls what the
+        # method calls, without its GPU check.
+        from worker.engines import llm_compressor
+
+        llm_compressor.quantize(ctx, llm_compressor.Recipe(None, llm_compressor.fp8_dynamic_scheme()), calibrated=False)
+    else:
+        methods.quantize(resolved.method, ctx, params, resolved.format)
+
+
+def tensors(checkpoint: Path) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for shard in checkpoint.glob("*.safetensors"):
+        out.update(read_safetensors_header(shard))
+    return out
+
+
+def logits(path: Path):
+    import torch
+
+    from worker import loading
+    from worker.gpu import Device
+
+    ids = torch.tensor([[5, 17, 99, 300, 2, 8, 45, 77, 501, 13, 640, 21]])
+    model = loading.load(path, Device("cpu", None, "cpu"), None)
+    with torch.inference_mode():
+        return model(ids).logits.float()
+
+
+@pytest.mark.parametrize("arch,label", [pytest.param(a, m, marks=case_marks(a, m), id=f"{a}-{m}") for a, m in CASES])
+def test_support_matrix(checkpoints, tmp_path, arch, label):
+    model = checkpoints(arch)
+    if not TABLE[arch].works(label):
+        with pytest.raises(SpecError) as refused:
+            resolve(spec_for(model, label))
+        assert str(refused.value) == architectures.refusal(arch, label)
+        assert TABLE[arch].name in str(refused.value) and ", ".join(TABLE[arch].working()) in str(refused.value)
+        return
+
+    from worker import coverage
+
+    out = tmp_path / "artifact"
+    quantize(model, label, out)
+    reached = coverage.measure(out, model)
+    assert reached.problem(label) is None, reached.problem(label)
+    assert reached.fraction >= 0.95 and reached.eligible_params > 0
+
+    # Routers and shared-expert gates: stored as they were, read from the
+    # artifact's own header.
+    before, after = tensors(model), tensors(out)
+    kept = [n for n in before if n.endswith(".weight") and architectures.keeps_full_precision(arch, n.removesuffix(".weight"))]
+    assert bool(kept) == TABLE[arch].moe
+    for name in kept:
+        assert after[name]["dtype"] == before[name]["dtype"] and after[name]["shape"] == before[name]["shape"], name
+        module = name.removesuffix(".weight") + "."
+        assert {n for n in after if n.startswith(module)} == {n for n in before if n.startswith(module)}, name
+
+    # The artifact loads and computes what the original does, to
+    # quantization error (a layer loaded as its random initialisation is
+    # as far off as the logits themselves).
+    original, quantized = logits(model), logits(out)
+    assert bool(quantized.isfinite().all())
+    assert (quantized - original).abs().mean() < 0.5 * original.abs().mean()
+
+
+def test_the_readme_prints_the_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert architectures.markdown() in readme
+
+
+def test_methods_architectures_prints_the_table():
+    from tests.conftest import invoke
+
+    out = invoke("methods", "--architectures", check=True).stdout
+    for name, cells in architectures.matrix():
+        assert any(line.startswith(name) and line.split()[-len(cells):] == cells for line in out.splitlines()), name
+    assert all(line in out for line in architectures.reasons())
