@@ -144,8 +144,9 @@ def spec_for(model: Path, label: str) -> JobSpec:
                    calib=CalibSpec(samples=2, seqlen=32) if calibrated else None)
 
 
-def quantize(model: Path, label: str, out: Path) -> None:
-    """The method's own code, as the job runs it (runner.Run._run)."""
+def quantize(model: Path, label: str, out: Path) -> dict:
+    """The method's own code, as the job runs it (runner.Run._run); the
+    facts it recorded."""
     from api_client import catalog
     from worker import methods
     from worker.context import JobContext
@@ -169,6 +170,7 @@ def quantize(model: Path, label: str, out: Path) -> None:
         llm_compressor.quantize(ctx, llm_compressor.Recipe(None, llm_compressor.fp8_dynamic_scheme()), calibrated=False)
     else:
         methods.quantize(resolved.method, ctx, params, resolved.format)
+    return ctx.facts
 
 
 def tensors(checkpoint: Path) -> dict[str, dict]:
@@ -203,7 +205,7 @@ def test_support_matrix(checkpoints, tmp_path, arch, label):
     from worker import coverage
 
     out = tmp_path / "artifact"
-    quantize(model, label, out)
+    facts = quantize(model, label, out)
     reached = coverage.measure(out, model)
     assert reached.problem(label) is None, reached.problem(label)
     assert reached.fraction >= 0.95 and reached.eligible_params > 0
@@ -217,6 +219,15 @@ def test_support_matrix(checkpoints, tmp_path, arch, label):
         assert after[name]["dtype"] == before[name]["dtype"] and after[name]["shape"] == before[name]["shape"], name
         module = name.removesuffix(".weight") + "."
         assert {n for n in after if n.startswith(module)} == {n for n in before if n.startswith(module)}, name
+
+    # llm-compressor calibrated the experts linearized, and counted the
+    # tokens routed to each in the calibration passes only: every token went
+    # to `num_experts_per_tok` experts of every MoE layer.
+    if TABLE[arch].moe and label in ("gptq", "awq"):
+        moe = facts["moe"]
+        assert moe["calibration"] == "every expert on every token (moe_calibrate_all_experts)"
+        top_k = json.loads((model / "config.json").read_text())["num_experts_per_tok"]
+        assert all(sum(c) == moe["calibration_tokens"] * top_k for c in moe["tokens_routed"].values())
 
     # The artifact loads and computes what the original does, to
     # quantization error (a layer loaded as its random initialisation is
@@ -238,3 +249,32 @@ def test_methods_architectures_prints_the_table():
     for name, cells in architectures.matrix():
         assert any(line.startswith(name) and line.split()[-len(cells):] == cells for line in out.splitlines()), name
     assert all(line in out for line in architectures.reasons())
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "gpt_oss"])
+def test_a_quantized_moe_serves_with_its_experts_packed(checkpoints, tmp_path, arch):
+    """The serve load holds the experts packed (it held them dequantized:
+    `weights_bytes` and `serve_vram_bytes` were dense figures), and what it
+    computes is what the original does, to quantization error (gpt-oss's
+    reference load read its per-expert layers as nothing: random experts)."""
+    import torch
+
+    from worker import loading
+    from worker.gpu import Device
+
+    model = checkpoints(arch)
+    out = tmp_path / "artifact"
+    quantize(model, "rtn", out)
+    cpu = Device("cpu", None, "cpu")
+    served = loading.load_for_serving(out, cpu, None, tmp_path / "serve")
+    original = loading.load_for_serving(model, cpu, None, tmp_path / "serve-original")
+    assert served.kernel.startswith("gptq-") and served.dense_reason is None
+    experts = [m for n, m in served.model.named_modules() if ".experts." in n and hasattr(m, "qweight")]
+    assert len(experts) == 2 * 4 * 3  # layers × experts × projections, every one packed
+    assert loading.held_bytes(served.model) < 0.6 * loading.held_bytes(original.model)
+    ids = torch.tensor([[5, 17, 99, 300, 2, 8, 45, 77, 501, 13, 640, 21]])
+    with torch.inference_mode():
+        packed, dense = served.model(ids).logits.float(), original.model(ids).logits.float()
+    reference = logits(out)
+    assert (packed - dense).abs().mean() < 0.5 * dense.abs().mean()
+    assert (reference - dense).abs().mean() < 0.5 * dense.abs().mean()

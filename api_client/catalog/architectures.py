@@ -85,8 +85,17 @@ TABLE: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("mixtral", "Mixtral", moe=True, refused=_fused_experts("Mixtral")),
     Architecture("qwen2_moe", "Qwen2-MoE", moe=True, refused=_fused_experts("Qwen2-MoE")),
     Architecture("qwen3_moe", "Qwen3-MoE", moe=True, refused=_fused_experts("Qwen3-MoE")),
-    Architecture("deepseek_v3", "DeepSeek-V3", moe=True, refused=_fused_experts("DeepSeek-V3")),
-    Architecture("gpt_oss", "gpt-oss", moe=True, refused=_fused_experts("gpt-oss")),
+    Architecture("deepseek_v3", "DeepSeek-V3", moe=True, refused={
+        **_fused_experts("DeepSeek-V3"),
+        "awq:awq": "GPTQModel 7.6's AWQ clipping search takes a layer's outputs in batches that must divide them, and "
+                   "DeepSeek-V3's kv_a_proj_with_mqa (kv_lora_rank + qk_rope_head_dim outputs) does not (an "
+                   "AssertionError in a worker thread, which ends the job process)"}),
+    Architecture("gpt_oss", "gpt-oss", moe=True, refused={
+        **_fused_experts("gpt-oss"),
+        "gptq:gptq": "GPTQModel 7.6 writes gpt-oss's experts one layer each, and they do not reload as the original "
+                     "computes (logits as far off as random experts)",
+        "awq:awq": "GPTQModel 7.6's AWQ fails on gpt-oss's experts (a reshape of an empty tensor in a worker thread, "
+                   "which ends the job process)"}),
 )}
 
 
