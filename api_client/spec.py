@@ -247,6 +247,9 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         layers, context = info.layers, info.context
     elif kind == "hub":
         sources.check_hub_model(spec.model)
+        hub_config = sources.hub_config(spec.model)
+        if hub_config is not None:
+            architectures.check(hub_config, method.name, fmt)
     return ResolvedSpec(
         model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,

@@ -148,7 +148,6 @@ def quantize(model: Path, label: str, out: Path) -> dict:
     """The method's own code, as the job runs it (runner.Run._run); the
     facts it recorded."""
     from api_client import catalog
-    from worker import methods
     from worker.context import JobContext
     from worker.gpu import Device
 
@@ -161,6 +160,20 @@ def quantize(model: Path, label: str, out: Path) -> dict:
         trust_remote_code=False, model_config=json.loads((model / "config.json").read_text()),
         on_stage=lambda *a: None, on_note=lambda m: None)
     params = catalog.get(resolved.method).parse_params(resolved.params, resolved.format)
+    # GPTQModel writes its logs relative to the working directory; the job
+    # runs in its own (runner.execute).
+    cwd = os.getcwd()
+    os.chdir(out.parent)
+    try:
+        run(ctx, resolved, params)
+    finally:
+        os.chdir(cwd)
+    return ctx.facts
+
+
+def run(ctx, resolved, params) -> None:
+    from worker import methods
+
     if resolved.method == "fp8":
         # FP8 computes on GPUs only (the method refuses a CPU worker), but
         # llm-compressor quantizes it on a CPU: the test calls what the
@@ -170,7 +183,6 @@ def quantize(model: Path, label: str, out: Path) -> dict:
         llm_compressor.quantize(ctx, llm_compressor.Recipe(None, llm_compressor.fp8_dynamic_scheme()), calibrated=False)
     else:
         methods.quantize(resolved.method, ctx, params, resolved.format)
-    return ctx.facts
 
 
 def tensors(checkpoint: Path) -> dict[str, dict]:
@@ -210,15 +222,20 @@ def test_support_matrix(checkpoints, tmp_path, arch, label):
     assert reached.problem(label) is None, reached.problem(label)
     assert reached.fraction >= 0.95 and reached.eligible_params > 0
 
-    # Routers and shared-expert gates: stored as they were, read from the
-    # artifact's own header.
+    # Routers and shared-expert gates: stored as they were (under the
+    # artifact's names for them: GPTQModel writes transformers' own), read
+    # from the artifact's header.
+    def routers(header: dict) -> dict:
+        return {n: m for n, m in header.items()
+                if n.endswith(".weight") and architectures.keeps_full_precision(arch, n.removesuffix(".weight"))}
+
     before, after = tensors(model), tensors(out)
-    kept = [n for n in before if n.endswith(".weight") and architectures.keeps_full_precision(arch, n.removesuffix(".weight"))]
-    assert bool(kept) == TABLE[arch].moe
-    for name in kept:
-        assert after[name]["dtype"] == before[name]["dtype"] and after[name]["shape"] == before[name]["shape"], name
-        module = name.removesuffix(".weight") + "."
-        assert {n for n in after if n.startswith(module)} == {n for n in before if n.startswith(module)}, name
+    assert bool(routers(before)) == TABLE[arch].moe
+    assert sorted(m["shape"] for m in routers(after).values()) == sorted(m["shape"] for m in routers(before).values())
+    for name, meta in routers(after).items():
+        assert meta["dtype"] in ("BF16", "F16", "F32"), name
+        module = name.removesuffix("weight")
+        assert {n.removeprefix(module) for n in after if n.startswith(module)} <= {"weight", "bias", "e_score_correction_bias"}
 
     # llm-compressor calibrated the experts linearized, and counted the
     # tokens routed to each in the calibration passes only: every token went
@@ -278,3 +295,39 @@ def test_a_quantized_moe_serves_with_its_experts_packed(checkpoints, tmp_path, a
     reference = logits(out)
     assert (packed - dense).abs().mean() < 0.5 * dense.abs().mean()
     assert (reference - dense).abs().mean() < 0.5 * dense.abs().mean()
+
+
+def test_a_hub_model_is_refused_from_its_config_at_submit(checkpoints, monkeypatch):
+    """A hub id's config.json is read at submit (from a real HTTP server
+    standing in for the hub), so its architecture is refused there too."""
+    import http.server
+    import threading
+
+    config = (checkpoints("mixtral") / "config.json").read_bytes()
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200 if self.path == "/api/models/org/tiny-mixtral" else 404)
+            self.end_headers()
+
+        def do_GET(self):
+            found = self.path == "/org/tiny-mixtral/resolve/main/config.json"
+            self.send_response(200 if found else 404)
+            self.end_headers()
+            if found:
+                self.wfile.write(config)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    try:
+        with pytest.raises(SpecError) as refused:
+            resolve(JobSpec(model="org/tiny-mixtral", method="nf4"))
+        assert str(refused.value) == architectures.refusal("mixtral", "nf4")
+        assert resolve(JobSpec(model="org/tiny-mixtral", method="rtn")).model_kind == "hub"
+    finally:
+        server.shutdown()

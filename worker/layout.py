@@ -1,24 +1,16 @@
-"""How qfarm builds a quantized checkpoint's model in transformers, where
-the architecture's own modules cannot hold its quantized layers:
+"""How qfarm builds a quantized checkpoint's model in transformers where the
+architecture's own modules cannot hold its quantized layers.
 
-- a mixture of experts gets one nn.Linear per expert (below);
-- Falcon gets nn.Linear where it has `FalconLinear`: a subclass whose
-  forward is the same product (`x @ W.T + b`), which compressed-tensors
-  decompresses nothing into ("'FalconLinear' object has no attribute
-  'weight'") and transformers' GPTQ and bitsandbytes integrations skip
-  (they take only layers that are exactly nn.Linear).
-
-A mixture of experts, so the packed per-expert layers of a quantized
-artifact load as packed layers:
-
-transformers 5 builds experts as fused 3-D parameters (`Qwen3MoeExperts`,
-`MixtralExperts`, `GptOssExperts`): a GPTQ checkpoint's per-expert
-`qweight`s have no module to load into, so its serve load held the experts
-dequantized (Qwen3-MoE: 0.95 of the original's bytes in memory). Built with
-llm-compressor's linearized experts (`LinearExperts2D`, the classes its
-quantization ran on), each expert's projections are `nn.Linear` modules,
-which transformers' GPTQ integration replaces by GPTQModel's packed layers
-like any other.
+A mixture of experts gets one nn.Linear per expert. transformers 5 builds
+experts as fused 3-D parameters (`Qwen3MoeExperts`, `MixtralExperts`,
+`GptOssExperts`), into which a quantized checkpoint's per-expert layers do
+not load: the serve load held the experts dequantized (Qwen3-MoE: 0.95 of
+the original's bytes in memory), and gpt-oss's reference load read them as
+nothing at all (its experts stayed at their random initialisation). Built
+with llm-compressor's linearized experts (`LinearExperts2D`, the classes its
+quantization ran on), each expert's projections are nn.Linear modules, which
+transformers' GPTQ, AWQ and compressed-tensors integrations load like any
+other linear layer, packed where a kernel runs them so.
 
 This is llm-compressor's `load_quantizable_moe`, done by hand for two
 reasons: transformers' class patching (`apply_patches`, which it uses)
@@ -28,9 +20,15 @@ listed, which a worker does not install: the load failed; and the conversion
 mapping it registers for the model type stays registered after the load,
 which would change how the next load of that architecture in the process
 reads its checkpoint. Here the experts class is replaced in its own modeling
-module, for the model's construction only (as transformers does: its
+module for the model's construction only (as transformers does: its
 `_init_weights` checks modules against the original class afterwards), and
 the mapping is restored when the load is done.
+
+Falcon gets nn.Linear where it has `FalconLinear`, a subclass whose forward
+is the same product (`x @ W.T + b`): compressed-tensors decompresses nothing
+into it ("'FalconLinear' object has no attribute 'weight'"), and
+transformers' GPTQ and bitsandbytes integrations skip it (they take only
+layers that are exactly nn.Linear).
 """
 
 from __future__ import annotations
