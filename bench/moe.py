@@ -58,8 +58,14 @@ def make_random_moe(path: Path, shape: str, layers: int) -> None:
     config = Qwen3MoeConfig(**SHAPES[shape], num_hidden_layers=layers, bos_token_id=0, eos_token_id=1, pad_token_id=2,
                             dtype="bfloat16")
     torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Qwen3MoeForCausalLM(config).to(torch.bfloat16)
+    # Built in bf16 directly: an fp32 model of 24 layers is 62 GB before the cast.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = Qwen3MoeForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     # Random weights at the default init give logits of every token alike;
     # the figures here are about memory and time, not accuracy.
     model.save_pretrained(path)
@@ -118,7 +124,7 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=24, help="decoder layers of the random model (48 in Qwen3-30B-A3B)")
     p.add_argument("--only", default="gptq,fp8")
     p.add_argument("--calib")
-    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--eval-seqlen", type=int, default=2048)
     p.add_argument("--eval-windows", type=int, default=2)
@@ -146,7 +152,7 @@ def main() -> None:
         worker.wait(60)
     config = json.loads((Path(a.model) / "config.json").read_text())
     gpu = next((r["gpu_name"] for r in rows if r.get("gpu_name")), "cpu")
-    print(f"\n## MoE: {a.shape} shape, {config['num_hidden_layers']} layers, {config.get('num_experts')} experts, on {gpu}\n")
+    print(f"\n## MoE: {a.shape} shape, {config['num_hidden_layers']} layers, {config.get('num_local_experts', config.get('num_experts'))} experts, on {gpu}\n")
     print(table(rows))
 
 
