@@ -237,7 +237,7 @@ def _print_comparison(group: Any, members: list[Any], as_json: bool) -> None:
         return
     from rich.console import Console
 
-    console = Console(width=200)
+    console = Console(width=215)
     console.print(render.comparison_table(table))
     console.print(f"recommended: {table.why}")
 
@@ -325,7 +325,8 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
         _emit_json([to_dict(j) for j in found])
         return
     # Ratios compare only on the same text and windows: EVAL names them.
-    rows = [("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO", "EVAL", "MODEL")] + \
+    rows = [("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "QUANTIZED", "PPL RATIO", "EVAL",
+             "MODEL")] + \
         [render.list_row(j) for j in found]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
@@ -482,11 +483,17 @@ def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | N
 
 @cli.command()
 @click.argument("name", required=False)
-def methods(name: str | None) -> None:
+@click.option("--architectures", "show_architectures", is_flag=True,
+              help="Print which method works on which architecture (the matrix tests/test_architectures.py proves).")
+@click.option("--markdown", is_flag=True, help="With --architectures: as the README's Markdown table.")
+def methods(name: str | None, show_architectures: bool, markdown: bool) -> None:
     """List the methods, their formats and their options (NAME: one method,
     with every model architecture it takes where it names them)."""
     from api_client.catalog.options import cli_flags
 
+    if show_architectures:
+        _print_architectures(markdown)
+        return
     for method in [name] if name else catalog.names():
         m = catalog.get(method)
         click.echo(f"{m.name}: {m.summary}")
@@ -505,6 +512,22 @@ def methods(name: str | None) -> None:
 
     click.echo(f"tasks (--tasks): {lm_tasks.describe()}; any lm-eval registry task where the hub is reachable; "
                f"your own with --tasks-dir")
+
+
+def _print_architectures(markdown: bool) -> None:
+    from api_client.catalog import architectures
+
+    if markdown:
+        click.echo(architectures.markdown())
+        return
+    rows = [("ARCHITECTURE", *architectures.METHOD_LABELS)] + [(name, *cells) for name, cells in architectures.matrix()]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    for line in architectures.reasons():
+        click.echo(f"- {line}")
+    click.echo("Other architectures are accepted; a job fails where less than 95 % of the decoder's linear and "
+               "expert weights end up quantized.")
 
 
 QFarmGroup.lazy = {"worker": "worker.cli:worker"}

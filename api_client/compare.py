@@ -21,6 +21,8 @@ class Row:
     state: str
     format: str | None = None
     ppl_ratio: float | None = None
+    # The share of the decoder's weights the artifact stores quantized.
+    quantized_fraction: float | None = None
     task_recovery: float | None = None
     artifact_bytes: int | None = None
     weights_bytes: int | None = None
@@ -86,8 +88,10 @@ def compare(group: JobGroup, members: list[Job]) -> Comparison:
 
 
 def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
-    label = job.method if job.format in _DEFAULT_FORMATS.get(job.method, ()) else f"{job.method}:{job.format}"
-    row = Row(label=label, job_id=job.id, state=job.state, format=job.format, ppl_ratio=job.ppl_ratio,
+    from api_client import catalog
+
+    row = Row(label=catalog.label_of(job.method, job.format), job_id=job.id, state=job.state, format=job.format,
+              ppl_ratio=job.ppl_ratio, quantized_fraction=job.quantized_fraction,
               artifact_bytes=job.artifact_bytes, weights_bytes=job.weights_bytes, serve_vram_bytes=job.serve_vram_bytes,
               serve_kernel=job.serve_kernel, quantize_seconds=job.quantize_seconds,
               serve_tokens_per_s=job.serve_tokens_per_s, error=job.error, task_recovery=job.task_recovery,
@@ -111,15 +115,6 @@ def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
         # A GGUF file served by llama.cpp's CPU build on a GPU worker.
         row.excluded_vram = f"serve VRAM not measured: its serve path ({job.serve_kernel}) holds no GPU memory"
     return row
-
-
-def _default_formats() -> dict[str, tuple[str, ...]]:
-    from api_client import catalog
-
-    return {name: catalog.get(name).formats[:1] for name in catalog.names()}
-
-
-_DEFAULT_FORMATS = _default_formats()
 
 
 def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:

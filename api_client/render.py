@@ -51,6 +51,7 @@ def status_lines(job: Job, published: list[Publication] | None = None) -> list[s
         ("estimate", estimated(job)), ("elapsed / estimate", elapsed_vs_estimate(job)),
         ("worker", f"{job.worker} (GPU {job.gpu_index}: {job.gpu_name})" if job.gpu_index is not None else (job.worker or "-")),
         ("model size", size(job.model_bytes)), ("artifact size", size(job.artifact_bytes)),
+        ("quantized", quantized(job)),
         ("quantize time", duration(job.quantize_seconds)),
         ("evaluation time", duration(job.eval_seconds)),
         ("total time", duration((aware(job.finished_at) - aware(job.started_at)).total_seconds()
@@ -77,6 +78,27 @@ def status_lines(job: Job, published: list[Publication] | None = None) -> list[s
         rows.append(("attempts", str(job.attempts)))
     width = max(len(k) for k, _ in rows)
     return [f"{k:<{width}}  {v}" for k, v in rows]
+
+
+def fraction(x: float | None) -> str:
+    return "-" if x is None else f"{x * 100:.1f} %"
+
+
+def quantized(job: Job) -> str:
+    """The share of the decoder's linear and expert weights the artifact
+    stores quantized (read from its tensors), and what stayed in full
+    precision by design or by omission."""
+    if job.quantized_fraction is None:
+        return "-"
+    m = job.metrics or {}
+    kept = m.get("kept_full_precision") or []
+    unreached = m.get("unreached_modules") or []
+    parts = [f"{fraction(job.quantized_fraction)} of the decoder's linear and expert weights"]
+    if kept:
+        parts.append(f"routers kept in full precision: {', '.join(kept)}")
+    if unreached:
+        parts.append(f"not quantized: {', '.join(unreached[:4])}{' …' if len(unreached) > 4 else ''}")
+    return "; ".join(parts)
 
 
 def serve_vram(job: Job) -> str:
@@ -132,7 +154,7 @@ def list_row(job: Job) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
     return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by, when(job.created_at),
-            elapsed_vs_estimate(job), ratio, eval_key(job), job.model)
+            elapsed_vs_estimate(job), fraction(job.quantized_fraction), ratio, eval_key(job), job.model)
 
 
 def _eval_figures(job: Job) -> tuple[str, Any, Any, Any]:
@@ -219,13 +241,14 @@ def comparison_table(table: Any) -> Any:
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM", "kernel",
-                 "quantize", "decode tok/s", "state"):
+    for name in ("", "method", "format", "quantized", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM",
+                 "kernel", "quantize", "decode tok/s", "state"):
         out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
     for r in table.rows:
         recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        out.add_row("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
+        out.add_row("★" if r.recommended else "", r.label, r.format or "-", fraction(r.quantized_fraction),
+                    num(r.ppl_ratio, ".4f"), recovery,
                     size(r.artifact_bytes), size(r.weights_bytes),
                     size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
                     duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)

@@ -201,6 +201,29 @@ def check_hub_model(model: str) -> None:
         return
 
 
+def hub_config(model: str) -> dict | None:
+    """The hub model's config.json, or None where the hub cannot be reached
+    from here (the worker reads it again when the job starts) or it has none."""
+    import json
+    import os
+    import urllib.error
+    import urllib.request
+
+    if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in model:
+        return None
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/{model}/resolve/main/config.json")
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            config = json.loads(response.read(1 << 20))
+    except (OSError, ValueError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
 def check_local_text(source: str, what: str) -> Path:
     """A local calibration or evaluation file: a regular file (a directory,
     FIFO or device is named as what it is), not empty, no larger than

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from api_client import catalog, lm_tasks, sources
+from api_client.catalog import architectures
 from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
 
@@ -238,6 +239,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         path = sources.local_model_path(spec.model)
         info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
+        architectures.check(info.config, method.name, fmt)
         method.check_model(info, params, fmt)
         _check_texts_fit(info, calib, spec.eval)
         model, model_bytes = str(path), info.weight_bytes
@@ -245,6 +247,9 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         layers, context = info.layers, info.context
     elif kind == "hub":
         sources.check_hub_model(spec.model)
+        hub_config = sources.hub_config(spec.model)
+        if hub_config is not None:
+            architectures.check(hub_config, method.name, fmt)
     elif kind == "s3":
         sources.check_model_prefix(spec.model, on_worker=False)
     return ResolvedSpec(

@@ -11,9 +11,12 @@ and says so. Every figure measured on a load names it (`kernel`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from api_client.errors import QFarmError
 from worker.gpu import Device, is_oom, release_memory
 
 # The share of a --max-vram cap that a measured load may fill with weights
@@ -46,9 +49,73 @@ def load(path: Path, device: Device, max_vram_bytes: int | None, dense_bytes: in
         # CPU kernels for fp16 are slow or missing; compute in fp32.
         kwargs["dtype"] = torch.float32
         kwargs["device_map"] = {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    with model_layout(path):
+        loaded: Any = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
+    model, info = loaded
+    incomplete = sorted({str(k) for k in info.get("missing_keys") or ()}
+                        | {str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or ()})
+    if incomplete:
+        # transformers initialises them at random and carries on: every
+        # figure measured on such a load would be of a model that is not the
+        # checkpoint (GPTQModel's Phi-3 artifacts lacked gate_up_proj).
+        raise QFarmError(f"{path.name} does not load in transformers: {len(incomplete)} weights missing or of the wrong "
+                         f"shape ({', '.join(incomplete[:3])}{', …' if len(incomplete) > 3 else ''})")
+    if not device.is_cuda:
+        to_float32(model)
     model.eval()
     return model
+
+
+def model_layout(path: Path):
+    """How the checkpoint's model is built (worker/layout.py): a quantized
+    mixture of experts stores one layer per expert (llm-compressor quantized
+    them linearized), so it is built with linearized experts, which hold its
+    packed layers packed and read gpt-oss's per-expert layers right (into its
+    fused experts they loaded as the random initialisation: logits 0.16 from
+    the original's where the linearized load's were 0.05, as the other MoE's);
+    a quantized Falcon is built with nn.Linear. An original checkpoint loads
+    as transformers builds it."""
+    from worker import layout as layouts
+
+    config = json.loads((path / "config.json").read_text())
+    return layouts.built(config.get("model_type") if layouts.needed(config) else None)
+
+
+def to_float32(model) -> None:
+    """Cast what a CPU load left in 16 bits to float32, quantized layers
+    excepted (their kernels take their own dtypes).
+
+    Asked for float32, transformers loads a compressed-tensors checkpoint's
+    layers that are not quantized and not nn.Linear in the checkpoint's
+    dtype: Mixtral's router (`MixtralTopKRouter`, a bare parameter) stayed
+    bf16 and its first matrix product on the float32 activations failed
+    ("expected m1 and m2 to have the same dtype, but got: float !=
+    c10::BFloat16"), failing every Mixtral job on a CPU worker; so did
+    GPT-NeoX's unquantized `lm_head`.
+
+    compressed-tensors keeps such a model's tensors in its offload cache,
+    which copies an assignment into the existing (bf16) tensor: the new
+    tensors are assigned with its onloading disabled, as its docs say to
+    assign a tensor directly (on a CPU the cache holds them where they run)."""
+    import torch
+    from compressed_tensors.offload import disable_onloading
+
+    with disable_onloading():
+        for module in model.modules():
+            if _is_quantized_module(module):
+                continue
+            for store in (module._parameters, module._buffers):
+                for name, tensor in list(store.items()):
+                    if tensor is not None and tensor.dtype in (torch.float16, torch.bfloat16):
+                        cast = tensor.to(torch.float32)
+                        store[name] = torch.nn.Parameter(cast, requires_grad=False) \
+                            if isinstance(tensor, torch.nn.Parameter) else cast
+
+
+def _is_quantized_module(module) -> bool:
+    """A layer holding packed or quantized weights: GPTQModel's and AWQ's
+    (qweight), bitsandbytes' (Linear4bit, Linear8bitLt)."""
+    return hasattr(module, "qweight") or type(module).__name__ in ("Linear4bit", "Linear8bitLt")
 
 
 def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) -> int:
@@ -126,8 +193,6 @@ def _loading_options(path: Path, device: Device) -> dict:
 
 
 def _quantization_config(path: Path) -> dict:
-    import json
-
     return json.loads((path / "config.json").read_text()).get("quantization_config") or {}
 
 
@@ -156,6 +221,7 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
     from worker import packing
 
     qc = _quantization_config(path)
+    model_type = json.loads((path / "config.json").read_text()).get("model_type")
     kwargs: dict = {"dtype": "auto", "trust_remote_code": trust_remote_code,
                     "device_map": {"": 0} if device.is_cuda else {"": "cpu"}}
     if device.is_cuda and max_vram_bytes:
@@ -168,7 +234,8 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = {0: int(max_vram_bytes * WEIGHT_SHARE), "cpu": int(psutil.virtual_memory().available)}
     if qc.get("quant_method") != "compressed-tensors":
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
+        with model_layout(path):
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
         return _served(model)
     # A packed load that fails must not fail the job: its figures are then
     # the dense load's, named `dense` with the reason.
@@ -179,15 +246,17 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
                 raise packing.NotConvertible("FP8 runs packed only on GPUs of compute capability 8.9 or newer")
             from transformers import CompressedTensorsConfig
 
-            model = AutoModelForCausalLM.from_pretrained(
-                path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
+            with model_layout(path):
+                model = AutoModelForCausalLM.from_pretrained(
+                    path, quantization_config=CompressedTensorsConfig(use_optimized_inference=True), **kwargs)
         else:
             converted = scratch / "serve-gptq"
             # The config is written last: a finished conversion (the reference
             # pass's, when that is packed) is taken as it is.
             if not (converted / "config.json").exists():
-                packing.to_gptq(path, converted)
-            model = _load_converted(converted, device, kwargs)
+                packing.to_gptq(path, converted, rename=_module_names(model_type))
+            with model_layout(converted):
+                model = _load_converted(converted, device, kwargs)
         served = _served(model)
         if served.kernel != "dense":
             return served
@@ -203,8 +272,20 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
     if "max_memory" in kwargs:
         # Dequantized, the weights grow to their dense size: placed by it.
         kwargs["max_memory"][0] = gpu_weight_budget(path, max_vram_bytes or 0, dense_bytes)
-    model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True), **kwargs)
+    with model_layout(path):
+        model = AutoModelForCausalLM.from_pretrained(path, quantization_config=CompressedTensorsConfig(dequantize=True),
+                                                     **kwargs)
     return _served(model, "dense", reason)
+
+
+def _module_names(model_type: str | None):
+    """How the serve load names a checkpoint's modules (None: as it does)."""
+    from worker import layout as layouts
+
+    if not layouts.supported(model_type):
+        return None
+    assert model_type is not None
+    return lambda module: layouts.internal_name(model_type, module)
 
 
 def _load_converted(converted: Path, device: Device, kwargs: dict):

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +80,15 @@ def scheme_of(config: dict) -> Scheme:
     return schemes.pop()
 
 
-def to_gptq(src: Path, dest: Path) -> Path:
+def to_gptq(src: Path, dest: Path, rename: Callable[[str], str] | None = None) -> Path:
     """Write `src` (a compressed-tensors pack-quantized checkpoint) to `dest`
-    in GPTQModel's `gptq_v2` layout; raises NotConvertible with the reason."""
+    in GPTQModel's `gptq_v2` layout; raises NotConvertible with the reason.
+
+    `rename` maps a checkpoint's module name to the name the loaded model
+    gives it, where they differ (a mixture of experts loaded with one layer
+    per expert: Mixtral's `block_sparse_moe.experts.0.w1` is
+    `mlp.experts.0.gate_proj`): transformers picks the layers to load packed
+    by the names the config lists."""
     import torch
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32
     from safetensors import safe_open
@@ -94,6 +101,7 @@ def to_gptq(src: Path, dest: Path) -> Path:
         raise NotConvertible("no safetensors files")
     dest.mkdir(parents=True, exist_ok=True)
     per_block: dict[str, set[str]] = {}
+    dense_in_block: dict[str, set[str]] = {}
     weight_map: dict[str, str] = {}
     desc_act = False
     for shard in shards:
@@ -105,7 +113,7 @@ def to_gptq(src: Path, dest: Path) -> Path:
             if not name.endswith(".weight_packed"):
                 continue
             prefix = name.removesuffix(".weight_packed")
-            block, _, module = _split_block(prefix)
+            block, _, module = split_block(prefix)
             per_block.setdefault(block, set()).add(module)
             packed = tensors.pop(name)
             rows, cols = (int(x) for x in tensors.pop(f"{prefix}.weight_shape").tolist())
@@ -134,13 +142,24 @@ def to_gptq(src: Path, dest: Path) -> Path:
             raise NotConvertible(f"{leftover[0]} has no GPTQ equivalent")
         for name, tensor in tensors.items():
             out[name] = tensor.to(torch.float16) if tensor.is_floating_point() else tensor
+            if name.endswith(".weight") and tensor.dim() == 2:
+                block, _, module = split_block(name.removesuffix(".weight"))
+                dense_in_block.setdefault(block, set()).add(module)
         save_file(out, dest / shard.name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(out, shard.name))
     if not per_block:
         raise NotConvertible("no packed weights")
-    modules = set.union(*per_block.values())
-    if any(mods != modules for mods in per_block.values()) or "" in per_block:
-        raise NotConvertible("the packed layers differ between blocks (or lie outside them)")
+    if "" in per_block:
+        raise NotConvertible("packed layers lie outside the numbered blocks")
+    # transformers loads packed every linear layer of a block whose name ends
+    # with one listed; blocks may differ (DeepSeek-V3's first layers are dense
+    # MLPs, the rest experts), as long as no full-precision layer matches.
+    rename = rename or (lambda module: module)
+    listed = sorted({rename(m) for m in set.union(*per_block.values())})
+    for block, dense in dense_in_block.items():
+        clash = sorted(d for d in dense if any(rename(d).endswith(m) for m in listed))
+        if block and clash:
+            raise NotConvertible(f"{block}.{clash[0]} stays in full precision but shares its name with packed layers")
 
     for item in src.iterdir():
         if item.is_file() and item.suffix != ".safetensors" and item.name not in ("config.json", "model.safetensors.index.json", "recipe.yaml"):
@@ -150,7 +169,7 @@ def to_gptq(src: Path, dest: Path) -> Path:
     config["quantization_config"] = {
         "quant_method": "gptq", "bits": scheme.bits, "group_size": scheme.group_size, "sym": scheme.symmetric,
         "desc_act": desc_act, "format": CONVERTED, "checkpoint_format": CONVERTED,
-        "modules_in_block_to_quantize": [sorted(modules)],
+        "modules_in_block_to_quantize": [listed],
     }
     config["dtype"] = "float16"
     config.pop("torch_dtype", None)
@@ -158,7 +177,7 @@ def to_gptq(src: Path, dest: Path) -> Path:
     return dest
 
 
-def _split_block(prefix: str) -> tuple[str, str, str]:
+def split_block(prefix: str) -> tuple[str, str, str]:
     """'model.layers.3.mlp.up_proj' → ('model.layers.3', '.', 'mlp.up_proj');
     a module outside the numbered blocks gives block ''."""
     parts = prefix.split(".")

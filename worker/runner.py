@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from api_client import artifacts, catalog, checkpoint, lifecycle, liveness
+from api_client.catalog import architectures
 from api_client.config import Settings
 from api_client.db import Database, Job, JobState, jobs, workers
 from api_client.db.database import DatabaseGone, with_retry
@@ -27,7 +28,7 @@ from api_client.redaction import redact
 from api_client.spec import CalibSpec, EvalSpec, defaults_for
 from api_client.states import Stage
 from api_client.storage import open_store
-from worker import evaluators, gpu, job_inputs, methods, model_cache, model_source, task_inputs, texts
+from worker import coverage, evaluators, gpu, job_inputs, methods, model_cache, model_source, task_inputs, texts
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
 from worker.pulse import Pulse
@@ -407,6 +408,8 @@ class Run:
             self.note(f"model cache {fetched.cache}: {job.model} ({info.weight_bytes / 2**20:.1f} MiB of weights) "
                       f"{'was on this host' if fetched.cache == 'hit' else 'fetched'} in {fetched.seconds:.1f} s")
         checkpoint.check_quantizable(info, method_cls.group_size(params))
+        # A hub or s3:// model's config is first read here: refused as submit refuses a local one.
+        architectures.check(info.config, job.method, job.format)
         self.record(model_bytes=info.weight_bytes)
 
         # The tasks are made ready (or refused) before any GPU time is spent.
@@ -423,8 +426,14 @@ class Run:
         with gpu.PeakMemory(device) as peak:
             methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
+        # What the artifact holds quantized, from its tensors: a method that
+        # left the decoder in full precision fails here, before any upload.
+        reached, problem = _coverage(job, ctx, output_dir, model_dir)
         self.record(peak_vram_bytes=peak.torch_peak, peak_vram_nvml_bytes=peak.nvml_peak,
-                    quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss())
+                    quantize_seconds=ctx.library_seconds, artifact_bytes=artifact_bytes, peak_rss_bytes=gpu.peak_rss(),
+                    quantized_fraction=reached)
+        if problem:
+            raise QFarmError(problem)
 
         # The artifact is final: upload it while the evaluation runs.
         self.upload = artifacts.Upload(self.store, job.id, output_dir)
@@ -525,6 +534,25 @@ class Run:
             self.note(f"partial upload {uri} could not be removed now ({reason}); it will be")
         except Exception:
             log.exception("job %s: could not record the pending cleanup", self.job.id)
+
+
+def _coverage(job: Job, ctx: JobContext, output_dir: Path, model_dir: Path) -> tuple[float, str | None]:
+    """What the artifact stores quantized, from its tensors (worker/coverage.py),
+    and the one line failing a job that left the decoder in full precision
+    (None: it did not). A GGUF job's files are measured one by one (its
+    headline is the first format's); `f16` asks for no quantization."""
+    if not ctx.targets:
+        reached = coverage.measure(output_dir, model_dir)
+        ctx.facts.update(reached.as_metrics())
+        return reached.fraction, reached.problem(catalog.label_of(job.method, job.format))
+    fractions, problems = {}, []
+    for fmt, path in ctx.targets.items():
+        reached = coverage.measure_gguf(path)
+        fractions[fmt] = reached.fraction
+        problems.append(None if fmt == "f16" else reached.problem(f"{job.method}:{fmt}"))
+    ctx.facts["quantized_fraction_by_format"] = fractions
+    ctx.facts["quantized_fraction"] = next(iter(fractions.values()))
+    return ctx.facts["quantized_fraction"], next((p for p in problems if p), None)
 
 
 def _calib(job: Job, device: gpu.Device) -> CalibSpec | None:

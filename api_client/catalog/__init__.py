@@ -99,6 +99,12 @@ def capabilities() -> list[tuple[int, int]]:
     return sorted({c for c in (m.min_capability for m in _REGISTRY.values()) if c is not None})
 
 
+def label_of(method: str, fmt: str | None) -> str:
+    """`gptq` for GPTQ's default format, `gptq:gptq` for another (as
+    `qfarm compare --methods` spells them)."""
+    return method if fmt in (None, get(method).formats[0]) else f"{method}:{fmt}"
+
+
 # Importing the declarations registers them.
 from api_client.catalog import methods  # noqa: E402,F401
 

@@ -117,7 +117,7 @@ ATTEMPT_FIELDS = (
     "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "weights_bytes", "weights_bytes_baseline",
     "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel", "serve_tokens_per_s",
     "serve_tokens_per_s_baseline", "task_recovery", "metrics", "library_versions", "artifact_uri", "error",
-    "error_traceback", "process", "progress_at", "progress_cpu_s",
+    "error_traceback", "process", "progress_at", "progress_cpu_s", "quantized_fraction",
 )
 
 
@@ -206,7 +206,8 @@ STATUS_FIELDS = (
     "id", "state", "stage", "method", "format", "params", "model", "calib", "eval", "weights",
     "max_vram_bytes", "queue", "submitted_by", "created_at", "started_at", "finished_at", "attempts",
     "worker", "gpu_index", "gpu_name", "model_bytes", "peak_vram_bytes", "peak_vram_nvml_bytes",
-    "eval_peak_vram_bytes", "peak_rss_bytes", "eval_peak_rss_bytes", "estimates", "artifact_bytes", "quantize_seconds", "eval_seconds", "ppl_baseline",
+    "eval_peak_vram_bytes", "peak_rss_bytes", "eval_peak_rss_bytes", "estimates", "artifact_bytes", "quantized_fraction",
+    "quantize_seconds", "eval_seconds", "ppl_baseline",
     "ppl_quantized", "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "metrics",
     "library_versions", "artifact_uri", "error", "allow_remote_code", "priority",
     "weights_bytes", "weights_bytes_baseline", "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel",

@@ -64,6 +64,9 @@ class Job(Base):
     # take it at submit (api_client/estimate.py).
     estimates: Mapped[list | None] = mapped_column(JSON)
     artifact_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # The share of the decoder's linear and expert weights (by parameters)
+    # the artifact stores quantized, read from its tensors (worker/coverage.py).
+    quantized_fraction: Mapped[float | None] = mapped_column(Float)
     quantize_seconds: Mapped[float | None] = mapped_column(Float)
     eval_seconds: Mapped[float | None] = mapped_column(Float)
     ppl_baseline: Mapped[float | None] = mapped_column(Float)

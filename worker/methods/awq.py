@@ -18,7 +18,5 @@ def quantize(ctx: JobContext, params: AWQParams, fmt: str) -> None:
         return
     from worker.engines import llm_compressor
 
-    modifier = llm_compressor.modifier(
-        "AWQModifier", llm_compressor.int_weight_scheme(params.bits, params.group_size, not params.zero_point)
-    )
-    llm_compressor.quantize(ctx, [modifier], calibrated=True)
+    scheme = llm_compressor.int_weight_scheme(params.bits, params.group_size, not params.zero_point)
+    llm_compressor.quantize(ctx, llm_compressor.Recipe("awq", scheme), calibrated=True)

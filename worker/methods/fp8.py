@@ -14,4 +14,4 @@ def quantize(ctx: JobContext, params, fmt: str) -> None:
 
     assert FP8.min_capability is not None
     ctx.device.require_capability(FP8.min_capability, FP8.name)
-    llm_compressor.quantize(ctx, [llm_compressor.modifier("QuantizationModifier", "FP8_DYNAMIC")], calibrated=False)
+    llm_compressor.quantize(ctx, llm_compressor.Recipe(None, llm_compressor.fp8_dynamic_scheme()), calibrated=False)

@@ -19,8 +19,6 @@ def quantize(ctx: JobContext, params: GPTQParams, fmt: str) -> None:
         return
     from worker.engines import llm_compressor
 
-    modifier = llm_compressor.modifier(
-        "GPTQModifier", llm_compressor.int_weight_scheme(params.bits, params.group_size, params.symmetric),
-        dampening_frac=params.dampening, actorder="static" if params.act_order else None,
-    )
-    llm_compressor.quantize(ctx, [modifier], calibrated=True)
+    scheme = llm_compressor.int_weight_scheme(params.bits, params.group_size, params.symmetric)
+    options = dict(dampening_frac=params.dampening, actorder="static" if params.act_order else None)
+    llm_compressor.quantize(ctx, llm_compressor.Recipe("gptq", scheme, options), calibrated=True)

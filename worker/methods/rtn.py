@@ -12,7 +12,5 @@ from worker.methods import implements
 def quantize(ctx: JobContext, params: RTNParams, fmt: str) -> None:
     from worker.engines import llm_compressor
 
-    modifier = llm_compressor.modifier(
-        "QuantizationModifier", llm_compressor.int_weight_scheme(params.bits, params.group_size, params.symmetric)
-    )
-    llm_compressor.quantize(ctx, [modifier], calibrated=False)
+    scheme = llm_compressor.int_weight_scheme(params.bits, params.group_size, params.symmetric)
+    llm_compressor.quantize(ctx, llm_compressor.Recipe(None, scheme), calibrated=False)
