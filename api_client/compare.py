@@ -1,17 +1,27 @@
 """The table `qfarm compare` prints: one row per method of a group, the
 original model as a row of its own (measured once, by the member that
-measured its full baseline), and the row it recommends: the best accuracy
-among the members that succeeded within the group's size and serve-VRAM
-limits. Accuracy is task recovery where every candidate has it, else the
-perplexity ratio (lower is better)."""
+measured its full baseline), and the row it recommends.
+
+Accuracy is task recovery where every candidate has it, else the perplexity
+ratio (lower is better), each with its 95 % interval (api_client/stats.py).
+The members that succeeded within the group's size and serve-VRAM limits
+and whose interval overlaps the best one's are tied: their difference is
+within the noise of the measurement, so accuracy cannot choose between them.
+Among the tied the recommendation is the smallest (measured serve VRAM, or
+the artifact's size when the group has --max-size), then, of those as small,
+the fastest (decode at batch 1 as a server runs it)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from api_client import stats
 from api_client.db.models import Job, JobGroup, JobState
 from api_client.render import size
+
+# Sizes within this share of each other are as small: speed decides between them.
+SAME_SIZE = 0.01
 
 
 @dataclass
@@ -21,17 +31,31 @@ class Row:
     state: str
     format: str | None = None
     ppl_ratio: float | None = None
+    # The perplexity ratio's 95 % interval (paired bootstrap over windows).
+    ppl_ratio_low: float | None = None
+    ppl_ratio_high: float | None = None
     task_recovery: float | None = None
+    task_recovery_stderr: float | None = None
+    kl_divergence: float | None = None
+    kl_divergence_p99: float | None = None
     artifact_bytes: int | None = None
     weights_bytes: int | None = None
     serve_vram_bytes: int | None = None
     serve_kernel: str | None = None
+    # How the speeds were timed (hf-static-cudagraph, hf-static-eager).
+    serve_method: str | None = None
     quantize_seconds: float | None = None
     serve_tokens_per_s: float | None = None
+    serve_batch_tokens_per_s: float | None = None
+    serve_prefill_tokens_per_s: float | None = None
     # Some weights stayed in CPU memory while serving (under --max-vram).
     serve_offloaded: bool = False
     error: str | None = None
     recommended: bool = False
+    # Its accuracy interval overlaps the best one's (within noise of it).
+    tied: bool = False
+    # The 95 % interval the recommendation compared ([low, high]).
+    accuracy_interval: list[float] | None = None
     # Why the row cannot be recommended (outside a limit, failed...).
     excluded: str | None = None
     # Why its serve VRAM is unknown, where a limit would need it.
@@ -66,15 +90,19 @@ def compare(group: JobGroup, members: list[Job]) -> Comparison:
     rows = []
     if base_job is not None:
         done = base_job.state == JobState.SUCCEEDED.value
+        metrics = base_job.metrics or {}
         rows.append(Row(
             label="original", job_id=base_job.id, state=base_job.state if not done else "measured",
-            format=(base_job.metrics or {}).get("serve_kernel_baseline") or "dense",
+            format=metrics.get("serve_kernel_baseline") or "dense",
             ppl_ratio=1.0 if done else None, task_recovery=1.0 if done and base_tasks else None,
             artifact_bytes=base_job.model_bytes, weights_bytes=base_job.weights_bytes_baseline,
             serve_vram_bytes=base_job.serve_vram_baseline_bytes, serve_kernel="dense" if done else None,
-            serve_tokens_per_s=base_job.serve_tokens_per_s_baseline, excluded="the original model",
-            serve_offloaded=bool((base_job.metrics or {}).get("serve_offloaded_baseline")),
-            tasks={n: {"metric": t["metric"], "score": t.get("baseline")} for n, t in base_tasks.items()},
+            serve_method=metrics.get("serve_method_baseline"), serve_tokens_per_s=base_job.serve_tokens_per_s_baseline,
+            serve_batch_tokens_per_s=base_job.serve_batch_tokens_per_s_baseline,
+            serve_prefill_tokens_per_s=base_job.serve_prefill_tokens_per_s_baseline, excluded="the original model",
+            serve_offloaded=bool(metrics.get("serve_offloaded_baseline")),
+            tasks={n: {"metric": t["metric"], "score": t.get("baseline"), "stderr": t.get("baseline_stderr")}
+                   for n, t in base_tasks.items()},
         ))
     for job in members:
         rows.append(_member_row(job, base_tasks))
@@ -88,23 +116,32 @@ def compare(group: JobGroup, members: list[Job]) -> Comparison:
 def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
     label = job.method if job.format in _DEFAULT_FORMATS.get(job.method, ()) else f"{job.method}:{job.format}"
     row = Row(label=label, job_id=job.id, state=job.state, format=job.format, ppl_ratio=job.ppl_ratio,
+              ppl_ratio_low=job.ppl_ratio_low, ppl_ratio_high=job.ppl_ratio_high,
+              kl_divergence=job.kl_divergence, kl_divergence_p99=job.kl_divergence_p99,
               artifact_bytes=job.artifact_bytes, weights_bytes=job.weights_bytes, serve_vram_bytes=job.serve_vram_bytes,
-              serve_kernel=job.serve_kernel, quantize_seconds=job.quantize_seconds,
-              serve_tokens_per_s=job.serve_tokens_per_s, error=job.error, task_recovery=job.task_recovery,
+              serve_kernel=job.serve_kernel, serve_method=job.serve_method, quantize_seconds=job.quantize_seconds,
+              serve_tokens_per_s=job.serve_tokens_per_s, serve_batch_tokens_per_s=job.serve_batch_tokens_per_s,
+              serve_prefill_tokens_per_s=job.serve_prefill_tokens_per_s, error=job.error,
+              task_recovery=job.task_recovery, task_recovery_stderr=job.task_recovery_stderr,
               serve_offloaded=bool((job.metrics or {}).get("serve_offloaded")))
     serving_error = (job.metrics or {}).get("serving_error")
     recoveries = []
     for name, t in ((job.metrics or {}).get("tasks") or {}).items():
-        recovery = t.get("recovery")
+        figure = {"recovery": t.get("recovery"), "recovery_stderr": t.get("recovery_stderr"),
+                  "recovery_paired": t.get("recovery_paired")}
         base = base_tasks.get(name)
-        if recovery is None and base and base.get("baseline") and t["metric"] == base["metric"]:
-            # Measured against the group's one baseline.
-            recovery = t["quantized"] / base["baseline"]
-        row.tasks[name] = {"metric": t["metric"], "score": t["quantized"], "recovery": recovery}
-        if recovery is not None:
-            recoveries.append(recovery)
+        if figure["recovery"] is None and base and base.get("baseline") and t["metric"] == base["metric"]:
+            # Measured against the group's one baseline: paired where both
+            # kept their item scores (the same items, in the same order).
+            figure = stats.recovery(base["baseline"], base.get("baseline_stderr"),
+                                    stats.decode_scores(base.get("baseline_per_item")),
+                                    t["quantized"], t.get("quantized_stderr"),
+                                    stats.decode_scores(t.get("quantized_per_item")))
+        row.tasks[name] = {"metric": t["metric"], "score": t["quantized"], "stderr": t.get("quantized_stderr"), **figure}
+        if figure["recovery"] is not None:
+            recoveries.append((figure["recovery"], figure["recovery_stderr"]))
     if row.task_recovery is None and recoveries:
-        row.task_recovery = sum(recoveries) / len(recoveries)
+        row.task_recovery, row.task_recovery_stderr = stats.mean_of(recoveries)
     if serving_error and row.serve_vram_bytes is None:
         row.excluded_vram = f"serve VRAM not measured: {serving_error}"
     return row
@@ -140,13 +177,62 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
     if not candidates:
         return
     by_tasks = all(r.task_recovery is not None for r in candidates)
+    for r in candidates:
+        low, high = _interval(r, by_tasks)
+        r.accuracy_interval = [low, high]
 
-    def score(r: Row) -> tuple[float, float, float]:
-        # Ties go to the lower perplexity ratio, then to the smaller weights.
-        ratio = r.ppl_ratio or float("inf")
-        return -(r.task_recovery or 0) if by_tasks else ratio, ratio, r.weights_bytes or r.artifact_bytes or 0
+    best = _best(candidates, by_tasks)
+    tied = [r for r in candidates if stats.overlaps(_interval(r, by_tasks), _interval(best, by_tasks))]
+    for r in tied:
+        r.tied = len(tied) > 1
+    smallest = min(_size_of(r, limits) for r in tied)
+    as_small = [r for r in tied if _size_of(r, limits) <= smallest * (1 + SAME_SIZE)]
+    min(as_small, key=lambda r: (-(r.serve_tokens_per_s or 0.0), _size_of(r, limits))).recommended = True
 
-    min(candidates, key=score).recommended = True
+
+def _best(candidates: list[Row], by_tasks: bool) -> Row:
+    """The most accurate: the highest recovery (the lower perplexity ratio
+    between equal ones), or the lowest perplexity ratio."""
+    inf = float("inf")
+    if by_tasks:
+        return max(candidates, key=lambda r: (r.task_recovery or 0.0, -(r.ppl_ratio or inf)))
+    return min(candidates, key=lambda r: r.ppl_ratio if r.ppl_ratio is not None else inf)
+
+
+def _interval(r: Row, by_tasks: bool) -> tuple[float, float]:
+    """The row's accuracy as an interval on one scale, higher is better: its
+    task recovery's 95 % interval, or its perplexity ratio's, negated. A
+    figure without one (one window, an old job) is a point."""
+    if by_tasks:
+        return stats.interval(r.task_recovery or 0.0, r.task_recovery_stderr)
+    ratio = r.ppl_ratio if r.ppl_ratio is not None else float("inf")
+    low = r.ppl_ratio_low if r.ppl_ratio_low is not None else ratio
+    high = r.ppl_ratio_high if r.ppl_ratio_high is not None else ratio
+    return -high, -low
+
+
+def _size_key(limits: dict[str, Any]) -> str:
+    return "artifact" if limits.get("max_size_bytes") else "serve VRAM"
+
+
+def _size_of(r: Row, limits: dict[str, Any]) -> float:
+    """What "smallest" means for the group: the artifact under --max-size,
+    else the measured serve VRAM (the weights held, where a CPU worker
+    measured no VRAM)."""
+    if limits.get("max_size_bytes"):
+        return float(r.artifact_bytes or 0)
+    return float(r.serve_vram_bytes or r.weights_bytes or r.artifact_bytes or 0)
+
+
+def accuracy_text(r: Row, by_tasks: bool) -> str:
+    """'99.0 % ± 2.9' (± the 95 % half-width) or '1.0114, 95 % 1.0050-1.0180'."""
+    if by_tasks:
+        from api_client.render import recovery_text
+
+        return recovery_text(r.task_recovery, r.task_recovery_stderr)
+    if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None:
+        return f"{r.ppl_ratio:.4f}, 95 % {r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f}"
+    return f"{r.ppl_ratio:.4f}"
 
 
 def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: bool) -> str:
@@ -156,9 +242,23 @@ def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: 
     pending = "" if finished else " (so far: members are still running)"
     if chosen is None:
         return f"no member succeeded{within}{pending}"
-    others = [r for r in rows if r.excluded is None and not r.recommended]
-    if chosen.task_recovery is not None and all(r.task_recovery is not None for r in others):
-        accuracy = f"the best task recovery ({chosen.task_recovery * 100:.1f} %)"
-    else:
-        accuracy = f"the lowest perplexity ratio ({chosen.ppl_ratio:.4f})"
-    return f"{chosen.label}: {accuracy} of the {len(others) + 1} members that succeeded{within}{pending}"
+    candidates = [r for r in rows if r.excluded is None]
+    by_tasks = all(r.task_recovery is not None for r in candidates)
+    what = "task recovery" if by_tasks else "perplexity ratio"
+    if len(candidates) == 1:
+        return f"{chosen.label}: {what} ({accuracy_text(chosen, by_tasks)}), the only member that succeeded{within}{pending}"
+    of = f"of the {len(candidates)} members that succeeded{within}"
+    tied = [r for r in candidates if r.tied]
+    if not tied:
+        best = "best" if by_tasks else "lowest"
+        return (f"{chosen.label}: the {best} {what} ({accuracy_text(chosen, by_tasks)}) {of}, clear of the others' "
+                f"95 % intervals{pending}")
+    best_row = _best(tied, by_tasks)
+    names = ", ".join(r.label for r in sorted(tied, key=lambda r: r is not chosen))
+    smallest = f"{chosen.label} is the smallest ({_size_key(limits)} {size(_size_of(chosen, limits))})"
+    same = [r for r in tied if r is not chosen and _size_of(r, limits) <= _size_of(chosen, limits) * (1 + SAME_SIZE)]
+    if same:
+        speed = f"{chosen.serve_tokens_per_s:.1f}" if chosen.serve_tokens_per_s is not None else "-"
+        smallest += f" and, of those as small ({', '.join(r.label for r in same)}), the fastest ({speed} tok/s at batch 1)"
+    return (f"{names} tie on {what} within noise (their 95 % intervals overlap {best_row.label}'s "
+            f"{accuracy_text(best_row, by_tasks)}); {smallest} {of}{pending}")

@@ -58,16 +58,24 @@ def status_lines(job: Job) -> list[str]:
         ("peak VRAM", f"{size(job.peak_vram_bytes)} (torch), {size(job.peak_vram_nvml_bytes)} (NVML)"),
         ("peak memory (RSS)", f"{size(job.peak_rss_bytes)} quantizing, {size(job.eval_peak_rss_bytes)} whole job"),
         ("eval peak VRAM", size(job.eval_peak_vram_bytes)),
-        ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')})"),
+        ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')}"
+                       f"{ratio_interval(job)})"),
+        ("KL divergence", kl_line(job)),
         ("evaluated on", evaluated_on(job)),
-        ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"),
+        ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"
+                         f"{speed_note((job.metrics or {}).get('decode'), 'reference load')}"),
         ("weights in memory", f"{size(job.weights_bytes_baseline)} → {size(job.weights_bytes)}"),
         ("serve VRAM", serve_vram(job)),
-        ("serve decode tok/s", f"{num(job.serve_tokens_per_s_baseline, '.1f')} → {num(job.serve_tokens_per_s, '.1f')}"
-                               f" ({job.serve_kernel or '-'})"),
+        ("serve decode tok/s", serve_speed_line(job, "serve_decode", "serve_tokens_per_s", "decode_tokens_per_s")),
+        ("serve batch tok/s", serve_speed_line(job, "serve_batch", "serve_batch_tokens_per_s", "tokens_per_s")),
+        ("serve prefill tok/s", serve_speed_line(job, "serve_batch", "serve_prefill_tokens_per_s", "prefill_tokens_per_s")),
         *task_lines(job),
+        ("task recovery", recovery_text(job.task_recovery, job.task_recovery_stderr)),
         ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
+        ("artifact sha256", str((job.metrics or {}).get("artifact_sha256") or "-")),
+        ("environment", environment_line(job)),
+        ("libraries", libraries_line(job)),
     ]
     if job.error:
         rows.append(("error", job.error))
@@ -92,13 +100,97 @@ def serve_vram(job: Job) -> str:
 
 
 def task_lines(job: Job) -> list[tuple[str, str]]:
+    """Each task's scores and recovery, each with its 95 % half-width (±)."""
     tasks = (job.metrics or {}).get("tasks") or {}
     lines = []
     for name, t in tasks.items():
-        base = "-" if t.get("baseline") is None else f"{t['baseline']:.4f}"
-        rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
-        lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
+        base = "-" if t.get("baseline") is None else score_text(t["baseline"], t.get("baseline_stderr"))
+        rec = "" if t.get("recovery") is None else \
+            f", recovery {recovery_text(t['recovery'], t.get('recovery_stderr'))}" + (" paired" if t.get("recovery_paired") else "")
+        lines.append((f"task {name}", f"{t['metric']} {base} → {score_text(t['quantized'], t.get('quantized_stderr'))} "
+                                      f"over {t['items']} items{rec}"))
     return lines
+
+
+def half_width(se: float | None) -> float | None:
+    """The ± qfarm prints beside a figure: its 95 % interval's half-width."""
+    from api_client.stats import Z95
+
+    return None if se is None else Z95 * se
+
+
+def score_text(score: float, se: float | None) -> str:
+    return f"{score:.4f}" + ("" if se is None else f" ± {half_width(se):.4f}")
+
+
+def recovery_text(recovery: float | None, se: float | None) -> str:
+    """'98.8 % ± 4.1' (± the 95 % half-width), '-' where not measured."""
+    if recovery is None:
+        return "-"
+    width = half_width(se)
+    return f"{recovery * 100:.1f} %" + ("" if width is None else f" ± {width * 100:.1f}")
+
+
+def ratio_interval(job: Job) -> str:
+    if job.ppl_ratio_low is None or job.ppl_ratio_high is None:
+        return ""
+    return f", 95 % {job.ppl_ratio_low:.4f}-{job.ppl_ratio_high:.4f}"
+
+
+def kl_line(job: Job) -> str:
+    """Mean and 99th percentile of the per-token KL divergence, with the
+    tokens it covered (or why it was not measured)."""
+    m = job.metrics or {}
+    if job.kl_divergence is None:
+        return f"- ({m['kl_error']})" if m.get("kl_error") else "-"
+    interval = m.get("kl_interval")
+    within = f" (95 % {interval[0]:.4g}-{interval[1]:.4g})" if interval else ""
+    same = f", same top token {m['kl_same_top'] * 100:.1f} %" if m.get("kl_same_top") is not None else ""
+    return (f"mean {job.kl_divergence:.4g} nats{within}, p99 {num(job.kl_divergence_p99)}{same}, "
+            f"over {m.get('kl_tokens', '?')} tokens")
+
+
+def timing_text(timing: dict[str, Any]) -> str:
+    """'hf-static-cudagraph, 1x32+64, 3 repeats': how a speed was timed
+    (worker/serve_speed.py), and why it ran eagerly where a GPU could not
+    replay it."""
+    text = f"{timing.get('method')}, {timing.get('shape')}, {timing.get('repeats')} repeats"
+    if timing.get("fallback") and timing.get("method") != "hf-static-cudagraph":
+        text += f"; eager: {timing['fallback']}"
+    return text
+
+
+def speed_note(timing: dict[str, Any] | None, what: str) -> str:
+    return f" ({what}, {timing_text(timing)})" if timing else f" ({what})"
+
+
+def serve_speed_line(job: Job, metric: str, column: str, key: str) -> str:
+    """Original → artifact, each the mean over repeats with its standard
+    deviation, then the kernel and the way it was timed."""
+    m = job.metrics or {}
+    base, quant = m.get(f"{metric}_baseline") or {}, m.get(metric) or {}
+
+    def one(value: float | None, timing: dict[str, Any]) -> str:
+        sd = timing.get(f"{key}_sd")
+        return num(value, ".1f") + ("" if sd is None else f" (sd {sd:.1f})")
+
+    return f"{one(getattr(job, f'{column}_baseline'), base)} → {one(getattr(job, column), quant)}" + \
+        speed_note(quant, job.serve_kernel or "-")
+
+
+def environment_line(job: Job) -> str:
+    env = (job.metrics or {}).get("environment") or {}
+    if not env:
+        return "-"
+    device = env.get("device") or "-"
+    if env.get("gpu_capability"):
+        device += f" (compute {env['gpu_capability']}), driver {env.get('driver') or '?'}, CUDA {env.get('cuda_runtime') or '?'}"
+    return f"seed {env.get('seed')}; {device}"
+
+
+def libraries_line(job: Job) -> str:
+    versions = job.library_versions or {}
+    return ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "cuda") or "-"
 
 
 def list_row(job: Job) -> tuple[str, ...]:
