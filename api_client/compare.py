@@ -255,10 +255,13 @@ def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: 
                 f"95 % intervals{pending}")
     best_row = _best(tied, by_tasks)
     names = ", ".join(r.label for r in sorted(tied, key=lambda r: r is not chosen))
-    smallest = f"{chosen.label} is the smallest ({_size_key(limits)} {size(_size_of(chosen, limits))})"
-    same = [r for r in tied if r is not chosen and _size_of(r, limits) <= _size_of(chosen, limits) * (1 + SAME_SIZE)]
-    if same:
-        speed = f"{chosen.serve_tokens_per_s:.1f}" if chosen.serve_tokens_per_s is not None else "-"
-        smallest += f" and, of those as small ({', '.join(r.label for r in same)}), the fastest ({speed} tok/s at batch 1)"
+    least = min(_size_of(r, limits) for r in tied)
+    as_small = [r for r in tied if _size_of(r, limits) <= least * (1 + SAME_SIZE)]
+    if len(as_small) == 1:
+        pick = f"{chosen.label} is the smallest ({_size_key(limits)} {size(_size_of(chosen, limits))})"
+    else:
+        speed = f"{chosen.serve_tokens_per_s:.1f} tok/s" if chosen.serve_tokens_per_s is not None else "speed unknown"
+        pick = (f"{chosen.label} is the fastest ({speed} at batch 1) of the smallest "
+                f"({', '.join(r.label for r in as_small)}: {_size_key(limits)} within {SAME_SIZE:.0%} of {size(least)})")
     return (f"{names} tie on {what} within noise (their 95 % intervals overlap {best_row.label}'s "
-            f"{accuracy_text(best_row, by_tasks)}); {smallest} {of}{pending}")
+            f"{accuracy_text(best_row, by_tasks)}); {pick}; {len(candidates)} members succeeded{within}{pending}")

@@ -278,20 +278,28 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
 
 def comparison_table(table: Any) -> Any:
     """A compare group (api_client/compare.Comparison) as a rich table: one
-    row per method and the original model, the recommended one marked."""
+    row per method and the original model, the recommended one marked (★),
+    the members tied with it within noise marked (=). ± is a 95 % interval's
+    half-width; speeds are means over repeats, timed as the method column says."""
     from rich.table import Table
 
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM", "kernel",
-                 "quantize", "decode tok/s", "state"):
+    for name in ("", "method", "format", "ppl ratio (95 %)", "KL mean / p99", "task recovery ± 95 %", "artifact",
+                 "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
+                 "state"):
         out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
     for r in table.rows:
-        recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        out.add_row("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
+        ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
+                                           if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
+        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f} / {num(r.kl_divergence_p99, '.4f')}"
+        mark = "★" if r.recommended else ("=" if r.tied else "")
+        out.add_row(mark, r.label, r.format or "-", ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
                     size(r.artifact_bytes), size(r.weights_bytes),
                     size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
-                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
+                    (r.serve_method or "-").removeprefix("hf-static-"),
+                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), num(r.serve_batch_tokens_per_s, ".1f"),
+                    num(r.serve_prefill_tokens_per_s, ".0f"), state)
     return out

@@ -33,9 +33,10 @@ class Divergence:
     """One model's side of the comparison: `write` (the original) stores its
     log-probabilities, `read` (the artifact) compares against them."""
 
-    def __init__(self, path: Path, mode: str, tokens: int, max_bytes: int = MAX_BYTES):
+    def __init__(self, path: Path, mode: str, tokens: int, max_bytes: int | None = None):
         # `tokens`: how many the windows predict (the store holds no more).
-        self.path, self.mode, self.tokens, self.max_bytes = path, mode, tokens, max_bytes
+        self.path, self.mode, self.tokens = path, mode, tokens
+        self.max_bytes = MAX_BYTES if max_bytes is None else max_bytes
         self.error: str | None = None
         self._store: Any = None
         self._vocab: int | None = None
