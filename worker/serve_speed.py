@@ -38,9 +38,13 @@ EAGER = "hf-static-eager"
 
 # Repeats after the warm-up (a CPU worker's figure only shows the path runs:
 # two, the fewest with a spread), and the seconds after which no further one
-# starts (LLM.int8 runs a 16 × 128-token batch eagerly in about 15 s on an H200).
+# starts: a slow eager path (LLM.int8 decodes about 10 tokens/s at batch 1 on
+# an H200) gets fewer, and a figure of one run has no spread.
 REPEATS = {"cuda": 3, "cpu": 2}
 BUDGET_S = 20.0
+# The warm-up's new tokens: its steps run what every later step runs (the
+# graph's first replays, or the eager kernels' first launches and autotuning).
+WARMUP_TOKENS = 8
 # A captured step's logits may differ from the eager step's by this share of
 # their largest magnitude (both run the same kernels: they are equal but for
 # the order of a reduction).
@@ -116,12 +120,12 @@ def measure(model, prompt: list[int], new_tokens: int, batch: int = 1, repeats: 
                 timing.fallback = run.capture()
                 if timing.fallback is None:
                     timing.method = GRAPH
-        run.generate()  # warm-up: first launches, autotuning, allocator growth
+        run.generate(min(new_tokens, WARMUP_TOKENS))  # warm-up: first launches, autotuning, allocator growth
         started = time.perf_counter()
         for i in range(repeats):
             if i and time.perf_counter() - started > budget_s:
                 break
-            prefill_s, decode_s = run.generate()
+            prefill_s, decode_s = run.generate(new_tokens)
             timing.prefill_s.append(prefill_s)
             timing.decode_s.append(decode_s)
         timing.tokens = run.tokens.tolist()
@@ -136,7 +140,7 @@ class _Run:
         import torch
         from transformers import StaticCache
 
-        self.model, self.new_tokens, self.device = model, new_tokens, device
+        self.model, self.device = model, device
         self.prompt = torch.tensor([prompt] * batch, device=device)
         self.cache = StaticCache(config=model.config, max_cache_len=len(prompt) + new_tokens)
         self.next = torch.zeros(batch, 1, dtype=torch.long, device=device)
@@ -159,14 +163,15 @@ class _Run:
         logits = self.model(input_ids=self.prompt, **self.kwargs).logits[:, -1]
         self.next.copy_(logits.argmax(-1, keepdim=True))
 
-    def generate(self) -> tuple[float, float]:
-        """Seconds of the prefill and of the decode steps after it."""
+    def generate(self, new_tokens: int) -> tuple[float, float]:
+        """Seconds of the prefill and of the decode steps after it, for
+        `new_tokens` (at most the cache's)."""
         start = time.perf_counter()
         self.prefill()
         self.tokens[:, 0:1].copy_(self.next)
         _sync(self.device)
         middle = time.perf_counter()
-        for i in range(1, self.new_tokens):
+        for i in range(1, new_tokens):
             if self.graph is not None:
                 self.graph.replay()
             else:
