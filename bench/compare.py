@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import median
 
@@ -120,6 +121,16 @@ def task_table(comparison) -> str:
     return "\n".join(["| method | task | metric | score ± 95 % | recovery ± 95 % |", "|---|---|---|---|---|", *out]) if out else ""
 
 
+def twice_line(first, second) -> str:
+    """The same job twice on one device: equal artifact checksums or not."""
+    sums = [((j.metrics or {}).get("artifact_sha256") if j else None) for j in (first, second)]
+    if None in sums:
+        return f"reproducible: not measured ({', '.join(f'{j.id} {j.state}' for j in (first, second) if j)})"
+    verdict = "the same artifact" if sums[0] == sums[1] else "different artifacts"
+    return (f"reproducible: {first.method} twice on {first.gpu_name} wrote {verdict} "
+            f"({first.id} {sums[0][:16]}…, {second.id} {sums[1][:16]}…)")
+
+
 def farm_line(members, worker_started: float) -> str:
     """Each worker's start to its first job, and the idle gaps between jobs
     on one GPU (bench/farm.py's figures, in one line)."""
@@ -149,6 +160,8 @@ def main() -> None:
     p.add_argument("--gpus", default="auto")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--twice", help="a method of --methods to run once more after the group, the same spec on the same "
+                                   "device: its artifact checksum against the member's (reproducible?)")
     a = p.parse_args()
     # --timeout counts from here, model making and worker start included, so
     # the table is printed before whatever limit the caller set.
@@ -168,14 +181,17 @@ def main() -> None:
         group, members = client.compare(str(Path(a.model).resolve()), a.methods.split(","), base,
                                         max_size=a.max_size, max_vram=a.max_serve_vram)
         print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format} {j.id}" for j in members), flush=True)
+        # Priority low: it runs after the group's members, on the same worker.
+        again = client.submit(replace(base, model=str(Path(a.model).resolve()), method=a.twice, priority="low")) \
+            if a.twice else None
         seen: dict = {}
         while time.monotonic() < deadline:
             group, members = client.group(group.id)
-            for j in members:
+            for j in members + ([client.status(again.id)] if again else []):
                 if seen.get(j.id) != (j.state, j.stage):
                     seen[j.id] = (j.state, j.stage)
                     print(f"  {time.time() - started:6.1f} s {j.method}/{j.format} {j.state} {j.stage or ''} {j.error or ''}"[:200], flush=True)
-            if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+            if all(j.state in ("succeeded", "failed", "cancelled") for j in members + ([client.status(again.id)] if again else [])):
                 break
             time.sleep(1)
     finally:
@@ -189,6 +205,8 @@ def main() -> None:
     print(f"\nrecommended: {result.why}\n")
     print(serve_notes(result, members) + "\n")
     print(task_table(result))
+    if again:
+        print("\n" + twice_line(next((j for j in members if j.method == a.twice), None), client.status(again.id)))
     print("\n" + farm_line(members, started))
     if a.json_out:
         from api_client.db.jobs import to_dict

@@ -51,6 +51,18 @@ def test_the_static_cache_decode_generates_what_generate_does(tiny_model):
     assert summary["decode_tokens_per_s"] == pytest.approx(sum(2 * 11 / s for s in timing.decode_s) / 2)
     assert summary["shape"] == "2x16+12"
 
+    # A model that cannot decode on a static cache is timed with generate, named, with the reason.
+    import transformers
+
+    def refuse(*args, **kwargs):
+        raise NotImplementedError("this model keeps a cache of its own")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(transformers, "StaticCache", refuse)
+        fallback = serve_speed.measure(model, prompt, 12, batch=2)
+    assert fallback.method == "hf-generate" and "this model keeps a cache of its own" in fallback.fallback
+    assert fallback.tokens == expected[:, 16:].tolist() and fallback.summary()["decode_tokens_per_s"] > 0
+
 
 def test_the_models_context_bounds_the_windows(tiny_model):
     from api_client import checkpoint

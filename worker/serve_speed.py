@@ -35,6 +35,9 @@ from typing import Any
 
 GRAPH = "hf-static-cudagraph"
 EAGER = "hf-static-eager"
+# transformers' generate, where a model cannot decode on a static cache (its
+# own cache class, remote code): the prefill is not timed apart there.
+GENERATE = "hf-generate"
 
 # Repeats after the warm-up (a CPU worker's figure only shows the path runs:
 # two, the fewest with a spread), and the seconds after which no further one
@@ -80,7 +83,8 @@ class Timing:
     @property
     def throughput(self) -> list[float]:
         """New tokens per second of the whole request (prefill included)."""
-        return [self.batch * self.new_tokens / (p + d) for p, d in zip(self.prefill_s, self.decode_s, strict=True)]
+        return [self.batch * self.new_tokens / (p + d) for p, d in zip(self.prefill_s, self.decode_s, strict=True)
+                if p + d > 0]
 
     def summary(self) -> dict[str, Any]:
         """The figures a job records: each a mean over the repeats with its
@@ -104,12 +108,27 @@ def measure(model, prompt: list[int], new_tokens: int, batch: int = 1, repeats: 
     """Greedy generation of `new_tokens` after `prompt` (the same prompt in
     every row of `batch`), timed as the module docstring says. `graphs`
     False keeps a GPU on the eager path (the bench's comparison)."""
-    import torch
 
     if new_tokens < 2:
         raise ValueError("a decode needs at least 2 new tokens (the first comes from the prefill)")
     device = next(model.parameters()).device
     repeats = repeats or REPEATS.get(device.type, 2)
+    try:
+        return _static(model, prompt, new_tokens, batch, repeats, budget_s, graphs, device)
+    except Exception as exc:
+        from worker.gpu import is_oom
+
+        if is_oom(exc):
+            raise
+        reason = f"no static-cache decode: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    # Outside the except block: the failed attempt's tensors are freed first.
+    return _generate(model, prompt, new_tokens, batch, repeats, budget_s, device, reason)
+
+
+def _static(model, prompt: list[int], new_tokens: int, batch: int, repeats: int, budget_s: float, graphs: bool,
+            device: Any) -> Timing:
+    import torch
+
     run = _Run(model, prompt, new_tokens, batch, device)
     timing = Timing(EAGER, batch, len(prompt), new_tokens)
     with torch.inference_mode():
@@ -129,6 +148,35 @@ def measure(model, prompt: list[int], new_tokens: int, batch: int = 1, repeats: 
             timing.prefill_s.append(prefill_s)
             timing.decode_s.append(decode_s)
         timing.tokens = run.tokens.tolist()
+    return timing
+
+
+def _generate(model, prompt: list[int], new_tokens: int, batch: int, repeats: int, budget_s: float, device: Any,
+              reason: str) -> Timing:
+    """transformers' greedy `generate`, each repeat timed whole (its decode
+    figure then includes the prefill)."""
+    import torch
+
+    ids = torch.tensor([prompt] * batch, device=device)
+    kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
+                              "attention_mask": torch.ones_like(ids)}
+    if model.generation_config.pad_token_id is None:
+        kwargs["pad_token_id"] = model.generation_config.eos_token_id
+    timing = Timing(GENERATE, batch, len(prompt), new_tokens, fallback=reason)
+    with torch.inference_mode():
+        model.generate(ids, **{**kwargs, "max_new_tokens": min(new_tokens, WARMUP_TOKENS),
+                               "min_new_tokens": min(new_tokens, WARMUP_TOKENS)})
+        started = time.perf_counter()
+        for i in range(repeats):
+            if i and time.perf_counter() - started > budget_s:
+                break
+            _sync(device)
+            start = time.perf_counter()
+            out = model.generate(ids, **kwargs)
+            _sync(device)
+            timing.prefill_s.append(0.0)
+            timing.decode_s.append(time.perf_counter() - start)
+        timing.tokens = out[:, ids.shape[1]:].tolist()
     return timing
 
 
