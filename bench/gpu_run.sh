@@ -34,7 +34,7 @@ suite=$1; shift
 name=${BENCH_NAME:-$suite}
 if [ "$suite" = kernels ]; then
   # bench/kernels.py: each W4 kernel against bf16 on a 7B shape; --budget stops starting kernels in time.
-  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.kernels "$@" --budget $(( ${BENCH_TIMEOUT:-540} - SECONDS - 90 )) \
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.kernels "$@" --budget $(( ${BENCH_TIMEOUT:-540} - SECONDS - 40 )) \
     --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
 elif [ "$suite" = compare ] || [ "$suite" = farm ]; then
   timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.$suite "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 25 )) \

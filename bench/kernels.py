@@ -14,9 +14,11 @@ gptq_v2 layout beside it), each kernel in turn:
   replayed from a CUDA graph (µs a call);
 - times the seven linear layers of one decoder layer replayed from a graph,
   times the layer count: the share of a decode step the weights take;
-- times a greedy decode at batch 1 (and 16) with worker/serve_speed.py
-  (static cache, the step in a CUDA graph) and, for the bf16 model and the
-  first W4 kernel, with transformers' `generate` (the old figure).
+- times a greedy decode at batch 1 with worker/serve_speed.py (static
+  cache, the step in a CUDA graph) and, for the bf16 model and the first W4
+  kernel, the same loop eagerly and transformers' `generate` (the figure
+  qfarm reported before). Batched throughput is the compare group's
+  (bench/compare.py), on the kernel each job chose.
 
 Each kernel's failure is recorded and the next one runs; a kernel that would
 start past --budget seconds is skipped and says so. Machete (Hopper) fetches
@@ -35,7 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-KERNELS = ["gptq_marlin", "gptq_triton", "gptq_torch", "gptq_machete", "gptq_exllama_v2"]
+# The order qfarm tries them in, then the ones it does not try (ExLlamaV2
+# compiles for a while; Machete fetches CUTLASS, which fails offline).
+KERNELS = ["gptq_marlin", "gptq_triton", "gptq_torch", "gptq_exllama_v2", "gptq_machete"]
 GROUP = 128
 
 
@@ -155,16 +159,18 @@ def generate_tokens_per_s(model, prompt: list[int], new_tokens: int) -> float:
     return new_tokens / (time.perf_counter() - start)
 
 
-def measure(model, prompt: list[int], new_tokens: int, with_generate: bool) -> dict[str, Any]:
+def measure(model, prompt: list[int], new_tokens: int, full: bool) -> dict[str, Any]:
+    """The layer figures and a decode at batch 1 replayed from a graph; with
+    `full` (the bf16 model and the first W4 kernel), also the same decode
+    run eagerly and with `generate` (the figure qfarm reported before)."""
     from worker import serve_speed
 
     out: dict[str, Any] = layer_figures(model)
     decode = serve_speed.measure(model, prompt[:32], new_tokens)
     out["decode"] = decode.summary()
     out["decode_tokens"] = decode.tokens[0][:16]
-    out["decode_eager"] = serve_speed.measure(model, prompt[:32], new_tokens, graphs=False).summary()
-    out["batch16"] = serve_speed.measure(model, prompt[:128], 128, batch=16).summary()
-    if with_generate:
+    if full:
+        out["decode_eager"] = serve_speed.measure(model, prompt[:32], new_tokens, graphs=False).summary()
         out["generate_tokens_per_s"] = generate_tokens_per_s(model, prompt[:32], new_tokens)
     return out
 
@@ -173,7 +179,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="/tmp/llama7b")
     p.add_argument("--shape", default="7b")
-    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--kernels", default=",".join(KERNELS))
     p.add_argument("--budget", type=float, default=150, help="seconds; a kernel that would start later is skipped")
     p.add_argument("--json", dest="json_out")
@@ -205,7 +211,7 @@ def main() -> None:
             Path(a.json_out).write_text(json.dumps(results, indent=1, default=str))
 
     model = AutoModelForCausalLM.from_pretrained(dense, dtype="auto", device_map={"": 0}).eval()
-    rows["bf16"] = {"kernel": "dense", **measure(model, prompt, a.new_tokens, with_generate=True)}
+    rows["bf16"] = {"kernel": "dense", **measure(model, prompt, a.new_tokens, full=True)}
     del model
     release_memory(device)
     save()
@@ -223,7 +229,7 @@ def main() -> None:
             wrong = packing.check_kernel(model, w4)
             row["result"] = "validated" if wrong is None else f"wrong output: {wrong}"
             if wrong is None:
-                row.update(measure(model, prompt, a.new_tokens, with_generate=not generate_done))
+                row.update(measure(model, prompt, a.new_tokens, full=not generate_done))
                 generate_done = True
             del model
         except Exception as exc:  # noqa: BLE001 - recorded; the next kernel runs
@@ -244,16 +250,16 @@ def table(results: dict[str, Any]) -> str:
     base = (results["rows"].get("bf16") or {}).get("decode", {}).get("decode_tokens_per_s")
     out = [f"## W4 kernels on {results['gpu']} (7B shape, W4 g128 sym, gptq_v2)\n",
            "| row | kernel | result | up_proj µs b1 eager / graph | b16 graph | linears ms / step | decode tok/s b1 (method) "
-           "| eager static | × bf16 | batch 16 tok/s | generate tok/s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| × bf16 | eager static tok/s | generate tok/s |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results["rows"].items():
-        d, e, b = r.get("decode") or {}, r.get("decode_eager") or {}, r.get("batch16") or {}
+        d, e = r.get("decode") or {}, r.get("decode_eager") or {}
         tok = d.get("decode_tokens_per_s")
         ratio = f"{tok / base:.2f}" if tok and base else "-"
         out.append(f"| {name} | {r.get('kernel', '-')} | {r.get('result', 'measured')[:80]} | "
                    f"{f(r.get('up_proj_b1_eager_us'))} / {f(r.get('up_proj_b1_graph_us'))} | {f(r.get('up_proj_b16_graph_us'))} | "
                    f"{f(r.get('linears_per_step_ms'), '.2f')} | {f(tok)} ± {f(d.get('decode_tokens_per_s_sd'))} "
-                   f"({d.get('method', '-')}) | {f(e.get('decode_tokens_per_s'))} | {ratio} | {f(b.get('tokens_per_s'))} | "
+                   f"({d.get('method', '-')}) | {ratio} | {f(e.get('decode_tokens_per_s'))} | "
                    f"{f(r.get('generate_tokens_per_s'))} |")
     return "\n".join(out)
 

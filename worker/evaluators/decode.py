@@ -23,7 +23,6 @@ def decode_timing(model, inputs: Inputs) -> serve_speed.Timing | None:
 @register
 class DecodeSpeed(Evaluator):
     name = "decode"
-    baseline_always = True
     required = True
 
     def measure(self, loaded: Loaded, inputs: Inputs, load: dict[str, Any]) -> dict[str, Any]:
