@@ -81,6 +81,19 @@ def test_classic_checkpoints_use_triton_kernels_on_gpus(tmp_path):
     assert loading._loading_options(tmp_path, gpu)["quantization_config"].backend == "gemm_triton"
 
 
+def test_gptq_kernels_are_tried_fastest_first_where_they_apply():
+    """Marlin first on compute capability 8.0+ for symmetric weights, unless
+    layers may be offloaded (it repacks at load); then Triton, then torch;
+    GPTQModel's own choice on a CPU."""
+    h100 = Device("cuda", 0, "NVIDIA H100 80GB HBM3", (9, 0), 80 * 2**30)
+    t4 = Device("cuda", 0, "Tesla T4", (7, 5), 16 * 2**30)
+    assert loading.gptq_backends(h100, {"sym": True}) == ["gptq_marlin", "gptq_triton", "gptq_torch"]
+    assert loading.gptq_backends(h100, {"sym": False}) == ["gptq_triton", "gptq_torch"]
+    assert loading.gptq_backends(h100, {"sym": True}, may_offload=True) == ["gptq_triton", "gptq_torch"]
+    assert loading.gptq_backends(t4, {"sym": True}) == ["gptq_triton", "gptq_torch"]
+    assert loading.gptq_backends(CPU, {"sym": True}) == ["auto"]
+
+
 def test_memory_cap_places_dequantized_checkpoints_by_their_dense_size(tmp_path):
     """Under --max-vram, half the cap holds weights; a compressed-tensors
     artifact, which transformers dequantizes in place to run, gets the share

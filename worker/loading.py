@@ -214,18 +214,21 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
     return _served(model, "dense", reason)
 
 
-def gptq_backends(device: Device, qc: dict) -> list[str]:
+def gptq_backends(device: Device, qc: dict, may_offload: bool = False) -> list[str]:
     """GPTQModel's kernels for a GPTQ-layout checkpoint on `device`, fastest
-    first, as bench/kernels.py measured them on an H200 (bench/RESULTS.md §6):
-    Marlin (compute capability 8.0+, symmetric weights only; GPTQModel builds
-    it on first use), then Triton, then the torch kernel. Machete (Hopper)
+    first (bench/kernels.py times them all, bench/RESULTS.md §6): Marlin
+    (compute capability 8.0+, symmetric weights only; GPTQModel builds it on
+    first use), then Triton, then the torch kernel. Machete (Hopper)
     downloads CUTLASS when first used, which fails on a worker without
-    internet, and ExLlamaV2 compiles its C++ sources for minutes: neither is
-    tried. On a CPU, GPTQModel's own choice (its torch/ATen kernel)."""
+    internet, and ExLlamaV2 compiles its C++ sources: neither is tried.
+    Marlin repacks the weights when the model is loaded; a layer accelerate
+    offloads to CPU memory (under --max-vram) would come back in the
+    checkpoint's layout, so Marlin is not tried where layers may be
+    offloaded. On a CPU, GPTQModel's own choice (its torch/ATen kernel)."""
     if not device.is_cuda:
         return ["auto"]
     out = []
-    if device.capability and device.capability >= (8, 0) and qc.get("sym", True):
+    if device.capability and device.capability >= (8, 0) and qc.get("sym", True) and not may_offload:
         out.append("gptq_marlin")
     return [*out, "gptq_triton", "gptq_torch"]
 
@@ -239,7 +242,7 @@ def load_gptq(path: Path, device: Device, kwargs: dict) -> tuple[object, list[di
 
     qc = _quantization_config(path)
     trials: list[dict] = []
-    for backend in gptq_backends(device, qc):
+    for backend in gptq_backends(device, qc, may_offload="max_memory" in kwargs):
         start = time.perf_counter()
         options = {} if backend == "auto" else {"quantization_config": GPTQConfig(bits=int(qc["bits"]), backend=backend)}
         try:
