@@ -28,7 +28,7 @@ def test_perplexity_matches_the_models_own_loss(tiny_model, tmp_path):
     assert figures.columns["eval_peak_vram_bytes"] is None  # CPU
     # A CPU times generation eagerly on the static cache, and says so.
     c, m = figures.columns, figures.metrics
-    assert c["serve_method"] == "hf-static-eager" and m["serve_batch"]["shape"] == "4x16+8"
+    assert c["serve_method"] == "hf-static-eager" and m["serve_batch"]["shape"] == "2x8+4"
     assert c["serve_batch_tokens_per_s"] > 0 and c["serve_prefill_tokens_per_s"] > 0
     assert m["serve_decode"]["repeats"] == 2 and m["serve_decode"]["decode_tokens_per_s_sd"] is not None
 

@@ -33,7 +33,7 @@ SERVE_WINDOWS = 3
 # The batched request (batch, prompt tokens, new tokens): a server's load on a
 # GPU; on a CPU a small one, whose figure only shows the path runs.
 BATCH_GPU = (16, 128, 128)
-BATCH_CPU = (4, 16, 8)
+BATCH_CPU = (2, 8, 4)
 
 
 def batch_shape(inputs: Inputs) -> tuple[int, int, int]:
