@@ -154,6 +154,8 @@ def timing_text(timing: dict[str, Any]) -> str:
     """'hf-static-cudagraph, 1x32+64, 3 repeats': how a speed was timed
     (worker/serve_speed.py), and why it ran eagerly where a GPU could not
     replay it."""
+    if timing.get("error"):
+        return f"{timing.get('shape')}: {timing['error']}"
     text = f"{timing.get('method')}, {timing.get('shape')}, {timing.get('repeats')} repeats"
     if timing.get("fallback") and timing.get("method") != "hf-static-cudagraph":
         text += f"; eager: {timing['fallback']}"
