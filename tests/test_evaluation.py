@@ -196,3 +196,16 @@ def test_kl_divergence_and_the_ratios_interval(tiny_model, tmp_path, monkeypatch
     capped = perplexity_figures(tiny_model, art, evaluators.Inputs(CPU, tok, windows, None, 0, tmp_path / "c"))
     assert capped.metrics["kl_tokens"] == 100
     assert capped.columns["kl_divergence"] == pytest.approx(float(expected[:100].mean()), rel=0.02)
+
+
+def test_a_model_partly_in_cpu_memory_is_not_timed_at_batch_16(tiny_model, tmp_path):
+    """Under --max-vram an offloaded model streams its weights in for every
+    step: its batched figure says so instead of taking minutes."""
+    from worker.evaluators import serving
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    inputs = evaluators.Inputs(CPU, tok, texts.token_windows(tok, texts.builtin_text("eval"), 64, 1), None, 0, tmp_path)
+    offloaded = serving._batched(evaluators.Loaded(model, "quantized", "dense", offloaded=True), inputs)
+    assert offloaded == {"shape": "2x8+4", "error": "not measured: weights offloaded to CPU memory would stream in for every step"}
+    assert serving._batched(evaluators.Loaded(model, "quantized", "dense"), inputs)["tokens_per_s"] > 0
