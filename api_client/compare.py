@@ -37,6 +37,8 @@ class Row:
     task_recovery: float | None = None
     task_recovery_stderr: float | None = None
     kl_divergence: float | None = None
+    # The mean's 95 % interval (bootstrap over windows), and the 99th percentile.
+    kl_interval: list[float] | None = None
     kl_divergence_p99: float | None = None
     artifact_bytes: int | None = None
     weights_bytes: int | None = None
@@ -118,6 +120,7 @@ def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
     row = Row(label=label, job_id=job.id, state=job.state, format=job.format, ppl_ratio=job.ppl_ratio,
               ppl_ratio_low=job.ppl_ratio_low, ppl_ratio_high=job.ppl_ratio_high,
               kl_divergence=job.kl_divergence, kl_divergence_p99=job.kl_divergence_p99,
+              kl_interval=(job.metrics or {}).get("kl_interval"),
               artifact_bytes=job.artifact_bytes, weights_bytes=job.weights_bytes, serve_vram_bytes=job.serve_vram_bytes,
               serve_kernel=job.serve_kernel, serve_method=job.serve_method, quantize_seconds=job.quantize_seconds,
               serve_tokens_per_s=job.serve_tokens_per_s, serve_batch_tokens_per_s=job.serve_batch_tokens_per_s,

@@ -288,7 +288,7 @@ def comparison_table(table: Any) -> Any:
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "ppl ratio (95 %)", "KL mean / p99", "task recovery ± 95 %", "artifact",
+    for name in ("", "method", "format", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
                  "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
                  "state"):
         out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
@@ -296,7 +296,8 @@ def comparison_table(table: Any) -> Any:
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
         ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
                                            if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
-        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f} / {num(r.kl_divergence_p99, '.4f')}"
+        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
+            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + f" / {num(r.kl_divergence_p99, '.4f')}"
         mark = "★" if r.recommended else ("=" if r.tied else "")
         out.add_row(mark, r.label, r.format or "-", ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
                     size(r.artifact_bytes), size(r.weights_bytes),

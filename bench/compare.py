@@ -50,7 +50,7 @@ def table(comparison, members, guide: dict) -> str:
 
     by_id = {j.id: j for j in members}
     base_speed = next((r.serve_tokens_per_s for r in comparison.rows if r.label == "original"), None)
-    out = ["| | method | kernel (serve path) | timed | ppl ratio (95 %) | KL mean / p99 | task recovery ± 95 % | artifact GiB "
+    out = ["| | method | kernel (serve path) | timed | ppl ratio (95 %) | KL mean (95 %) / p99 | task recovery ± 95 % | artifact GiB "
            "| weights GiB | serve VRAM GiB (torch / NVML) | guide, 7B | quantize s | decode tok/s b1 (± sd) | × original "
            "| batch tok/s (batch×prompt+new) | prefill tok/s | decode tok/s, reference load | job s | state |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -67,7 +67,9 @@ def table(comparison, members, guide: dict) -> str:
         state = r.state if r.state != "failed" else f"failed: {r.error}"
         ratio = size(r.ppl_ratio, 1, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
                                                 if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
-        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f} / {size(r.kl_divergence_p99, 1, '.4f')}"
+        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
+            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + \
+            f" / {size(r.kl_divergence_p99, 1, '.4f')}"
         sd = decode.get("decode_tokens_per_s_sd")
         speed = size(r.serve_tokens_per_s, 1, ".1f") + (f" ± {sd:.1f}" if sd is not None else "")
         times = f"{r.serve_tokens_per_s / base_speed:.2f}" if r.serve_tokens_per_s and base_speed else "-"
