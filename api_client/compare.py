@@ -267,4 +267,4 @@ def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: 
         pick = (f"{chosen.label} is the fastest ({speed} at batch 1) of the smallest "
                 f"({', '.join(r.label for r in as_small)}: {_size_key(limits)} within {SAME_SIZE:.0%} of {size(least)})")
     return (f"{names} tie on {what} within noise (their 95 % intervals overlap {best_row.label}'s "
-            f"{accuracy_text(best_row, by_tasks)}); {pick}; {len(candidates)} members succeeded{within}{pending}")
+            f"{accuracy_text(best_row, by_tasks)}); {pick}, {of}{pending}")
