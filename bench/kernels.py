@@ -43,7 +43,7 @@ KERNELS = ["gptq_marlin", "gptq_triton", "gptq_torch", "gptq_exllama_v2", "gptq_
 GROUP = 128
 
 
-def rtn_w4(dense: Path, dest: Path, device: str = "cuda") -> float:
+def rtn_w4(dense: Path, dest: Path, device: str = "cuda:0") -> float:
     """Write `dense` (a Llama checkpoint) as W4 g128 symmetric round-to-
     nearest in the gptq_v2 layout (the layout qfarm's packed serve load
     uses): q = clamp(round(w / s), −8, 7) + 8 with s = absmax / 7 per group
@@ -215,6 +215,7 @@ def main() -> None:
     del model
     release_memory(device)
     save()
+    print(table(results), flush=True)
     generate_done = False
     for backend in a.kernels.split(","):
         if time.monotonic() - started > a.budget:
@@ -239,7 +240,8 @@ def main() -> None:
         release_memory(device)
         save()
         print(f"{backend}: {row.get('kernel', '-')} {row['result']} ({time.perf_counter() - t:.1f} s)", flush=True)
-    print(table(results))
+        # After every kernel: a later one may build for longer than the call has left.
+        print(table(results), flush=True)
     save()
 
 
