@@ -54,8 +54,10 @@ class Row:
     serve_offloaded: bool = False
     error: str | None = None
     recommended: bool = False
-    # Its accuracy interval overlaps the best one's (within noise of it).
+    # Its accuracy intervals overlap the best ones' (within noise of them).
     tied: bool = False
+    # The accuracy figure on which it is clear of the best (not tied).
+    untied_by: str | None = None
     # The 95 % interval the recommendation compared ([low, high]).
     accuracy_interval: list[float] | None = None
     # Why the row cannot be recommended (outside a limit, failed...).
@@ -108,11 +110,12 @@ def compare(group: JobGroup, members: list[Job]) -> Comparison:
         ))
     for job in members:
         rows.append(_member_row(job, base_tasks))
-    _recommend(rows, group.limits or {})
+    decision = _recommend(rows, group.limits or {})
     chosen = next((r for r in rows if r.recommended), None)
     finished = all(JobState(j.state).terminal for j in members)
     return Comparison(group=group.id, model=group.model, limits=group.limits or {}, rows=rows, finished=finished,
-                      recommended=chosen.label if chosen else None, why=_why(rows, chosen, group.limits or {}, finished))
+                      recommended=chosen.label if chosen else None,
+                      why=_why(rows, chosen, decision, group.limits or {}, finished))
 
 
 def _member_row(job: Job, base_tasks: dict[str, Any]) -> Row:
@@ -159,7 +162,25 @@ def _default_formats() -> dict[str, tuple[str, ...]]:
 _DEFAULT_FORMATS = _default_formats()
 
 
-def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
+@dataclass
+class Decision:
+    """How the recommendation was reached: the accuracy figures compared in
+    turn, the best member on each, and the members still tied after each."""
+
+    figures: list[str] = field(default_factory=list)  # "task recovery", "perplexity ratio"
+    best: list[Row] = field(default_factory=list)
+    tied: list[list[Row]] = field(default_factory=list)
+
+
+def _recommend(rows: list[Row], limits: dict[str, Any]) -> Decision:
+    """Mark the rows outside a limit, then the tie and the recommendation.
+
+    Task recovery decides first where every candidate has it; among the
+    members within its noise of the best, the perplexity ratio decides
+    next, so a member that tasks cannot tell apart but whose perplexity
+    ratio is clearly worse (a task of a few hundred items misses what
+    hundreds of thousands of predicted tokens see) is not tied. Among those
+    still tied: the smallest, then the fastest."""
     max_size, max_vram = limits.get("max_size_bytes"), limits.get("max_vram_bytes")
     candidates = []
     for row in rows:
@@ -177,20 +198,35 @@ def _recommend(rows: list[Row], limits: dict[str, Any]) -> None:
             row.excluded = f"serve VRAM {row.serve_vram_bytes / 2**30:.2f} GiB > --max-vram"
         else:
             candidates.append(row)
+    decision = Decision()
     if not candidates:
-        return
+        return decision
     by_tasks = all(r.task_recovery is not None for r in candidates)
     for r in candidates:
-        low, high = _interval(r, by_tasks)
-        r.accuracy_interval = [low, high]
-
-    best = _best(candidates, by_tasks)
-    tied = [r for r in candidates if stats.overlaps(_interval(r, by_tasks), _interval(best, by_tasks))]
+        r.accuracy_interval = list(_interval(r, by_tasks))
+    tied = candidates
+    for figure_by_tasks in ([True, False] if by_tasks else [False]):
+        if len(tied) == 1 or (figure_by_tasks is False and any(r.ppl_ratio is None for r in tied)):
+            break
+        best = _best(tied, figure_by_tasks)
+        within = [r for r in tied if stats.overlaps(_interval(r, figure_by_tasks), _interval(best, figure_by_tasks))]
+        for r in tied:
+            if r not in within:
+                r.untied_by = _figure(figure_by_tasks)
+        decision.figures.append(_figure(figure_by_tasks))
+        decision.best.append(best)
+        decision.tied.append(within)
+        tied = within
     for r in tied:
         r.tied = len(tied) > 1
     smallest = min(_size_of(r, limits) for r in tied)
     as_small = [r for r in tied if _size_of(r, limits) <= smallest * (1 + SAME_SIZE)]
     min(as_small, key=lambda r: (-(r.serve_tokens_per_s or 0.0), _size_of(r, limits))).recommended = True
+    return decision
+
+
+def _figure(by_tasks: bool) -> str:
+    return "task recovery" if by_tasks else "perplexity ratio"
 
 
 def _best(candidates: list[Row], by_tasks: bool) -> Row:
@@ -238,7 +274,7 @@ def accuracy_text(r: Row, by_tasks: bool) -> str:
     return f"{r.ppl_ratio:.4f}"
 
 
-def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: bool) -> str:
+def _why(rows: list[Row], chosen: Row | None, decision: Decision, limits: dict[str, Any], finished: bool) -> str:
     limit_text = " and ".join(f"{name} {size(limits[key])}" for key, name in
                               (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if limits.get(key))
     within = f" within {limit_text}" if limit_text else ""
@@ -246,18 +282,33 @@ def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: 
     if chosen is None:
         return f"no member succeeded{within}{pending}"
     candidates = [r for r in rows if r.excluded is None]
-    by_tasks = all(r.task_recovery is not None for r in candidates)
-    what = "task recovery" if by_tasks else "perplexity ratio"
     if len(candidates) == 1:
-        return f"{chosen.label}: {what} ({accuracy_text(chosen, by_tasks)}), the only member that succeeded{within}{pending}"
-    of = f"of the {len(candidates)} members that succeeded{within}"
+        by_tasks = chosen.task_recovery is not None
+        return (f"{chosen.label}: {_figure(by_tasks)} ({accuracy_text(chosen, by_tasks)}), "
+                f"the only member that succeeded{within}{pending}")
+    of = f"of the {len(candidates)} members that succeeded{within}{pending}"
+    steps = list(zip(decision.figures, decision.best, decision.tied, [candidates, *decision.tied], strict=False))
     tied = [r for r in candidates if r.tied]
     if not tied:
-        best = "best" if by_tasks else "lowest"
-        return (f"{chosen.label}: the {best} {what} ({accuracy_text(chosen, by_tasks)}) {of}, clear of the others' "
-                f"95 % intervals{pending}")
-    best_row = _best(tied, by_tasks)
-    names = ", ".join(r.label for r in sorted(tied, key=lambda r: r is not chosen))
+        # Clear of the others: on the first figure, or on the perplexity ratio among those tasks could not tell apart.
+        figure, best, _, previous = steps[-1]
+        by_tasks = figure == "task recovery"
+        what = f"the {'best' if by_tasks else 'lowest'} {figure} ({accuracy_text(chosen, by_tasks)})"
+        if len(steps) == 1:
+            return f"{chosen.label}: {what} {of}, clear of the others' 95 % intervals"
+        others = ", ".join(r.label for r in previous if r is not chosen)
+        first, first_best = steps[0][0], steps[0][1]
+        return (f"{chosen.label}: tied with {others} on {first} (95 % intervals overlap {first_best.label}'s "
+                f"{accuracy_text(first_best, True)}) but {what}, clear of theirs; {of}")
+    parts = []
+    for figure, best, _kept, _previous in steps:
+        parts.append(f"{figure} (95 % intervals overlap {best.label}'s {accuracy_text(best, figure == 'task recovery')})")
+    notes = []
+    for figure, best, kept, previous in steps:
+        dropped = [r for r in previous if r not in kept]
+        if dropped and figure == "perplexity ratio" and len(steps) > 1:
+            notes.append(f"{', '.join(r.label for r in dropped)} also {'ties' if len(dropped) == 1 else 'tie'} on "
+                         f"task recovery but {'is' if len(dropped) == 1 else 'are'} clear of {best.label} on perplexity ratio")
     least = min(_size_of(r, limits) for r in tied)
     as_small = [r for r in tied if _size_of(r, limits) <= least * (1 + SAME_SIZE)]
     if len(as_small) == 1:
@@ -266,5 +317,6 @@ def _why(rows: list[Row], chosen: Row | None, limits: dict[str, Any], finished: 
         speed = f"{chosen.serve_tokens_per_s:.1f} tok/s" if chosen.serve_tokens_per_s is not None else "speed unknown"
         pick = (f"{chosen.label} is the fastest ({speed} at batch 1) of the smallest "
                 f"({', '.join(r.label for r in as_small)}: {_size_key(limits)} within {SAME_SIZE:.0%} of {size(least)})")
-    return (f"{names} tie on {what} within noise (their 95 % intervals overlap {best_row.label}'s "
-            f"{accuracy_text(best_row, by_tasks)}); {pick}, {of}{pending}")
+    names = ", ".join(r.label for r in sorted(tied, key=lambda r: r is not chosen))
+    note = "".join(f"; {n}" for n in notes)
+    return f"{names} tie within noise on {' and on '.join(parts)}{note}; {pick}, {of}"

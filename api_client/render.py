@@ -288,18 +288,21 @@ def comparison_table(table: Any) -> Any:
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
+    # (The format is the method's default unless the label names it: method:format.)
+    for name in ("", "method", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
                  "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
                  "state"):
-        out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
+        # Figures with intervals and long names may wrap: the state column must stay readable.
+        out.add_column(name, no_wrap=name in ("", "method", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s"),
+                       overflow="fold")
     for r in table.rows:
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
         ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
                                            if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
         kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
-            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + f" / {num(r.kl_divergence_p99, '.4f')}"
+            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + f" / {num(r.kl_divergence_p99, '.3f')}"
         mark = "★" if r.recommended else ("=" if r.tied else "")
-        out.add_row(mark, r.label, r.format or "-", ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
+        out.add_row(mark, r.label, ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
                     size(r.artifact_bytes), size(r.weights_bytes),
                     size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
                     (r.serve_method or "-").removeprefix("hf-static-"),

@@ -151,7 +151,7 @@ def test_members_within_noise_tie_and_the_smallest_is_recommended():
     assert rows["nf4"].tasks["qfarm_cloze"]["recovery_paired"] is True
     assert rows["nf4"].task_recovery_stderr < 0.6 * (rows["nf4"].tasks["qfarm_cloze"]["stderr"] / 0.56)
     assert table.recommended == "nf4"
-    assert table.why.startswith("nf4, ") and "tie on task recovery within noise" in table.why
+    assert table.why.startswith("nf4, ") and "tie within noise on task recovery" in table.why
     assert "nf4 is the smallest (serve VRAM 4.50 GiB)" in table.why
 
     # As small as each other (within 1 %), the faster of two tied members wins.
@@ -177,3 +177,25 @@ def test_a_clear_win_beats_a_smaller_member():
     assert rows["rtn"].task_recovery < 0.85 and not rows["rtn"].tied and not rows["int8"].tied
     assert table.recommended == "int8"
     assert "int8: the best task recovery (" in table.why and "clear of the others' 95 % intervals" in table.why
+
+
+def test_what_tasks_cannot_tell_apart_the_perplexity_ratio_can():
+    """100 items answered alike by every member tie them on task recovery;
+    their perplexity ratios over thousands of predicted tokens still
+    separate one of them clearly, and it is not among the tied."""
+    import random
+
+    rng = random.Random(2)
+    base = answered(100, None, rng)
+    members = [task_member("p1", "gptq", "compressed-tensors", base, base, 4.89 * GiB, 61.0, full=True),
+               task_member("p2", "rtn", "compressed-tensors", base, base, 4.89 * GiB, 70.0),
+               task_member("p3", "int8", "bitsandbytes", base, base, 8.10 * GiB, 9.9)]
+    for job, (ratio, low, high) in zip(members, [(1.0007, 0.9997, 1.0017), (1.0092, 1.0070, 1.0115),
+                                                 (1.0005, 1.0002, 1.0008)], strict=True):
+        job.ppl_ratio, job.ppl_ratio_low, job.ppl_ratio_high = ratio, low, high
+    table = compare(group(), members)
+    rows = {r.label: r for r in table.rows}
+    assert rows["rtn"].task_recovery == rows["gptq"].task_recovery == 1.0
+    assert rows["rtn"].untied_by == "perplexity ratio" and not rows["rtn"].tied
+    assert rows["gptq"].tied and rows["int8"].tied and table.recommended == "gptq"  # rtn is faster, but not tied
+    assert "rtn also ties on task recovery but is clear of int8 on perplexity ratio" in table.why
