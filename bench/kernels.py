@@ -227,9 +227,11 @@ def main() -> None:
             model = AutoModelForCausalLM.from_pretrained(w4, dtype="auto", device_map={"": 0},
                                                          quantization_config=GPTQConfig(bits=4, backend=backend)).eval()
             row.update(kernel=loading.kernel_of(model), load_s=time.perf_counter() - t)
-            wrong = packing.check_kernel(model, w4)
-            row["result"] = "validated" if wrong is None else f"wrong output: {wrong}"
-            if wrong is None:
+            try:
+                row["result"] = packing.check_kernel(model, w4)
+            except packing.WrongOutput as exc:
+                row["result"] = f"wrong output: {exc}"
+            else:
                 row.update(measure(model, prompt, a.new_tokens, full=not generate_done))
                 generate_done = True
             del model

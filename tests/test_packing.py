@@ -210,10 +210,15 @@ def test_a_kernel_that_computes_wrong_is_not_used(wide_model, tmp_path_factory, 
     the kernel and what differed."""
     art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
     good = loading.load_for_serving(art, CPU, None, tmp_path / "a")
-    assert good.kernel.startswith("gptq-") and good.kernel_trials[-1]["result"] == "validated"
+    assert good.kernel.startswith("gptq-") and good.kernel_trials[-1]["result"].startswith("validated on model.layers.0.")
     kernel_class = type(next(m for m in good.model.modules() if hasattr(m, "qweight")))
     forward = kernel_class.forward
     monkeypatch.setattr(kernel_class, "forward", lambda self, x: forward(self, x) * 1.05)  # 5 % off
-    assert packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq") is not None
+    with pytest.raises(packing.WrongOutput, match="differs from the checkpoint's dense product"):
+        packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq")
     bad = loading.load_for_serving(art, CPU, None, tmp_path / "b")
     assert bad.kernel == "dense" and "wrong output" in bad.dense_reason and "differs from the checkpoint" in bad.dense_reason
+    # A kernel that raises is refused the same way.
+    monkeypatch.setattr(kernel_class, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("no kernel image")))
+    with pytest.raises(packing.WrongOutput, match="the kernel raised RuntimeError: no kernel image"):
+        packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq")

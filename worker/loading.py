@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from worker import packing
 from worker.gpu import Device, is_oom, release_memory
@@ -237,7 +238,7 @@ def load_gptq(path: Path, device: Device, kwargs: dict) -> tuple[object, list[di
     """Load a GPTQ-layout checkpoint with the first of `gptq_backends` that
     loads and computes what the checkpoint holds (packing.check_kernel, on
     one layer against its dense dequantized weights). Returns the model and
-    the trials; raises NotConvertible naming every trial when none validates."""
+    the trials; raises NotConvertible naming every trial when none does."""
     from transformers import AutoModelForCausalLM, GPTQConfig
 
     qc = _quantization_config(path)
@@ -245,22 +246,23 @@ def load_gptq(path: Path, device: Device, kwargs: dict) -> tuple[object, list[di
     for backend in gptq_backends(device, qc, may_offload="max_memory" in kwargs):
         start = time.perf_counter()
         options = {} if backend == "auto" else {"quantization_config": GPTQConfig(bits=int(qc["bits"]), backend=backend)}
+        trial: dict = {"backend": backend}
+        trials.append(trial)
+        model: Any = None
         try:
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **options)
-            wrong = packing.check_kernel(model, path)
+            trial["kernel"] = kernel_of(model)
+            trial["result"] = packing.check_kernel(model, path)
+            trial["seconds"] = time.perf_counter() - start
+            return model, trials
+        except packing.WrongOutput as exc:
+            trial["result"] = f"wrong output: {exc}"
         except Exception as exc:
             if is_oom(exc):
                 raise
-            trials.append({"backend": backend, "result": f"failed to load: {type(exc).__name__}: {_first_line(exc)}",
-                           "seconds": time.perf_counter() - start})
-        else:
-            if wrong is None:
-                trials.append({"backend": backend, "kernel": kernel_of(model), "result": "validated",
-                               "seconds": time.perf_counter() - start})
-                return model, trials
-            trials.append({"backend": backend, "kernel": kernel_of(model), "result": f"wrong output: {wrong}",
-                           "seconds": time.perf_counter() - start})
-            del model
+            trial["result"] = f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
+        trial["seconds"] = time.perf_counter() - start
+        model = None  # a model that loaded but computes wrong
         # Outside the except block: the failed load's tensors (held by its
         # traceback) are gone before the next load is measured.
         release_memory(device)
