@@ -218,6 +218,10 @@ def test_a_kernel_that_computes_wrong_is_not_used(wide_model, tmp_path_factory, 
         packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq")
     bad = loading.load_for_serving(art, CPU, None, tmp_path / "b")
     assert bad.kernel == "dense" and "wrong output" in bad.dense_reason and "differs from the checkpoint" in bad.dense_reason
+    # A checkpoint whose layer cannot be read (names transformers changed): not checked, and said so.
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "config.json").write_text((tmp_path / "a" / "serve-gptq" / "config.json").read_text())
+    assert packing.check_kernel(good.model, tmp_path / "renamed").startswith("not checked: model.layers.0.")
     # A kernel that raises is refused the same way.
     monkeypatch.setattr(kernel_class, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("no kernel image")))
     with pytest.raises(packing.WrongOutput, match="the kernel raised RuntimeError: no kernel image"):
