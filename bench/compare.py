@@ -44,14 +44,14 @@ def size(n, unit=GiB, spec=".2f"):
 
 def table(comparison, members, guide: dict) -> str:
     """The compare table with every figure's uncertainty (± is a 95 %
-    interval's half-width; speeds are means over repeats ± their standard
-    deviation) and how the speeds were timed."""
+    interval's half-width; speeds are means over repeats with their
+    standard deviation, sd) and how the speeds were timed."""
     from api_client.render import recovery_text
 
     by_id = {j.id: j for j in members}
     base_speed = next((r.serve_tokens_per_s for r in comparison.rows if r.label == "original"), None)
     out = ["| | method | kernel (serve path) | timed | ppl ratio (95 %) | KL mean (95 %) / p99 | task recovery ± 95 % | artifact GiB "
-           "| weights GiB | serve VRAM GiB (torch / NVML) | guide, 7B | quantize s | decode tok/s b1 (± sd) | × original "
+           "| weights GiB | serve VRAM GiB (torch / NVML) | guide, 7B | quantize s | decode tok/s b1 (sd over repeats) | × original "
            "| batch tok/s (batch×prompt+new) | prefill tok/s | decode tok/s, reference load | job s | state |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.rows:
@@ -71,7 +71,7 @@ def table(comparison, members, guide: dict) -> str:
             (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + \
             f" / {size(r.kl_divergence_p99, 1, '.4f')}"
         sd = decode.get("decode_tokens_per_s_sd")
-        speed = size(r.serve_tokens_per_s, 1, ".1f") + (f" ± {sd:.1f}" if sd is not None else "")
+        speed = size(r.serve_tokens_per_s, 1, ".1f") + (f" (sd {sd:.1f})" if sd is not None else "")
         times = f"{r.serve_tokens_per_s / base_speed:.2f}" if r.serve_tokens_per_s and base_speed else "-"
         mark = "★" if r.recommended else ("=" if r.tied else "")
         out.append(

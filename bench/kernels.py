@@ -262,7 +262,7 @@ def table(results: dict[str, Any]) -> str:
         ratio = f"{tok / base:.2f}" if tok and base else "-"
         out.append(f"| {name} | {r.get('kernel', '-')} | {r.get('result', 'measured')[:80]} | "
                    f"{f(r.get('up_proj_b1_eager_us'))} / {f(r.get('up_proj_b1_graph_us'))} | {f(r.get('up_proj_b16_graph_us'))} | "
-                   f"{f(r.get('linears_per_step_ms'), '.2f')} | {f(tok)} ± {f(d.get('decode_tokens_per_s_sd'))} "
+                   f"{f(r.get('linears_per_step_ms'), '.2f')} | {f(tok)} (sd {f(d.get('decode_tokens_per_s_sd'))}) "
                    f"({d.get('method', '-')}) | {ratio} | {f(e.get('decode_tokens_per_s'))} | "
                    f"{f(r.get('generate_tokens_per_s'))} |")
     return "\n".join(out)
