@@ -15,7 +15,7 @@ request, timed as a server runs them (worker/serve_speed.py).
   `hf-static-eager` with the reason);
 - `serve_tokens_per_s`: decode at batch 1 (mean over repeats, spread in the
   metrics); `serve_batch_tokens_per_s`: new tokens per second of a batch of
-  BATCH requests of PROMPT prompt tokens and NEW new tokens, prefill
+  requests (BATCH_GPU: 16 of 128 prompt and 128 new tokens), prefill
   included; `serve_prefill_tokens_per_s`: that batch's prefill.
 """
 
