@@ -62,6 +62,7 @@ class Upload:
     def __init__(self, store: Store, job_id: str, local_dir: Path, progress: Callable[[str], None] | None = None):
         self.store, self.prefix, self.local_dir, self.progress = store, artifact_prefix(job_id), local_dir, progress
         self.files: list[dict[str, Any]] = []
+        self.checksum: str | None = None
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._upload_files, name=f"upload-{job_id}", daemon=True)
@@ -99,6 +100,7 @@ class Upload:
             # Figures and errors a library or a user's file wrote are
             # redacted like the job row's; the file list is the store's own.
             manifest = {**redact_value(manifest), "files": self.files}
+            self.checksum = manifest["artifact_sha256"] = artifact_checksum(self.files)
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             self.store.put_bytes(body, self.prefix + MANIFEST)
             if self.store.get_bytes(self.prefix + MANIFEST) != body:
@@ -116,6 +118,18 @@ class Upload:
         self._stop.set()
         self._thread.join()
         self.store.delete_prefix(self.prefix)
+
+
+def artifact_checksum(files: list[dict[str, Any]]) -> str:
+    """One sha256 for a whole artifact: of its files' paths and sha256s, in
+    path order. Two runs that wrote the same files give the same one, where
+    the files' own order of upload or their timestamps would differ."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for entry in sorted(files, key=lambda e: e["path"]):
+        digest.update(f"{entry['path']}\0{entry['sha256']}\n".encode())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

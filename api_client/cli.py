@@ -237,7 +237,7 @@ def _print_comparison(group: Any, members: list[Any], as_json: bool) -> None:
         return
     from rich.console import Console
 
-    console = Console(width=215)
+    console = Console(width=240)
     console.print(render.comparison_table(table))
     console.print(f"recommended: {table.why}")
 

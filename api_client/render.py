@@ -59,18 +59,26 @@ def status_lines(job: Job, published: list[Publication] | None = None) -> list[s
         ("peak VRAM", f"{size(job.peak_vram_bytes)} (torch), {size(job.peak_vram_nvml_bytes)} (NVML)"),
         ("peak memory (RSS)", f"{size(job.peak_rss_bytes)} quantizing, {size(job.eval_peak_rss_bytes)} whole job"),
         ("eval peak VRAM", size(job.eval_peak_vram_bytes)),
-        ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')})"),
+        ("perplexity", f"{num(job.ppl_baseline)} → {num(job.ppl_quantized)} (ratio {num(job.ppl_ratio, '.4f')}"
+                       f"{ratio_interval(job)})"),
+        ("KL divergence", kl_line(job)),
         ("evaluated on", evaluated_on(job)),
-        ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"),
+        ("decode tok/s", f"{num(job.tokens_per_s_baseline, '.1f')} → {num(job.tokens_per_s_quantized, '.1f')}"
+                         f"{speed_note((job.metrics or {}).get('decode'), 'reference load')}"),
         ("weights in memory", f"{size(job.weights_bytes_baseline)} → {size(job.weights_bytes)}"),
         ("serve VRAM", serve_vram(job)),
-        ("serve decode tok/s", f"{num(job.serve_tokens_per_s_baseline, '.1f')} → {num(job.serve_tokens_per_s, '.1f')}"
-                               f" ({job.serve_kernel or '-'})"),
+        ("serve decode tok/s", serve_speed_line(job, "serve_decode", "serve_tokens_per_s", "decode_tokens_per_s")),
+        ("serve batch tok/s", serve_speed_line(job, "serve_batch", "serve_batch_tokens_per_s", "tokens_per_s")),
+        ("serve prefill tok/s", serve_speed_line(job, "serve_batch", "serve_prefill_tokens_per_s", "prefill_tokens_per_s")),
         *task_lines(job),
+        ("task recovery", recovery_text(job.task_recovery, job.task_recovery_stderr)),
         *format_lines(job),
         ("group", job.group_id or "-"),
         ("artifact", job.artifact_uri or "-"),
+        ("artifact sha256", str((job.metrics or {}).get("artifact_sha256") or "-")),
         *[("published", f"{p.url} at {p.revision} ({when(p.published_at)}, by {p.published_by})") for p in published or []],
+        ("environment", environment_line(job)),
+        ("libraries", libraries_line(job)),
     ]
     if job.error:
         rows.append(("error", job.error))
@@ -116,12 +124,15 @@ def serve_vram(job: Job) -> str:
 
 
 def task_lines(job: Job) -> list[tuple[str, str]]:
+    """Each task's scores and recovery, each with its 95 % half-width (±)."""
     tasks = (job.metrics or {}).get("tasks") or {}
     lines = []
     for name, t in tasks.items():
-        base = "-" if t.get("baseline") is None else f"{t['baseline']:.4f}"
-        rec = "" if t.get("recovery") is None else f", recovery {t['recovery'] * 100:.1f} %"
-        lines.append((f"task {name}", f"{t['metric']} {base} → {t['quantized']:.4f} over {t['items']} items{rec}"))
+        base = "-" if t.get("baseline") is None else score_text(t["baseline"], t.get("baseline_stderr"))
+        rec = "" if t.get("recovery") is None else \
+            f", recovery {recovery_text(t['recovery'], t.get('recovery_stderr'))}" + (" paired" if t.get("recovery_paired") else "")
+        lines.append((f"task {name}", f"{t['metric']} {base} → {score_text(t['quantized'], t.get('quantized_stderr'))} "
+                                      f"over {t['items']} items{rec}"))
     return lines
 
 
@@ -148,6 +159,89 @@ def format_lines(job: Job) -> list[tuple[str, str]]:
         if file.get("fallback"):
             lines.append((f"format {label}", file["fallback"]))
     return lines
+
+
+def half_width(se: float | None) -> float | None:
+    """The ± qfarm prints beside a figure: its 95 % interval's half-width."""
+    from api_client.stats import Z95
+
+    return None if se is None else Z95 * se
+
+
+def score_text(score: float, se: float | None) -> str:
+    return f"{score:.4f}" + ("" if se is None else f" ± {half_width(se):.4f}")
+
+
+def recovery_text(recovery: float | None, se: float | None) -> str:
+    """'98.8 % ± 4.1' (± the 95 % half-width), '-' where not measured."""
+    if recovery is None:
+        return "-"
+    width = half_width(se)
+    return f"{recovery * 100:.1f} %" + ("" if width is None else f" ± {width * 100:.1f}")
+
+
+def ratio_interval(job: Job) -> str:
+    if job.ppl_ratio_low is None or job.ppl_ratio_high is None:
+        return ""
+    return f", 95 % {job.ppl_ratio_low:.4f}-{job.ppl_ratio_high:.4f}"
+
+
+def kl_line(job: Job) -> str:
+    """Mean and 99th percentile of the per-token KL divergence, with the
+    tokens it covered (or why it was not measured)."""
+    m = job.metrics or {}
+    if job.kl_divergence is None:
+        return f"- ({m['kl_error']})" if m.get("kl_error") else "-"
+    interval = m.get("kl_interval")
+    within = f" (95 % {interval[0]:.4g}-{interval[1]:.4g})" if interval else ""
+    same = f", same top token {m['kl_same_top'] * 100:.1f} %" if m.get("kl_same_top") is not None else ""
+    return (f"mean {job.kl_divergence:.4g} nats{within}, p99 {num(job.kl_divergence_p99)}{same}, "
+            f"over {m.get('kl_tokens', '?')} tokens")
+
+
+def timing_text(timing: dict[str, Any]) -> str:
+    """'hf-static-cudagraph, 1x32+64, 3 repeats': how a speed was timed
+    (worker/serve_speed.py), and why it ran eagerly where a GPU could not
+    replay it."""
+    if timing.get("error"):
+        return f"{timing.get('shape')}: {timing['error']}"
+    text = f"{timing.get('method')}, {timing.get('shape')}, {timing.get('repeats')} repeats"
+    if timing.get("fallback") and timing.get("method") != "hf-static-cudagraph":
+        text += f"; eager: {timing['fallback']}"
+    return text
+
+
+def speed_note(timing: dict[str, Any] | None, what: str) -> str:
+    return f" ({what}, {timing_text(timing)})" if timing else f" ({what})"
+
+
+def serve_speed_line(job: Job, metric: str, column: str, key: str) -> str:
+    """Original → artifact, each the mean over repeats with its standard
+    deviation, then the kernel and the way it was timed."""
+    m = job.metrics or {}
+    base, quant = m.get(f"{metric}_baseline") or {}, m.get(metric) or {}
+
+    def one(value: float | None, timing: dict[str, Any]) -> str:
+        sd = timing.get(f"{key}_sd")
+        return num(value, ".1f") + ("" if sd is None else f" (sd {sd:.1f})")
+
+    return f"{one(getattr(job, f'{column}_baseline'), base)} → {one(getattr(job, column), quant)}" + \
+        speed_note(quant, job.serve_kernel or "-")
+
+
+def environment_line(job: Job) -> str:
+    env = (job.metrics or {}).get("environment") or {}
+    if not env:
+        return "-"
+    device = env.get("device") or "-"
+    if env.get("gpu_capability"):
+        device += f" (compute {env['gpu_capability']}), driver {env.get('driver') or '?'}, CUDA {env.get('cuda_runtime') or '?'}"
+    return f"seed {env.get('seed')}; {device}"
+
+
+def libraries_line(job: Job) -> str:
+    versions = job.library_versions or {}
+    return ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "cuda") or "-"
 
 
 def list_row(job: Job) -> tuple[str, ...]:
@@ -235,21 +329,32 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
 
 def comparison_table(table: Any) -> Any:
     """A compare group (api_client/compare.Comparison) as a rich table: one
-    row per method and the original model, the recommended one marked."""
+    row per method and the original model, the recommended one marked (★),
+    the members tied with it within noise marked (=). ± is a 95 % interval's
+    half-width; speeds are means over repeats, timed as the method column says."""
     from rich.table import Table
 
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "quantized", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM",
-                 "kernel", "quantize", "decode tok/s", "state"):
-        out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
+    # (The format is the method's default unless the label names it: method:format.)
+    for name in ("", "method", "quantized", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
+                 "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
+                 "state"):
+        # Figures with intervals and long names may wrap: the state column must stay readable.
+        out.add_column(name, no_wrap=name in ("", "method", "quantized", "quantize", "decode tok/s", "batch tok/s",
+                                              "prefill tok/s"), overflow="fold")
     for r in table.rows:
-        recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        out.add_row("★" if r.recommended else "", r.label, r.format or "-", fraction(r.quantized_fraction),
-                    num(r.ppl_ratio, ".4f"), recovery,
+        ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
+                                           if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
+        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
+            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + f" / {num(r.kl_divergence_p99, '.3f')}"
+        mark = "★" if r.recommended else ("=" if r.tied else "")
+        out.add_row(mark, r.label, fraction(r.quantized_fraction), ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
                     size(r.artifact_bytes), size(r.weights_bytes),
                     size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
-                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
+                    (r.serve_method or "-").removeprefix("hf-static-"),
+                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), num(r.serve_batch_tokens_per_s, ".1f"),
+                    num(r.serve_prefill_tokens_per_s, ".0f"), state)
     return out

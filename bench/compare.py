@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from statistics import median
 
@@ -46,36 +47,94 @@ def size(n, unit=GiB, spec=".2f"):
 
 
 def table(comparison, members, guide: dict) -> str:
+    """The compare table with every figure's uncertainty (± is a 95 %
+    interval's half-width; speeds are means over repeats with their
+    standard deviation, sd) and how the speeds were timed."""
+    from api_client.render import recovery_text
+
     by_id = {j.id: j for j in members}
-    out = ["| | method | kernel (serve path) | ppl ratio | task recovery | artifact GiB | weights GiB | serve VRAM GiB (torch / NVML) "
-           "| guide, 7B | quantize s | decode tok/s serve (reference load) | job s | state |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    base_speed = next((r.serve_tokens_per_s for r in comparison.rows if r.label == "original"), None)
+    out = ["| | method | kernel (serve path) | timed | ppl ratio (95 %) | KL mean (95 %) / p99 | task recovery ± 95 % | artifact GiB "
+           "| weights GiB | serve VRAM GiB (torch / NVML) | guide, 7B | quantize s | decode tok/s b1 (sd over repeats) | × original "
+           "| batch tok/s (batch×prompt+new) | prefill tok/s | decode tok/s, reference load | job s | state |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparison.rows:
         job = by_id.get(r.job_id)
         m = (job.metrics or {}) if job else {}
         if r.label == "original":
             nvml, ref_speed, wall = None, job.tokens_per_s_baseline if job else None, None
+            decode, batch = m.get("serve_decode_baseline") or {}, m.get("serve_batch_baseline") or {}
         else:
             nvml, ref_speed = m.get("serve_vram_nvml_bytes"), job.tokens_per_s_quantized if job else None
             wall = (aware(job.finished_at) - aware(job.started_at)).total_seconds() if job and job.started_at and job.finished_at else None
+            decode, batch = m.get("serve_decode") or {}, m.get("serve_batch") or {}
         state = r.state if r.state != "failed" else f"failed: {r.error}"
-        rec = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
+        ratio = size(r.ppl_ratio, 1, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
+                                                if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
+        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
+            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + \
+            f" / {size(r.kl_divergence_p99, 1, '.4f')}"
+        sd = decode.get("decode_tokens_per_s_sd")
+        speed = size(r.serve_tokens_per_s, 1, ".1f") + (f" (sd {sd:.1f})" if sd is not None else "")
+        times = f"{r.serve_tokens_per_s / base_speed:.2f}" if r.serve_tokens_per_s and base_speed else "-"
+        mark = "★" if r.recommended else ("=" if r.tied else "")
         out.append(
-            f"| {'★' if r.recommended else ''} | {r.label} | {r.serve_kernel or '-'} | {size(r.ppl_ratio, 1, '.4f')} | {rec} | "
-            f"{size(r.artifact_bytes)} | {size(r.weights_bytes)} | {size(r.serve_vram_bytes)} / {size(nvml)}"
-            f"{' (offloaded)' if r.serve_offloaded else ''} | "
-            f"{guide.get(r.label, '-')} | {size(r.quantize_seconds, 1, '.1f')} | "
-            f"{size(r.serve_tokens_per_s, 1, '.1f')} ({size(ref_speed, 1, '.1f')}) | {size(wall, 1, '.1f')} | {state} |")
+            f"| {mark} | {r.label} | {r.serve_kernel or '-'} | {r.serve_method or '-'} | {ratio} | {kl} | "
+            f"{recovery_text(r.task_recovery, r.task_recovery_stderr)} | {size(r.artifact_bytes)} | {size(r.weights_bytes)} | "
+            f"{size(r.serve_vram_bytes)} / {size(nvml)}{' (offloaded)' if r.serve_offloaded else ''} | "
+            f"{guide.get(r.label, '-')} | {size(r.quantize_seconds, 1, '.1f')} | {speed} | {times} | "
+            f"{size(r.serve_batch_tokens_per_s, 1, '.1f')} ({batch.get('shape', '-')}) | {size(r.serve_prefill_tokens_per_s, 1, '.0f')} | "
+            f"{size(ref_speed, 1, '.1f')} | {size(wall, 1, '.1f')} | {state} |")
+    return "\n".join(out)
+
+
+def serve_notes(comparison, members) -> str:
+    """Per member: the kernels its serve load tried and why each was or was
+    not taken, and why a speed was timed eagerly where it was."""
+    by_id = {j.id: j for j in members}
+    out = []
+    for r in comparison.rows:
+        job = by_id.get(r.job_id)
+        if job is None:
+            continue
+        m = job.metrics or {}
+        keys = ("serve_decode_baseline", "serve_batch_baseline") if r.label == "original" else ("serve_decode", "serve_batch")
+        for key in keys:
+            timing = m.get(key) or {}
+            if timing.get("fallback"):
+                out.append(f"- {r.label}, {timing.get('shape')}: {timing['method']}: {timing['fallback']}")
+        if r.label != "original":
+            for trial in m.get("serve_kernel_trials") or []:
+                out.append(f"- {r.label}: kernel {trial['backend']} ({trial.get('kernel', '-')}): {trial['result']} "
+                           f"in {trial.get('seconds', 0):.1f} s")
+            if m.get("serve_dense_reason"):
+                out.append(f"- {r.label}: dense because {m['serve_dense_reason']}")
+            if m.get("kl_error"):
+                out.append(f"- {r.label}: no KL divergence: {m['kl_error']}")
     return "\n".join(out)
 
 
 def task_table(comparison) -> str:
+    from api_client.render import recovery_text, score_text
+
     out = []
     for r in comparison.rows:
         for name, t in r.tasks.items():
-            rec = "-" if t.get("recovery") is None else f"{t['recovery'] * 100:.1f} %"
-            out.append(f"| {r.label} | {name} | {t['metric']} | {size(t.get('score'), 1, '.4f')} | {rec} |")
-    return "\n".join(["| method | task | metric | score | recovery |", "|---|---|---|---|---|", *out]) if out else ""
+            score = "-" if t.get("score") is None else score_text(t["score"], t.get("stderr"))
+            paired = " (paired)" if t.get("recovery_paired") else ""
+            out.append(f"| {r.label} | {name} | {t['metric']} | {score} | "
+                       f"{recovery_text(t.get('recovery'), t.get('recovery_stderr'))}{paired} |")
+    return "\n".join(["| method | task | metric | score ± 95 % | recovery ± 95 % |", "|---|---|---|---|---|", *out]) if out else ""
+
+
+def twice_line(first, second) -> str:
+    """The same job twice on one device: equal artifact checksums or not."""
+    sums = [((j.metrics or {}).get("artifact_sha256") if j else None) for j in (first, second)]
+    if None in sums:
+        return f"reproducible: not measured ({', '.join(f'{j.id} {j.state}' for j in (first, second) if j)})"
+    verdict = "the same artifact" if sums[0] == sums[1] else "different artifacts"
+    return (f"reproducible: {first.method} twice on {first.gpu_name} wrote {verdict} "
+            f"({first.id} {sums[0][:16]}…, {second.id} {sums[1][:16]}…)")
 
 
 def gguf_table(members) -> str:
@@ -124,6 +183,8 @@ def main() -> None:
     p.add_argument("--gpus", default="auto")
     p.add_argument("--json", dest="json_out")
     p.add_argument("--timeout", type=float, default=1800)
+    p.add_argument("--twice", help="a method of --methods to run once more after the group, the same spec on the same "
+                                   "device: its artifact checksum against the member's (reproducible?)")
     a = p.parse_args()
     # --timeout counts from here, model making and worker start included, so
     # the table is printed before whatever limit the caller set.
@@ -143,14 +204,17 @@ def main() -> None:
         group, members = client.compare(str(Path(a.model).resolve()), a.methods.split(","), base,
                                         max_size=a.max_size, max_vram=a.max_serve_vram)
         print(f"group {group.id}: " + ", ".join(f"{j.method}/{j.format} {j.id}" for j in members), flush=True)
+        # Priority low: it runs after the group's members, on the same worker.
+        again = client.submit(replace(base, model=str(Path(a.model).resolve()), method=a.twice, priority="low")) \
+            if a.twice else None
         seen: dict = {}
         while time.monotonic() < deadline:
             group, members = client.group(group.id)
-            for j in members:
+            for j in members + ([client.status(again.id)] if again else []):
                 if seen.get(j.id) != (j.state, j.stage):
                     seen[j.id] = (j.state, j.stage)
                     print(f"  {time.time() - started:6.1f} s {j.method}/{j.format} {j.state} {j.stage or ''} {j.error or ''}"[:200], flush=True)
-            if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+            if all(j.state in ("succeeded", "failed", "cancelled") for j in members + ([client.status(again.id)] if again else [])):
                 break
             time.sleep(1)
     finally:
@@ -162,8 +226,11 @@ def main() -> None:
     print(f"\n## compare {Path(a.model).name} ({a.methods}) on {gpu}\n")
     print(table(result, members, GUIDE_7B if a.shape == "7b" else {}))
     print(f"\nrecommended: {result.why}\n")
+    print(serve_notes(result, members) + "\n")
     print(task_table(result))
     print(gguf_table(members))
+    if again:
+        print("\n" + twice_line(next((j for j in members if j.method == a.twice), None), client.status(again.id)))
     print("\n" + farm_line(members, started))
     if a.json_out:
         from api_client.db.jobs import to_dict

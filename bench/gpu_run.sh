@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the lent GPU machine (see bench/RESULTS.md): installs the carried
 # wheels, starts the carried redis-server, then one suite: `compare`
-# (bench/compare.py), `farm` (bench/farm.py), `moe` (bench/moe.py) or one of bench.py's.
+# (bench/compare.py), `farm` (bench/farm.py), `moe` (bench/moe.py), `kernels` (bench/kernels.py)
+# or one of bench.py's.
 # Usage: bash bench/gpu_run.sh SUITE [options...]
 # Carried, git-ignored: .whl/ (the wheels the image lacks), .gpu/ (redis-server
 # and its libraries, the shared data, tok/: the reference model's tokenizer),
@@ -33,7 +34,11 @@ suite=$1; shift
 # logs and the table still come back. `compare` is bench/compare.py (its own
 # --timeout ends the wait and still prints the table); the rest bench.py's suites.
 name=${BENCH_NAME:-$suite}
-if [ "$suite" = compare ] || [ "$suite" = farm ] || [ "$suite" = moe ]; then
+if [ "$suite" = kernels ]; then
+  # bench/kernels.py: each W4 kernel against bf16 on a 7B shape; --budget stops starting kernels in time.
+  timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.kernels "$@" --budget $(( ${BENCH_TIMEOUT:-540} - SECONDS - 40 )) \
+    --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
+elif [ "$suite" = compare ] || [ "$suite" = farm ] || [ "$suite" = moe ]; then
   timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS )) python3 -m bench.$suite "$@" --timeout $(( ${BENCH_TIMEOUT:-540} - SECONDS - 25 )) \
     --json "${OUT:-/tmp}/$name.json" 2>&1 | tee "${OUT:-/tmp}/$name.log" || true
 else

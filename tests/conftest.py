@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 PG_ADMIN_URL = os.environ.get("QFARM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+REDIS_HOST, REDIS_PORT = "127.0.0.1", int(os.environ.get("QFARM_TEST_REDIS_PORT", "6379"))
 TEST_REDIS_DB = int(os.environ.get("QFARM_TEST_REDIS_DB", "11"))
 
 

@@ -194,3 +194,43 @@ def test_a_mistyped_path_is_not_queued_as_a_hub_model(env, redis_conn, monkeypat
     assert proc.stderr.strip() == ("error: model nomodel is no local directory, and the Hugging Face hub could not be "
                                    "reached to confirm a model of that name: give a path (./nomodel) or the hub's org/name")
     assert_nothing_queued(redis_conn, env)
+
+
+def test_status_shows_every_accuracy_figure_with_its_interval(env, tiny_model):
+    """What a finished job recorded, as `qfarm status` and `--json` show it:
+    the perplexity ratio's interval, the KL divergence and the tokens it
+    covered, task scores and recovery with ± (95 %), serve speeds with how
+    they were timed, and what makes the artifact reproducible."""
+    from api_client.db import JobState, jobs
+
+    job_id = json.loads(run_cli("submit", str(tiny_model), "--method", "rtn", "--json", env=env, check=True).stdout)["id"]
+    timing = {"method": "hf-static-cudagraph", "shape": "1x32+64", "repeats": 3, "decode_tokens_per_s_sd": 0.4,
+              "fallback": None}
+    db = Database(env["QFARM_DATABASE_URL"])
+    jobs.transition(db, job_id, expect=[JobState.QUEUED], state=JobState.SUCCEEDED, ppl_baseline=10.0, ppl_quantized=10.1,
+                    ppl_ratio=1.01, ppl_ratio_low=1.004, ppl_ratio_high=1.017, kl_divergence=0.0123, kl_divergence_p99=0.0871,
+                    task_recovery=0.975, task_recovery_stderr=0.021, serve_kernel="gptq-marlin",
+                    serve_method="hf-static-cudagraph", serve_tokens_per_s=61.2, serve_tokens_per_s_baseline=29.5,
+                    library_versions={"torch": "2.11.0", "transformers": "5.17.0"},
+                    metrics={"kl_tokens": 8192, "kl_interval": [0.0118, 0.0129], "kl_same_top": 0.97,
+                             "serve_decode": timing, "serve_decode_baseline": {**timing, "decode_tokens_per_s_sd": 0.2},
+                             "artifact_sha256": "ab" * 32,
+                             "environment": {"seed": 0, "device": "NVIDIA H200", "gpu_capability": "9.0",
+                                             "driver": "580.159.04", "cuda_runtime": "13.0"},
+                             "tasks": {"qfarm_cloze": {"metric": "acc_norm", "baseline": 0.56, "baseline_stderr": 0.0287,
+                                                       "quantized": 0.546, "quantized_stderr": 0.0288, "items": 300,
+                                                       "recovery": 0.975, "recovery_stderr": 0.021, "recovery_paired": True}}})
+    db.dispose()
+    shown = run_cli("status", job_id, env=env, check=True).stdout
+    lines = {line.split("  ")[0]: line for line in shown.splitlines()}
+    assert "(ratio 1.0100, 95 % 1.0040-1.0170)" in lines["perplexity"]
+    assert "mean 0.0123 nats (95 % 0.0118-0.0129), p99 0.0871, same top token 97.0 %, over 8192 tokens" in lines["KL divergence"]
+    assert "acc_norm 0.5600 ± 0.0563 → 0.5460 ± 0.0564 over 300 items, recovery 97.5 % ± 4.1 paired" in lines["task qfarm_cloze"]
+    assert lines["task recovery"].endswith("97.5 % ± 4.1")
+    assert "29.5 (sd 0.2) → 61.2 (sd 0.4) (gptq-marlin, hf-static-cudagraph, 1x32+64, 3 repeats)" in lines["serve decode tok/s"]
+    assert lines["artifact sha256"].endswith("ab" * 32)
+    assert "seed 0; NVIDIA H200 (compute 9.0), driver 580.159.04, CUDA 13.0" in lines["environment"]
+    assert "torch 2.11.0, transformers 5.17.0" in lines["libraries"]
+    row = json.loads(run_cli("status", job_id, "--json", env=env, check=True).stdout)
+    assert (row["ppl_ratio_low"], row["kl_divergence"], row["task_recovery_stderr"], row["serve_method"]) == \
+        (1.004, 0.0123, 0.021, "hf-static-cudagraph")

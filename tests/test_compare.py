@@ -110,3 +110,102 @@ def test_a_row_served_off_the_gpu_says_so_under_a_serve_vram_limit():
     rows = {r.label: r for r in table.rows}
     assert rows["gguf"].excluded == "serve VRAM not measured: its serve path (llama.cpp-cpu) holds no GPU memory"
     assert table.recommended == "nf4"
+
+
+# -- ties within noise: figures from per-item answers, as jobs record them --------------
+
+def answered(items, agree, rng, p=0.56, base=None):
+    """Per-item scores: the original's (right with probability p), or a
+    quantized model's that answers an item as `base` did with probability
+    `agree` and at random otherwise."""
+    if base is None:
+        return [1.0 if rng.random() < p else 0.0 for _ in range(items)]
+    return [b if rng.random() < agree else float(rng.random() < p) for b in base]
+
+
+def task_member(job_id, method, fmt, base, quant, serve, speed, full=False):
+    """A member whose task figures come from the worker's own code (the tasks
+    evaluator's figures from per-item scores): paired in-job where it
+    measured the original, else against the group's baseline in compare."""
+    from worker.evaluators.tasks import Tasks
+
+    def measured(items):
+        return {"qfarm_cloze": {"scores": {"acc_norm": sum(items) / len(items)}, "items": len(items),
+                                "per_item": {"acc_norm": items}}}
+
+    figures = Tasks().figures(measured(base) if full else None, measured(quant))
+    return member(job_id, method, fmt, ratio=1.0, recovery=figures.columns["task_recovery"],
+                  task_recovery_stderr=figures.columns["task_recovery_stderr"], tasks=figures.metrics["tasks"],
+                  artifact=serve - GiB, serve=serve, serve_tokens_per_s=speed, baseline="full" if full else "perplexity")
+
+
+def test_members_within_noise_tie_and_the_smallest_is_recommended():
+    """300 items near 0.56 (the issue's figures): three W4 methods that each
+    change a few answers differ in recovery by a few points, well inside
+    the noise of 300 items. None is better: the smallest is recommended,
+    and the reason says they tie."""
+    import random
+
+    rng = random.Random(5)
+    base = answered(300, None, rng)
+    members = [task_member("t1", "gptq", "compressed-tensors", base, answered(300, 0.93, rng, base=base), 4.89 * GiB, 61.0,
+                           full=True),
+               task_member("t2", "nf4", "bitsandbytes", base, answered(300, 0.93, rng, base=base), 4.50 * GiB, 36.4),
+               task_member("t3", "awq", "compressed-tensors", base, answered(300, 0.93, rng, base=base), 4.89 * GiB, 60.0)]
+    table = compare(group(), members)
+    rows = {r.label: r for r in table.rows}
+    recoveries = [rows[m].task_recovery for m in ("gptq", "nf4", "awq")]
+    assert max(recoveries) - min(recoveries) > 0.01  # they differ, by less than the noise
+    assert all(rows[m].tied for m in ("gptq", "nf4", "awq"))
+    # The group-baseline members' recoveries are paired too: tighter than adding two independent errors.
+    assert rows["nf4"].tasks["qfarm_cloze"]["recovery_paired"] is True
+    assert rows["nf4"].task_recovery_stderr < 0.6 * (rows["nf4"].tasks["qfarm_cloze"]["stderr"] / 0.56)
+    assert table.recommended == "nf4"
+    assert table.why.startswith("nf4, ") and "tie within noise on task recovery" in table.why
+    assert "nf4 is the smallest (serve VRAM 4.50 GiB)" in table.why
+
+    # As small as each other (within 1 %), the faster of two tied members wins.
+    members[1].serve_vram_bytes = int(4.88 * GiB)
+    table = compare(group(), members)
+    assert table.recommended == "gptq" and "gptq is the fastest (61.0 tok/s at batch 1) of the smallest" in table.why
+
+
+def test_a_clear_win_beats_a_smaller_member():
+    """500 items: int8 keeps nearly every answer, RTN loses a quarter of the
+    original's right ones. Their intervals are far apart: int8 is
+    recommended although RTN is half its size."""
+    import random
+
+    rng = random.Random(11)
+    base = answered(500, None, rng)
+    rtn = [b if rng.random() < 0.75 else 0.0 for b in base]
+    members = [task_member("w1", "int8", "bitsandbytes", base, answered(500, 0.99, rng, base=base), 8.1 * GiB, 9.9,
+                           full=True),
+               task_member("w2", "rtn", "compressed-tensors", base, rtn, 4.9 * GiB, 60.0)]
+    table = compare(group(), members)
+    rows = {r.label: r for r in table.rows}
+    assert rows["rtn"].task_recovery < 0.85 and not rows["rtn"].tied and not rows["int8"].tied
+    assert table.recommended == "int8"
+    assert "int8: the best task recovery (" in table.why and "clear of the others' 95 % intervals" in table.why
+
+
+def test_what_tasks_cannot_tell_apart_the_perplexity_ratio_can():
+    """100 items answered alike by every member tie them on task recovery;
+    their perplexity ratios over thousands of predicted tokens still
+    separate one of them clearly, and it is not among the tied."""
+    import random
+
+    rng = random.Random(2)
+    base = answered(100, None, rng)
+    members = [task_member("p1", "gptq", "compressed-tensors", base, base, 4.89 * GiB, 61.0, full=True),
+               task_member("p2", "rtn", "compressed-tensors", base, base, 4.89 * GiB, 70.0),
+               task_member("p3", "int8", "bitsandbytes", base, base, 8.10 * GiB, 9.9)]
+    for job, (ratio, low, high) in zip(members, [(1.0007, 0.9997, 1.0017), (1.0092, 1.0070, 1.0115),
+                                                 (1.0005, 1.0002, 1.0008)], strict=True):
+        job.ppl_ratio, job.ppl_ratio_low, job.ppl_ratio_high = ratio, low, high
+    table = compare(group(), members)
+    rows = {r.label: r for r in table.rows}
+    assert rows["rtn"].task_recovery == rows["gptq"].task_recovery == 1.0
+    assert rows["rtn"].untied_by == "perplexity ratio" and not rows["rtn"].tied
+    assert rows["gptq"].tied and rows["int8"].tied and table.recommended == "gptq"  # rtn is faster, but not tied
+    assert "rtn also ties on task recovery but is clear of int8 on perplexity ratio" in table.why

@@ -84,6 +84,17 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     assert manifest["library_versions"][engine]
     assert manifest["metrics"]["ppl_ratio"] == pytest.approx(job.ppl_ratio)
     assert {f["path"] for f in manifest["files"]} >= {"config.json", "tokenizer.json"}
+    # Reproducible: the artifact's one checksum, the seed and the device, in the manifest and the row.
+    from api_client.artifacts import artifact_checksum
+
+    assert manifest["artifact_sha256"] == artifact_checksum(manifest["files"]) == job.metrics["artifact_sha256"]
+    assert manifest["environment"] == job.metrics["environment"] == {"seed": 0, "device": "cpu"}
+    # Every accuracy figure has its interval; the serve speed names how it was timed.
+    assert job.ppl_ratio_low <= job.ppl_ratio <= job.ppl_ratio_high
+    assert job.kl_divergence is not None and job.metrics["kl_tokens"] == 4 * 127
+    assert job.serve_method == "hf-static-eager" and job.serve_batch_tokens_per_s > 0
+    # Every format here runs packed on a CPU, its kernel checked against the checkpoint.
+    assert job.serve_kernel != "dense", job.metrics.get("serve_dense_reason")
 
     qc = flatten(json.loads((artifact / "config.json").read_text())["quantization_config"])
     for key, value in expect.items():

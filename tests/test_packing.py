@@ -180,3 +180,49 @@ print("ALIVE" if alive() is not None else "FREED")
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.stdout.strip().splitlines()[-1:] == ["FREED"], out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("scheme", ["W4A16_ASYM", "W8A16"])
+def test_the_gptq_layout_dequantizes_to_the_weights_compressed_tensors_holds(wide_model, tmp_path_factory, scheme):
+    """packing.dequantize, the layout's definition the kernels are checked
+    against, gives compressed-tensors' own dense weights from the converted
+    files (v2 zero points, and v1's z − 1 read back the same)."""
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / f"ct-{scheme}", scheme)
+    converted = packing.to_gptq(art, tmp_path_factory.mktemp("conv") / "gptq")
+    expected = dense_weights(AutoModelForCausalLM.from_pretrained(art, dtype=torch.float16,
+                                                                  **loading._loading_options(art, CPU)))
+    bits = 4 if scheme.startswith("W4") else 8
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.3.mlp.down_proj"):
+        tensors = packing.read_layer(converted, name)
+        torch.testing.assert_close(packing.dequantize(tensors, bits, "gptq_v2"), expected[name], rtol=2e-3, atol=1e-4)
+        # The same layer stored as classic GPTQ (v1) keeps each zero point minus one.
+        mask, shifts = (1 << bits) - 1, torch.arange(32 // bits, dtype=torch.int64) * bits
+        zeros = (tensors["qzeros"].long().unsqueeze(2) >> shifts) & mask
+        v1 = (((zeros - 1) & mask) << shifts).sum(-1)
+        tensors["qzeros"] = torch.where(v1 >= 2**31, v1 - 2**32, v1).to(torch.int32)
+        torch.testing.assert_close(packing.dequantize(tensors, bits, "gptq"), expected[name], rtol=2e-3, atol=1e-4)
+
+
+def test_a_kernel_that_computes_wrong_is_not_used(wide_model, tmp_path_factory, tmp_path, monkeypatch):
+    """The serve load checks the kernel on a layer against the checkpoint's
+    dense product before any figure is taken on it: one that loads but
+    computes wrong is refused, the load runs dense, and the reason names
+    the kernel and what differed."""
+    art = quantize(wide_model, tmp_path_factory.getbasetemp() / "ct-W4A16", "W4A16")
+    good = loading.load_for_serving(art, CPU, None, tmp_path / "a")
+    assert good.kernel.startswith("gptq-") and good.kernel_trials[-1]["result"].startswith("validated on model.layers.0.")
+    kernel_class = type(next(m for m in good.model.modules() if hasattr(m, "qweight")))
+    forward = kernel_class.forward
+    monkeypatch.setattr(kernel_class, "forward", lambda self, x: forward(self, x) * 1.05)  # 5 % off
+    with pytest.raises(packing.WrongOutput, match="differs from the checkpoint's dense product"):
+        packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq")
+    bad = loading.load_for_serving(art, CPU, None, tmp_path / "b")
+    assert bad.kernel == "dense" and "wrong output" in bad.dense_reason and "differs from the checkpoint" in bad.dense_reason
+    # A checkpoint whose layer cannot be read (names transformers changed): not checked, and said so.
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "renamed" / "config.json").write_text((tmp_path / "a" / "serve-gptq" / "config.json").read_text())
+    assert packing.check_kernel(good.model, tmp_path / "renamed").startswith("not checked: model.layers.0.")
+    # A kernel that raises is refused the same way.
+    monkeypatch.setattr(kernel_class, "forward", lambda self, x: (_ for _ in ()).throw(RuntimeError("no kernel image")))
+    with pytest.raises(packing.WrongOutput, match="the kernel raised RuntimeError: no kernel image"):
+        packing.check_kernel(good.model, tmp_path / "a" / "serve-gptq")

@@ -8,6 +8,7 @@ refuses) in one line, with the job's record unchanged and the token nowhere."""
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_publish_uploads_the_artifact_and_a_card_records_it_and_a_second_publish
     rows = publications.of_job(db, job.id)
     assert [(p.repo, p.revision, p.endpoint, p.published_by) for p in rows] == [("alice/tiny-gptq", revision, hub.url, "tester")]
     status = invoke("status", job.id, env=env, check=True).stdout
-    assert f"published           {hub.url}/alice/tiny-gptq at {revision}" in status
+    assert re.search(rf"^published +{re.escape(hub.url)}/alice/tiny-gptq at {revision} ", status, flags=re.MULTILINE), status
     assert json.loads(invoke("status", job.id, "--json", env=env, check=True).stdout)["publications"][0]["revision"] == revision
 
     commits = hub.commit_count("alice/tiny-gptq")

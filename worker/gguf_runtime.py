@@ -78,44 +78,56 @@ class LlamaCppModel:
         from the file, in their GGUF types)."""
         return int(self.llm._model.size())
 
-    def log_likelihood(self, window: list[int]) -> tuple[float, int]:
-        """Summed negative log-likelihood of each token of `window` given
-        the ones before it, and how many were predicted."""
+    def window_losses(self, windows: list[list[int]], observe: Any = None) -> list[float]:
+        """The summed negative log-likelihood of each window's tokens given
+        the ones before it, as the torch evaluators compute it for the
+        original (worker/evaluators/perplexity.window_losses), and
+        `observe(window, logits[1, positions, vocabulary])` for the KL
+        divergence."""
         import numpy as np
+        import torch
 
-        self.llm.reset()
-        self.llm.eval(window)
-        logits = np.asarray(self.llm.scores[: len(window) - 1], dtype=np.float64)
-        top = logits.max(axis=1, keepdims=True)
-        log_z = (top[:, 0] + np.log(np.exp(logits - top).sum(axis=1)))
-        targets = np.asarray(window[1:])
-        nll = float((log_z - logits[np.arange(len(targets)), targets]).sum())
-        return nll, len(targets)
+        losses = []
+        for i, window in enumerate(windows):
+            self.llm.reset()
+            self.llm.eval(window)
+            logits = np.asarray(self.llm.scores[: len(window)], dtype=np.float32)
+            head = logits[:-1].astype(np.float64)
+            top = head.max(axis=1, keepdims=True)
+            log_z = top[:, 0] + np.log(np.exp(head - top).sum(axis=1))
+            targets = np.asarray(window[1:])
+            losses.append(float((log_z - head[np.arange(len(targets)), targets]).sum()))
+            if observe is not None:
+                observe(i, torch.from_numpy(logits)[None])
+        return losses
 
     def perplexity(self, windows: list[list[int]]) -> tuple[float, int]:
-        nll, count = 0.0, 0
-        for w in windows:
-            n, c = self.log_likelihood(w)
-            nll, count = nll + n, count + c
-        return math.exp(nll / count), count
+        count = len(windows) * (len(windows[0]) - 1)
+        return math.exp(sum(self.window_losses(windows)) / count), count
 
-    def decode_speed(self, prompt: list[int], new_tokens: int) -> float | None:
-        """Tokens per second generating `new_tokens` greedily at batch 1
-        after `prompt` (a warm-up run first, as for torch models)."""
+    def decode_timing(self, prompt: list[int], new_tokens: int, repeats: int = 2) -> Any:
+        """Greedy generation at batch 1 of `new_tokens` after `prompt`, timed
+        as worker/serve_speed.py times a torch model (a warm-up run first,
+        the prefill apart from the decode steps), named `llama.cpp-cpu`."""
         import numpy as np
 
-        if new_tokens <= 0:
-            return None
-        elapsed = 0.0
-        for _ in range(2):
+        from worker.serve_speed import Timing
+
+        timing = Timing(LLAMA_CPP, 1, len(prompt), new_tokens)
+        for run in range(repeats + 1):
             self.llm.reset()
-            self.llm.eval(prompt)
             start = time.perf_counter()
-            for _ in range(new_tokens):
-                token = int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))
-                self.llm.eval([token])
-            elapsed = time.perf_counter() - start
-        return new_tokens / elapsed if elapsed > 0 else None
+            self.llm.eval(prompt)
+            prefilled = time.perf_counter()
+            tokens = [int(np.argmax(self.llm.scores[self.llm.n_tokens - 1]))]
+            for _ in range(new_tokens - 1):
+                self.llm.eval([tokens[-1]])
+                tokens.append(int(np.argmax(self.llm.scores[self.llm.n_tokens - 1])))
+            if run:  # the first run warms up
+                timing.prefill_s.append(prefilled - start)
+                timing.decode_s.append(time.perf_counter() - prefilled)
+                timing.tokens = [tokens]
+        return timing
 
     def tokenize(self, text: str) -> list[int]:
         return list(self.llm.tokenize(text.encode(), add_bos=False, special=False))

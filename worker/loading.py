@@ -12,11 +12,13 @@ and says so. Every figure measured on a load names it (`kernel`).
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from api_client.errors import QFarmError
+from worker import packing
 from worker.gpu import Device, is_oom, release_memory
 
 # The share of a --max-vram cap that a measured load may fill with weights
@@ -207,6 +209,9 @@ class ServeLoad:
     # Some weights live in CPU memory (under a cap): serving figures of a
     # model that does not fit the GPU.
     offloaded: bool = False
+    # The packed kernels tried for a GPTQ-layout checkpoint, in order, each
+    # {"backend", "result"}: which one validated and why the others did not.
+    kernel_trials: list[dict] | None = None
 
 
 def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scratch: Path,
@@ -217,8 +222,6 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
     and the load says so (`offloaded`): its figures are then not those of a
     model that fits."""
     from transformers import AutoModelForCausalLM
-
-    from worker import packing
 
     qc = _quantization_config(path)
     model_type = json.loads((path / "config.json").read_text()).get("model_type")
@@ -233,6 +236,9 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
         # it served in 8.67 GiB under a 16 GiB cap (bench/RESULTS.md §4).
         kwargs["device_map"] = "auto"
         kwargs["max_memory"] = {0: int(max_vram_bytes * WEIGHT_SHARE), "cpu": int(psutil.virtual_memory().available)}
+    if qc.get("quant_method") == "gptq":
+        model, tried = load_gptq(path, device, kwargs)
+        return _served(model, trials=tried)
     if qc.get("quant_method") != "compressed-tensors":
         with model_layout(path):
             model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **_loading_options(path, device))
@@ -240,6 +246,7 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
     # A packed load that fails must not fail the job: its figures are then
     # the dense load's, named `dense` with the reason.
     reason = None
+    trials: list[dict] | None = None
     try:
         if _is_fp8(qc):
             if not (device.is_cuda and device.capability and device.capability >= (8, 9)):
@@ -256,8 +263,8 @@ def load_for_serving(path: Path, device: Device, max_vram_bytes: int | None, scr
             if not (converted / "config.json").exists():
                 packing.to_gptq(path, converted, rename=_module_names(model_type))
             with model_layout(converted):
-                model = _load_converted(converted, device, kwargs)
-        served = _served(model)
+                model, trials = load_gptq(converted, device, kwargs)
+        served = _served(model, trials=trials if not _is_fp8(qc) else None)
         if served.kernel != "dense":
             return served
         reason = "the packed load ran dense"
@@ -288,34 +295,71 @@ def _module_names(model_type: str | None):
     return lambda module: layouts.internal_name(model_type, module)
 
 
-def _load_converted(converted: Path, device: Device, kwargs: dict):
-    """GPTQModel's Triton kernel on a GPU, its torch kernel where Triton
-    fails to load (the torch kernel runs on a GPU too); on a CPU, torch."""
+def gptq_backends(device: Device, qc: dict, may_offload: bool = False) -> list[str]:
+    """GPTQModel's kernels for a GPTQ-layout checkpoint on `device`, fastest
+    first (bench/kernels.py times them all, bench/RESULTS.md §8): Marlin
+    (compute capability 8.0+, symmetric weights only; GPTQModel builds it on
+    first use), then Triton, then the torch kernel. Machete (Hopper)
+    downloads CUTLASS when first used, which fails on a worker without
+    internet, and ExLlamaV2 compiles its C++ sources: neither is tried.
+    Marlin repacks the weights when the model is loaded; a layer accelerate
+    offloads to CPU memory (under --max-vram) would come back in the
+    checkpoint's layout, so Marlin is not tried where layers may be
+    offloaded. On a CPU, GPTQModel's own choice (its torch/ATen kernel)."""
+    if not device.is_cuda:
+        return ["auto"]
+    out = []
+    if device.capability and device.capability >= (8, 0) and qc.get("sym", True) and not may_offload:
+        out.append("gptq_marlin")
+    return [*out, "gptq_triton", "gptq_torch"]
+
+
+def load_gptq(path: Path, device: Device, kwargs: dict) -> tuple[object, list[dict]]:
+    """Load a GPTQ-layout checkpoint with the first of `gptq_backends` that
+    loads and computes what the checkpoint holds (packing.check_kernel, on
+    one layer against its dense dequantized weights). Returns the model and
+    the trials; raises NotConvertible naming every trial when none does."""
     from transformers import AutoModelForCausalLM, GPTQConfig
 
-    failed = None
-    try:
-        return AutoModelForCausalLM.from_pretrained(converted, **kwargs, **_loading_options(converted, device))
-    except Exception as exc:
-        if not device.is_cuda or is_oom(exc):
-            raise
-        failed = exc
-    # Outside the except block: the failed load's tensors (held by its
-    # traceback) are gone before the second load is measured.
-    del failed
-    release_memory(device)
-    return AutoModelForCausalLM.from_pretrained(
-        converted, quantization_config=GPTQConfig(bits=qc_bits(converted), backend="torch"), **kwargs)
+    qc = _quantization_config(path)
+    trials: list[dict] = []
+    for backend in gptq_backends(device, qc, may_offload="max_memory" in kwargs):
+        start = time.perf_counter()
+        options = {} if backend == "auto" else {"quantization_config": GPTQConfig(bits=int(qc["bits"]), backend=backend)}
+        trial: dict = {"backend": backend}
+        trials.append(trial)
+        model: Any = None
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs, **options)
+            trial["kernel"] = kernel_of(model)
+            trial["result"] = packing.check_kernel(model, path)
+            trial["seconds"] = time.perf_counter() - start
+            return model, trials
+        except packing.WrongOutput as exc:
+            trial["result"] = f"wrong output: {exc}"
+        except Exception as exc:
+            if is_oom(exc):
+                raise
+            trial["result"] = f"failed to load: {type(exc).__name__}: {_first_line(exc)}"
+        trial["seconds"] = time.perf_counter() - start
+        model = None  # a model that loaded but computes wrong
+        # Outside the except block: the failed load's tensors (held by its
+        # traceback) are gone before the next load is measured.
+        release_memory(device)
+    raise packing.NotConvertible("no GPTQ kernel computes this checkpoint here: "
+                                 + "; ".join(f"{t['backend']} {t['result']}" for t in trials))
 
 
-def _served(model, kernel: str | None = None, reason: str | None = None) -> ServeLoad:
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _served(model, kernel: str | None = None, reason: str | None = None, trials: list[dict] | None = None) -> ServeLoad:
     model.eval()
     offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()} & {"cpu", "disk"})
-    return ServeLoad(model, kernel or kernel_of(model), reason, offloaded=bool(offloaded) and model.device.type == "cuda")
-
-
-def qc_bits(path: Path) -> int:
-    return int(_quantization_config(path)["bits"])
+    return ServeLoad(model, kernel or kernel_of(model), reason, offloaded=bool(offloaded) and model.device.type == "cuda",
+                     kernel_trials=trials)
 
 
 def _is_fp8(qc: dict) -> bool:

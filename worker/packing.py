@@ -185,3 +185,92 @@ def split_block(prefix: str) -> tuple[str, str, str]:
         if part.isdigit():
             return ".".join(parts[:i + 1]), ".", ".".join(parts[i + 1:])
     return "", "", prefix
+
+
+# -- checking a kernel against the checkpoint ----------------------------------------
+
+# A kernel's output may differ from the dense product of the checkpoint's
+# weights by this share of the output's largest magnitude: fp16 rounding and
+# a reduction order (measured 1e-3 and below on the torch kernel, W4 and W8).
+KERNEL_TOLERANCE = 1e-2
+
+
+def dequantize(tensors: dict, bits: int, checkpoint_format: str):
+    """The dense weight [out, in] (fp32) of one GPTQ-layout layer, from its
+    checkpoint tensors (qweight, qzeros, scales, g_idx): the layout's own
+    definition, w = (q − z) · s per input row's group, where `gptq` (v1)
+    stores z − 1 and `gptq_v2` stores z."""
+    import torch
+
+    qweight, qzeros, scales = tensors["qweight"], tensors["qzeros"], tensors["scales"].float()
+    pack, mask = 32 // bits, (1 << bits) - 1
+    shifts = torch.arange(pack, dtype=torch.int32) * bits
+    # Value i of a word sits at bits i·b; qweight packs the input dimension, qzeros the output one.
+    q = ((qweight.unsqueeze(1) >> shifts.view(1, -1, 1)) & mask).reshape(-1, qweight.shape[1])
+    z = ((qzeros.unsqueeze(2) >> shifts.view(1, 1, -1)) & mask).reshape(qzeros.shape[0], -1)
+    if checkpoint_format == "gptq":
+        z = (z + 1) & mask
+    g_idx = tensors["g_idx"].long() if "g_idx" in tensors else \
+        torch.arange(q.shape[0]) // (q.shape[0] // scales.shape[0])
+    weight = (q.float() - z[g_idx].float()) * scales[g_idx]
+    return weight.t().contiguous()
+
+
+def read_layer(path: Path, prefix: str) -> dict:
+    """The checkpoint tensors of layer `prefix` (qweight, qzeros, scales, g_idx, bias)."""
+    from safetensors import safe_open
+
+    out = {}
+    for shard in sorted(path.glob("*.safetensors")):
+        with safe_open(shard, framework="pt") as f:
+            for name in f.keys():  # noqa: SIM118 - safe_open is not a mapping
+                if name.startswith(prefix + ".") and name.rsplit(".", 1)[-1] in ("qweight", "qzeros", "scales", "g_idx", "bias"):
+                    out[name.rsplit(".", 1)[-1]] = f.get_tensor(name)
+    return out
+
+
+class WrongOutput(Exception):
+    """A kernel loaded but does not compute what the checkpoint holds."""
+
+
+def check_kernel(model, path: Path) -> str:
+    """Run the loaded model's first packed layer on a random input and
+    compare it with the dense product of that layer's checkpoint weights. A
+    kernel that loads but computes garbage (a repack for the wrong layout, a
+    kernel built for another GPU) raises WrongOutput here, before any figure
+    is taken on it. Returns what was checked: 'validated on LAYER (largest
+    difference …)', or 'not checked: …' where the checkpoint's tensors of
+    the layer cannot be read as GPTQ (a model whose modules transformers
+    renames when loading): the kernel is then taken on its load alone."""
+    import torch
+
+    qc = _config_of(path)
+    # The first packed layer held on a device (under a cap, later ones may be offloaded).
+    name, module = next(((n, m) for n, m in model.named_modules()
+                         if isinstance(getattr(m, "qweight", None), torch.Tensor) and not m.qweight.is_meta), (None, None))
+    if module is None or name is None:
+        return "not checked: no packed layer on a device in the loaded model"
+    try:
+        tensors = read_layer(path, name)
+        weight = dequantize(tensors, int(qc["bits"]), qc.get("checkpoint_format") or qc.get("format") or "gptq")
+    except Exception as exc:  # noqa: BLE001 - the checkpoint, not the kernel: said, and the kernel is kept
+        return f"not checked: {name} not read from the checkpoint ({type(exc).__name__}: {exc})"[:300]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(4, weight.shape[1], generator=generator)
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float16)
+    try:
+        with torch.inference_mode():
+            got = module(x.to(device=module.qweight.device, dtype=dtype)).float().cpu()
+    except Exception as exc:
+        raise WrongOutput(f"{name}: the kernel raised {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}") from exc
+    expected = x @ weight.t()
+    if "bias" in tensors:  # from the checkpoint: a kernel may hold its own permuted copy
+        expected += tensors["bias"].float()
+    diff, scale = float((got - expected).abs().max()), float(expected.abs().max()) or 1.0
+    if not diff <= KERNEL_TOLERANCE * scale:  # a NaN fails too
+        raise WrongOutput(f"{name}: output differs from the checkpoint's dense product by {diff:.3g} (largest {scale:.3g})")
+    return f"validated on {name} (largest difference {diff:.2g} of {scale:.2g})"
+
+
+def _config_of(path: Path) -> dict:
+    return json.loads((path / "config.json").read_text()).get("quantization_config") or {}

@@ -32,7 +32,7 @@ from worker import coverage, evaluators, gpu, job_inputs, methods, model_cache, 
 from worker.context import JobContext
 from worker.evaluators.tasks import TaskRun
 from worker.pulse import Pulse
-from worker.versions import library_versions
+from worker.versions import environment, library_versions, seed_everything
 
 log = logging.getLogger("qfarm.worker")
 RUNNING = (JobState.RUNNING,)
@@ -423,6 +423,7 @@ class Run:
             model_bytes=info.weight_bytes, trust_remote_code=job.allow_remote_code, model_config=info.config,
             on_stage=self.stage, on_note=self.note,
         )
+        seed_everything()
         with gpu.PeakMemory(device) as peak:
             methods.quantize(job.method, ctx, params, job.format)
         artifact_bytes = sum(p.stat().st_size for p in output_dir.rglob("*") if p.is_file())
@@ -457,9 +458,12 @@ class Run:
             "wall_seconds_before_upload": time.perf_counter() - wall_start,
         }
         versions = library_versions()
+        metrics["environment"] = environment(device)
         self.record(metrics=metrics, library_versions=versions)
         uri = self.upload.finish(self._manifest(metrics, versions))
         metrics["wall_seconds"] = time.perf_counter() - wall_start
+        # One digest of every file's: equal for two runs that wrote the same artifact.
+        metrics["artifact_sha256"] = self.upload.checksum
         # A False with the job succeeded: a commit whose acknowledgement was
         # lost with its connection.
         if not self.rec(jobs.transition, job.id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.SUCCEEDED,
@@ -511,6 +515,7 @@ class Run:
                 "created_at": jobs.aware(job.created_at).isoformat(), "worker": job.worker, "gpu_name": self.device.name,
             },
             "library_versions": versions,
+            "environment": metrics.get("environment"),
             "metrics": metrics,
             "created_at": utcnow().isoformat(),
         }

@@ -117,7 +117,10 @@ ATTEMPT_FIELDS = (
     "ppl_ratio", "tokens_per_s_baseline", "tokens_per_s_quantized", "weights_bytes", "weights_bytes_baseline",
     "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel", "serve_tokens_per_s",
     "serve_tokens_per_s_baseline", "task_recovery", "metrics", "library_versions", "artifact_uri", "error",
-    "error_traceback", "process", "progress_at", "progress_cpu_s", "quantized_fraction",
+    "error_traceback", "process", "progress_at", "progress_cpu_s", "quantized_fraction", "serve_method",
+    "serve_batch_tokens_per_s", "serve_batch_tokens_per_s_baseline", "serve_prefill_tokens_per_s",
+    "serve_prefill_tokens_per_s_baseline", "task_recovery_stderr", "ppl_ratio_low", "ppl_ratio_high", "kl_divergence",
+    "kl_divergence_p99",
 )
 
 
@@ -212,6 +215,9 @@ STATUS_FIELDS = (
     "library_versions", "artifact_uri", "error", "allow_remote_code", "priority",
     "weights_bytes", "weights_bytes_baseline", "serve_vram_bytes", "serve_vram_baseline_bytes", "serve_kernel",
     "serve_tokens_per_s", "serve_tokens_per_s_baseline", "task_recovery", "group_id",
+    "serve_method", "serve_batch_tokens_per_s", "serve_batch_tokens_per_s_baseline", "serve_prefill_tokens_per_s",
+    "serve_prefill_tokens_per_s_baseline", "task_recovery_stderr", "ppl_ratio_low", "ppl_ratio_high", "kl_divergence",
+    "kl_divergence_p99",
 )
 
 

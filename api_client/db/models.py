@@ -84,8 +84,24 @@ class Job(Base):
     serve_kernel: Mapped[str | None] = mapped_column(String(48))
     serve_tokens_per_s: Mapped[float | None] = mapped_column(Float)
     serve_tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
-    # Mean over --tasks of quantized / original score (per task in metrics).
+    # How generation was timed (worker/serve_speed.py: hf-static-cudagraph,
+    # hf-static-eager), and a batched request's throughput and prefill speed.
+    serve_method: Mapped[str | None] = mapped_column(String(32))
+    serve_batch_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    serve_batch_tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
+    serve_prefill_tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    serve_prefill_tokens_per_s_baseline: Mapped[float | None] = mapped_column(Float)
+    # Mean over --tasks of quantized / original score (per task in metrics),
+    # and its standard error (paired where both models answered the same items).
     task_recovery: Mapped[float | None] = mapped_column(Float)
+    task_recovery_stderr: Mapped[float | None] = mapped_column(Float)
+    # The perplexity ratio's 95 % interval (paired bootstrap over windows), and
+    # the KL divergence of the artifact's next-token distribution from the
+    # original's (mean and 99th percentile over the tokens covered, nats).
+    ppl_ratio_low: Mapped[float | None] = mapped_column(Float)
+    ppl_ratio_high: Mapped[float | None] = mapped_column(Float)
+    kl_divergence: Mapped[float | None] = mapped_column(Float)
+    kl_divergence_p99: Mapped[float | None] = mapped_column(Float)
     # The compare group the job belongs to (qfarm compare).
     group_id: Mapped[str | None] = mapped_column(String(32), index=True)
     metrics: Mapped[dict | None] = mapped_column(JSON)

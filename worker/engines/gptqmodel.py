@@ -76,6 +76,7 @@ def quantize(ctx, *, method: str, checkpoint_format: str, bits: int, group_size:
     tokenizer.save_pretrained(ctx.output_dir)
     # The run log is GPTQModel's, not part of the model.
     (ctx.output_dir / "quant_log.csv").unlink(missing_ok=True)
+    _forget_path(ctx.output_dir, str(offload))
     name_packed_modules(ctx.output_dir)
 
 
@@ -111,3 +112,28 @@ def name_packed_modules(artifact) -> None:
         qc["modules_in_block_to_quantize"] = [sorted(packed)]
     config["quantization_config"] = qc
     config_path.write_text(json.dumps(config, indent=2))
+
+
+
+def _forget_path(output_dir, path: str) -> None:
+    """GPTQModel writes its offload directory, a path inside the job's
+    scratch directory (named by the job id), into config.json and
+    quantize_config.json. A path of the worker is no part of the model, and
+    it made two runs of the same job differ: it is removed (GPTQModel reads
+    the configs back without it)."""
+    import json
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if v != path}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        return value
+
+    for name in ("config.json", "quantize_config.json"):
+        file = output_dir / name
+        if file.exists():
+            data = json.loads(file.read_text())
+            cleaned = scrub(data)
+            if cleaned != data:
+                file.write_text(json.dumps(cleaned, indent=2, sort_keys=True) + "\n")

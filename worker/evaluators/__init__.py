@@ -55,6 +55,8 @@ class Loaded:
     offloaded: bool = False
     # Why a reference load is the packed one (loading.packed_reference_reason).
     packed_instead: str | None = None
+    # The packed kernels the serve load tried (loading.ServeLoad.kernel_trials).
+    kernel_trials: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -209,7 +211,8 @@ def _load(load: str, role: str, path: Path, inputs: Inputs) -> Loaded:
     if load == "serve" or packed_instead:
         served = loading.load_for_serving(path, inputs.device, inputs.max_vram_bytes, inputs.scratch / role,
                                           inputs.trust_remote_code, inputs.dense_bytes if role == "quantized" else None)
-        return Loaded(served.model, role, served.kernel, served.dense_reason, served.offloaded, packed_instead)
+        return Loaded(served.model, role, served.kernel, served.dense_reason, served.offloaded, packed_instead,
+                      served.kernel_trials)
     model = loading.load(path, inputs.device, inputs.max_vram_bytes,
                          inputs.dense_bytes if role == "quantized" else None, inputs.trust_remote_code)
     return Loaded(model, role, "dense" if role == "baseline" else loading.kernel_of(model))

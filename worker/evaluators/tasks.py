@@ -9,11 +9,21 @@ data (api_client/task_yaml.py) and puts the finished configs into the task
 index, and lm-eval renders their templates in Jinja's sandbox while this
 evaluator runs, from an empty working directory.
 
-Per task: both scores, the metric, the number of items and the recovery
-(quantized / original, as llm-compressor's recovery gates compute it). The
-headline metric of a task is acc_norm where the task reports it (length-
-normalized, what harness leaderboards use for multiple choice), else acc,
-else the first it reports.
+Per task: both scores with their standard errors, the metric, the number
+of items and the recovery (quantized / original, as llm-compressor's
+recovery gates compute it) with its standard error. The headline metric of a
+task is acc_norm where the task reports it (length-normalized, what harness
+leaderboards use for multiple choice), else acc, else the first it reports.
+
+The standard errors come from the per-item scores (lm-eval's log_samples),
+not from lm-eval's aggregation: with `bootstrap_iters=0` lm-eval reports
+every `_stderr` as "N/A", even for a mean, and with more it bootstraps
+non-mean metrics in a multiprocessing pool forked from the job process. A
+mean metric's standard error is lm-eval's own `mean_stderr` of the item
+scores; the recovery's is paired where both models ran in this job (both
+answered the same items, api_client/stats.py), which is much tighter than
+adding two independent errors. A metric whose score is not the mean of its
+item scores (a corpus F1, BLEU) has none, and says so (`stderr_reason`).
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from api_client import task_yaml
+from api_client import stats, task_yaml
 from api_client.errors import QFarmError
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
 from worker.texts import empty_working_dir
@@ -92,7 +102,7 @@ class Tasks(Evaluator):
                   batch_size=32 if inputs.device.is_cuda else 8)
         with _offline(run.offline), sandboxed_templates(), empty_working_dir():
             result = simple_evaluate(
-                model=lm, tasks=run.names, limit=run.limit, bootstrap_iters=0, log_samples=False,
+                model=lm, tasks=run.names, limit=run.limit, bootstrap_iters=0, log_samples=True,
                 task_manager=run.manager(),
                 verbosity="ERROR",
             )
@@ -103,28 +113,58 @@ class Tasks(Evaluator):
             if not metrics:
                 continue
             items = (result.get("n-samples", {}).get(task) or {}).get("effective")
-            scores[task] = {"scores": metrics, "items": items}
+            scores[task] = {"scores": metrics, "items": items,
+                            "per_item": item_scores(result.get("samples", {}).get(task) or [], metrics)}
         return scores
 
     def figures(self, baseline: dict[str, Any] | None, quantized: dict[str, Any]) -> Figures:
         tasks: dict[str, dict[str, Any]] = {}
         for task, q in quantized.items():
             metric = next((m for m in HEADLINE_ORDER if m in q["scores"]), next(iter(q["scores"])))
+            q_items = q["per_item"].get(metric)
             entry: dict[str, Any] = {"metric": metric, "quantized": q["scores"][metric], "items": q["items"],
-                                     "quantized_scores": q["scores"]}
+                                     "quantized_scores": q["scores"], "quantized_stderr": _stderr(q_items),
+                                     "quantized_per_item": stats.encode_scores(q_items) if q_items else None}
+            if q_items is None:
+                entry["stderr_reason"] = f"{metric} is not the mean of per-item scores (no standard error)"
             b = (baseline or {}).get(task)
             if b and metric in b["scores"]:
-                entry.update(baseline=b["scores"][metric], baseline_scores=b["scores"])
-                entry["recovery"] = recovery(b["scores"][metric], q["scores"][metric])
+                b_items = b["per_item"].get(metric)
+                entry.update(baseline=b["scores"][metric], baseline_scores=b["scores"], baseline_stderr=_stderr(b_items),
+                             baseline_per_item=stats.encode_scores(b_items) if b_items else None)
+                entry.update(stats.recovery(b["scores"][metric], entry["baseline_stderr"], b_items,
+                                            q["scores"][metric], entry["quantized_stderr"], q_items))
             tasks[task] = entry
-        recoveries = [t["recovery"] for t in tasks.values() if t.get("recovery") is not None]
-        return Figures(columns=dict(task_recovery=sum(recoveries) / len(recoveries) if recoveries else None),
-                       metrics=dict(tasks=tasks))
+        recovery, stderr = task_recovery(tasks)
+        return Figures(columns=dict(task_recovery=recovery, task_recovery_stderr=stderr), metrics=dict(tasks=tasks))
 
 
-def recovery(baseline: float, quantized: float) -> float | None:
-    """Quantized score as a fraction of the original's (1.0: all kept)."""
-    return quantized / baseline if baseline else None
+def item_scores(samples: list[dict[str, Any]], scores: dict[str, float]) -> dict[str, list[float]]:
+    """Each metric's per-item scores in document order, for the metrics whose
+    reported score is their mean (what a standard error of the mean fits)."""
+    ordered = sorted(samples, key=lambda s: s.get("doc_id", 0))
+    out = {}
+    for metric, score in scores.items():
+        values = [s.get(metric) for s in ordered]
+        if not values or not all(isinstance(v, (int, float)) for v in values):
+            continue  # a corpus metric keeps tuples or strings per item
+        numbers = [float(v) for v in values]  # type: ignore[arg-type]  # every one is a number (checked above)
+        if abs(stats.mean(numbers) - float(score)) <= 1e-9 * max(1.0, abs(float(score))):
+            out[metric] = numbers
+    return out
+
+
+def _stderr(items: list[float] | None) -> float | None:
+    return stats.mean_stderr(items) if items else None
+
+
+def task_recovery(tasks: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
+    """The job's task recovery, the mean over its tasks, and its standard
+    error (the tasks' items are independent samples)."""
+    estimates = [(t["recovery"], t.get("recovery_stderr")) for t in tasks.values() if t.get("recovery") is not None]
+    if not estimates:
+        return None, None
+    return stats.mean_of(estimates)
 
 
 @contextmanager
