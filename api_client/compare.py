@@ -229,23 +229,30 @@ def _figure(by_tasks: bool) -> str:
 
 def _best(candidates: list[Row], by_tasks: bool) -> Row:
     """The most accurate: the highest recovery (the lower perplexity ratio
-    between equal ones), or the lowest perplexity ratio."""
+    between equal ones), or the lowest perplexity ratio; a figure better
+    than the original's counts as the original's (see _interval)."""
     inf = float("inf")
     if by_tasks:
-        return max(candidates, key=lambda r: (r.task_recovery or 0.0, -(r.ppl_ratio or inf)))
-    return min(candidates, key=lambda r: r.ppl_ratio if r.ppl_ratio is not None else inf)
+        return max(candidates, key=lambda r: (min(r.task_recovery or 0.0, 1.0), -(r.ppl_ratio or inf)))
+    return min(candidates, key=lambda r: (max(r.ppl_ratio, 1.0), r.ppl_ratio) if r.ppl_ratio is not None else (inf, inf))
 
 
 def _interval(r: Row, by_tasks: bool) -> tuple[float, float]:
     """The row's accuracy as an interval on one scale, higher is better: its
     task recovery's 95 % interval, or its perplexity ratio's, negated. A
-    figure without one (one window, an old job) is a point."""
+    figure without one (one window, an old job) is a point.
+
+    The original is the ceiling: a quantized model that scores above it (a
+    recovery over 100 %, a ratio under 1) is as good as the original, not
+    better, so such a member does not push out others that match the
+    original within their noise."""
     if by_tasks:
-        return stats.interval(r.task_recovery or 0.0, r.task_recovery_stderr)
+        low, high = stats.interval(r.task_recovery or 0.0, r.task_recovery_stderr)
+        return min(low, 1.0), min(high, 1.0)
     ratio = r.ppl_ratio if r.ppl_ratio is not None else float("inf")
     low = r.ppl_ratio_low if r.ppl_ratio_low is not None else ratio
     high = r.ppl_ratio_high if r.ppl_ratio_high is not None else ratio
-    return -high, -low
+    return -max(high, 1.0), -max(low, 1.0)
 
 
 def _size_key(limits: dict[str, Any]) -> str:
