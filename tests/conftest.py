@@ -1,45 +1,34 @@
 """Fixtures: real services (PostgreSQL, Redis, moto's S3 server over HTTP) and
-a tiny random Llama with a small trained tokenizer, built once per session."""
+a tiny random Llama with a small trained tokenizer. Only fixtures and hooks
+live here; what they stand on is tests/support/, which tests import directly."""
 
 from __future__ import annotations
 
+import fcntl
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-PG_ADMIN_URL = os.environ.get("QFARM_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-TEST_REDIS_DB = int(os.environ.get("QFARM_TEST_REDIS_DB", "11"))
-
-
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.support import services
+from tests.support.models import build_tiny_llama
+from tests.support.moto import CREDENTIALS, MotoS3
 
 # -- services ------------------------------------------------------------------
 
+
+def _service(make):
+    try:
+        return make()
+    except services.ServiceMissing as exc:
+        pytest.fail(str(exc))
+
+
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    if not _port_open(REDIS_HOST, REDIS_PORT):
-        pytest.fail("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
-    import redis
-
-    redis.Redis(REDIS_HOST, REDIS_PORT, db=TEST_REDIS_DB).flushdb()
-    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{TEST_REDIS_DB}"
+    """This test process's database on the machine's Redis (one per xdist worker)."""
+    return _service(services.redis_url)
 
 
 @pytest.fixture
@@ -54,29 +43,16 @@ def redis_conn(redis_url):
 
 @pytest.fixture(scope="session")
 def pg_server_url() -> str:
-    """A fresh PostgreSQL database for this test session, dropped afterwards."""
-    if not _port_open("127.0.0.1", 5432):
-        pytest.fail("PostgreSQL is not running on 127.0.0.1:5432 (.ci/run starts it)")
-    import psycopg
-
-    name = f"qfarm_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_URL.rsplit("/", 1)[0]
-    yield f"{base}/{name}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """A fresh PostgreSQL database for this test process, dropped afterwards."""
+    url = _service(services.create_database)
+    yield url
+    services.drop_database(url)
 
 
 @pytest.fixture
 def pg_url(pg_server_url) -> str:
     """The session's PostgreSQL database, emptied of qfarm's tables."""
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(pg_server_url.replace("postgresql://", "postgresql+psycopg://"))
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS job_events, jobs, job_groups, workers, farm, alembic_version CASCADE"))
-    engine.dispose()
+    services.empty_database(pg_server_url)
     return pg_server_url
 
 
@@ -103,26 +79,14 @@ def migrated_db(db_url):
 @pytest.fixture(scope="session")
 def s3_endpoint(tmp_path_factory) -> str:
     """moto's S3 server in its own process: boto3 talks HTTP to it."""
-    port = _free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 30
-    while not _port_open("127.0.0.1", port):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            pytest.fail("moto's S3 server did not start")
-        time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    with MotoS3(tmp_path_factory.mktemp("moto")) as server:
+        yield server.endpoint
 
 
 @pytest.fixture
 def aws_env(monkeypatch, s3_endpoint):
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("QFARM_S3_ENDPOINT_URL", s3_endpoint)
     return s3_endpoint
 
@@ -138,37 +102,20 @@ def bucket(aws_env) -> str:
 
 # -- a model -----------------------------------------------------------------------
 
-def build_tiny_llama(dest: Path, hidden: int = 128, layers: int = 2, intermediate: int = 256) -> Path:
-    """A random Llama with a small byte-level BPE tokenizer trained on the
-    built-in calibration text: real shapes, real files, seconds to build."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from worker.texts import builtin_text
-
-    dest.mkdir(parents=True, exist_ok=True)
-    tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=1024, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator([builtin_text("calib")[:200_000]], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-    fast.save_pretrained(dest)
-    config = LlamaConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=hidden, intermediate_size=intermediate,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, tie_word_embeddings=False,
-    )
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).to(torch.float16).save_pretrained(dest)
-    return dest
-
-
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+    """Built once per run: parallel test processes share it (the first one
+    builds it under a lock), and no test writes into it."""
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent  # every xdist worker's basetemp sits in the run's one directory
+    dest = shared / "tiny-llama"
+    with open(shared / "tiny-llama.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (dest / "model.safetensors").exists():
+            build_tiny_llama(shared / "tiny-llama.partial")
+            (shared / "tiny-llama.partial").rename(dest)
+    return dest
 
 
 # -- settings ----------------------------------------------------------------------
@@ -186,40 +133,22 @@ def qfarm_env(monkeypatch, tmp_path, redis_url):
     return home
 
 
-def invoke(*args: str, env: dict | None = None, check: bool = False):
-    """Run `qfarm ARGS` in this process with Click's CliRunner: what a user
-    sees (stdout, stderr, exit status) without a subprocess's start-up.
-    `env` is the whole environment the command should see."""
-    from types import SimpleNamespace
-
-    from click.testing import CliRunner
-
-    from api_client.cli import cli
-
-    overrides = {k: v for k, v in (env or {}).items() if os.environ.get(k) != v}
-    overrides.update({k: None for k in os.environ if env is not None and k not in env})
-    result = CliRunner().invoke(cli, list(args), env=overrides, catch_exceptions=False)
-    out = SimpleNamespace(returncode=result.exit_code, stdout=result.stdout, stderr=result.stderr)
-    if check and out.returncode != 0:
-        raise AssertionError(f"qfarm {' '.join(args)} exited {out.returncode}:\n{out.stdout}\n{out.stderr}")
-    return out
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    """Run the installed `qfarm` entry point as a user would."""
-    proc = subprocess.run([sys.executable, "-c", "from api_client.cli import main; main()", *args],
-                          capture_output=True, text=True, env=env or os.environ.copy(), timeout=timeout)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"qfarm {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-    return proc
-
+# -- hooks -------------------------------------------------------------------------
 
 def pytest_terminal_summary(terminalreporter):
-    """The fault suite's one line: faults injected, and what they cost."""
-    faults = sys.modules.get("test_faults") or sys.modules.get("tests.test_faults")
-    report = getattr(faults, "REPORT", None)
-    if report and report["faults injected"]:
-        terminalreporter.write_line("fault suite: " + ", ".join(f"{k} {v}" for k, v in report.items()))
+    """The fault suite's one line: faults injected, and what they cost,
+    summed over the tests' reports (from every xdist worker)."""
+    totals: dict[str, int] = {}
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            if getattr(report, "when", None) != "teardown":
+                continue
+            for name, counts in getattr(report, "user_properties", ()):
+                if name == "fault suite":
+                    for key, value in counts.items():
+                        totals[key] = totals.get(key, 0) + value
+    if totals.get("faults injected"):
+        terminalreporter.write_line("fault suite: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
 
 
 SERVICE_FIXTURES = {"redis_url", "redis_conn", "pg_server_url", "pg_url", "db_url", "migrated_db", "s3_endpoint",

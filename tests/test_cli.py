@@ -11,7 +11,7 @@ import pytest
 
 from api_client.db import Database
 from api_client.db.jobs import list_jobs
-from tests.conftest import invoke as run_cli
+from tests.support.cli import invoke as run_cli
 
 
 @pytest.fixture

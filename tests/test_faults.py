@@ -1,6 +1,6 @@
 """The fault suite: each row of issue 7's table, repeated with real faults.
 
-Every test runs against services of its own (tests/faultkit.py): a Redis on a
+Every test runs against services of its own (tests/support/faults.py): a Redis on a
 free port (with and without `appendonly yes`), a PostgreSQL cluster made with
 initdb, and moto's S3 server behind a proxy that can cut it, and real
 `qfarm worker start --gpus cpu` processes on a tiny model. Shared services
@@ -22,12 +22,13 @@ import time
 import uuid
 from pathlib import Path
 
-import faultkit as fk
 import psycopg
 import pytest
 
 from api_client.db import Database, jobs
-from tests.conftest import run_cli
+from tests.support import faults as fk
+from tests.support.cli import run_cli
+from tests.support.models import copy_model
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -39,7 +40,8 @@ JOB = ["--method", "rtn", "--eval-seqlen", "64", "--eval-windows", "2", "--decod
 LONG_JOB = ["--method", "gptq", "--calib-samples", "48", "--calib-seqlen", "256",
             "--eval-seqlen", "64", "--eval-windows", "2", "--decode-tokens", "4"]
 
-# Printed as one line at the end of the session (conftest.pytest_terminal_summary).
+# Each test's counts go into its report; conftest.pytest_terminal_summary
+# prints their sum as one line at the end of the run (from every xdist worker).
 REPORT = {"faults injected": 0, "jobs lost": 0, "stuck": 0, "duplicated": 0, "leaked bytes": 0}
 
 
@@ -49,6 +51,15 @@ def _report() -> dict:
 
 def injected(n: int = 1) -> None:
     _report()["faults injected"] += n
+
+
+@pytest.fixture(autouse=True)
+def _counted(request):
+    """This test's share of REPORT, recorded in its report (set up before the
+    farm, so its teardown sees the farm's audit)."""
+    before = dict(REPORT)
+    yield
+    request.node.user_properties.append(("fault suite", {k: v - before[k] for k, v in REPORT.items()}))
 
 
 # -- services ----------------------------------------------------------------------
@@ -63,7 +74,7 @@ def pg_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    server = fk.MotoS3(tmp_path_factory.mktemp("moto"))
+    server = fk.MotoS3(tmp_path_factory.mktemp("moto"), cuttable=True)
     server.start()
     yield server
     server.close()
@@ -250,23 +261,9 @@ def farm(request, tmp_path, pg_cluster, moto):
     redis.close()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model_module):
-    return tiny_model_module
-
-
-@pytest.fixture(scope="module")
-def tiny_model_module(tmp_path_factory):
-    from tests.conftest import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def copy_model(src: Path, dest: Path) -> Path:
-    dest.mkdir()
-    for f in src.iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
-    return dest
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model
 
 
 def assert_succeeded_once(farm: Farm, job_id: str, attempts: int | None = None):
