@@ -12,6 +12,7 @@ import pytest
 from api_client.db import Database
 from api_client.db.jobs import list_jobs
 from tests.support.cli import invoke as run_cli
+from tests.support.models import copy_model
 
 
 @pytest.fixture
@@ -186,4 +187,24 @@ def test_a_mistyped_path_is_not_queued_as_a_hub_model(env, redis_conn, monkeypat
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: model nomodel is no local directory, and the Hugging Face hub could not be "
                                    "reached to confirm a model of that name: give a path (./nomodel) or the hub's org/name")
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_a_path_with_a_typo_is_not_taken_for_a_hub_id(env, redis_conn, tmp_path, monkeypatch):
+    (tmp_path / "shared" / "refmodel").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    proc = run_cli("submit", "shared/refmodl", "--method", "rtn", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: model shared/refmodl is no local directory, though shared/ is one: did you mean shared/refmodel?\n"
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_a_model_without_its_tokenizer_is_refused_at_submit(env, redis_conn, tiny_model, tmp_path):
+    model = copy_model(tiny_model, tmp_path / "m")
+    for f in model.glob("tokenizer*"):
+        f.unlink()
+    proc = run_cli("submit", str(model), "--method", "rtn", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: {model} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json or *.tiktoken): "
+                           f"copy the tokenizer's files beside config.json\n")
     assert_nothing_queued(redis_conn, env)
