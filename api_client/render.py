@@ -101,11 +101,37 @@ def task_lines(job: Job) -> list[tuple[str, str]]:
     return lines
 
 
-def list_row(job: Job) -> tuple[str, ...]:
+# A terminal of 100 columns shows a table whole; `--wide` shows every column.
+NARROW = 100
+LIST_HEADER = ("ID", "STATE", "METHOD", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO", "MODEL")
+# Ratios compare only on the same text and windows: EVAL names them.
+LIST_HEADER_WIDE = ("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "PPL RATIO",
+                    "EVAL", "MODEL")
+
+
+def list_row(job: Job, wide: bool = False) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
-    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by, when(job.created_at),
-            elapsed_vs_estimate(job), ratio, eval_key(job), job.model)
+    if wide:
+        return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by,
+                when(job.created_at), elapsed_vs_estimate(job), ratio, eval_key(job), job.model)
+    # A running job shows its stage; a method its format only when it is not its default one.
+    from api_client import catalog
+
+    method = job.method if catalog.get(job.method).formats[0] == job.format else f"{job.method}/{job.format}"
+    created = "-" if job.created_at is None else aware(job.created_at).strftime("%m-%d %H:%M")
+    return (job.id, stage or job.state, method, job.submitted_by, created, elapsed_vs_estimate(job), ratio,
+            job.model.rstrip("/").rsplit("/", 1)[-1] if job.model.startswith(("/", "s3://", "file://")) else job.model)
+
+
+def table_lines(rows: list[tuple[str, ...]], width: int | None = None) -> list[str]:
+    """Rows as columns two spaces apart; the last column is cut to `width`."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+        lines.append(line if width is None or len(line) <= width else line[:width - 1] + "…")
+    return lines
 
 
 def _eval_figures(job: Job) -> tuple[str, Any, Any, Any]:
@@ -167,6 +193,16 @@ def elapsed_vs_estimate(job: Job) -> str:
     return f"{duration(elapsed(job)) if job.started_at else '-'} / {'~' + duration(mine) if mine else '-'}"
 
 
+def clock(job: Job) -> str:
+    """The job's own time, h:mm:ss from its start (not from the submit);
+    '-:--:--' while it has not started."""
+    seconds = elapsed(job)
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def ago(dt: datetime | None) -> str:
     if dt is None:
         return "-"
@@ -184,7 +220,14 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
             stage or "-", str(w.jobs_done), ago(w.heartbeat_at))
 
 
-def comparison_table(table: Any) -> Any:
+# The compare table's columns; the narrow table (the default) shows those
+# marked True and fits 100 columns, `--wide` shows them all.
+COMPARE_COLUMNS = (("", True), ("method", True), ("format", False), ("ppl ratio", True), ("task recovery", True),
+                   ("artifact", True), ("weights", False), ("serve VRAM", True), ("kernel", False), ("quantize", False),
+                   ("decode tok/s", True), ("state", True))
+
+
+def comparison_table(table: Any, wide: bool = True) -> Any:
     """A compare group (api_client/compare.Comparison) as a rich table: one
     row per method and the original model, the recommended one marked."""
     from rich.table import Table
@@ -192,14 +235,16 @@ def comparison_table(table: Any) -> Any:
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    for name in ("", "method", "format", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM", "kernel",
-                 "quantize", "decode tok/s", "state"):
+    shown = [i for i, (_, narrow) in enumerate(COMPARE_COLUMNS) if wide or narrow]
+    for i in shown:
+        name = COMPARE_COLUMNS[i][0]
         out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
     for r in table.rows:
         recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
         state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        out.add_row("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
-                    size(r.artifact_bytes), size(r.weights_bytes),
-                    size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
-                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
+        cells = ("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
+                 size(r.artifact_bytes), size(r.weights_bytes),
+                 size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
+                 duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
+        out.add_row(*(cells[i] for i in shown))
     return out
