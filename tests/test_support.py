@@ -288,3 +288,28 @@ def test_watchdog_cleans_up_after_sigkill(tmp_path):
     while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _alive(pids) == []
+
+
+# -- the artifact bounds of tests/test_methods.py ------------------------------------
+
+def test_the_artifact_bounds_fail_a_garbage_artifact(tiny_model, tmp_path):
+    """The same model with every projection's weights shuffled (right shapes,
+    right files, wrong numbers) fails the bounds even of 4-bit artifacts,
+    while the original against itself meets those of 8-bit ones."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.support.models import BOUNDS, agreement, copy_model, logits, windows
+
+    garbage = copy_model(tiny_model, tmp_path / "garbage")
+    weights = load_file(str(garbage / "model.safetensors"))
+    torch.manual_seed(1)
+    weights = {k: v.flatten()[torch.randperm(v.numel())].reshape(v.shape) if "proj" in k else v for k, v in weights.items()}
+    save_file(weights, str(garbage / "model.safetensors"), metadata={"format": "pt"})
+    tokens = windows(tiny_model)
+    original = logits(tiny_model, tokens)
+    same, error = agreement(original, logits(garbage, tokens))
+    least_same, most_error = BOUNDS[4]
+    assert same < least_same and error > most_error, (same, error)
+    same, error = agreement(original, logits(tiny_model, tokens))
+    assert same >= BOUNDS[8][0] and error <= BOUNDS[8][1]
