@@ -157,7 +157,17 @@ SERVICE_FIXTURES = {"redis_url", "redis_conn", "pg_server_url", "pg_url", "db_ur
 
 def pytest_collection_modifyitems(items):
     """`services`: the tests that use the machine's Redis, PostgreSQL or moto
-    (`-m "not services"` runs the rest with none of them up)."""
+    (`-m "not services"` runs the rest with none of them up). `gpu`: skipped
+    where NVML sees no NVIDIA GPU. The `slow` tests run first: pytest-xdist
+    hands tests out in this order, so the long ones do not end a run alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.services)
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu_tests:
+        from worker.gpu import nvml_gpus
+
+        if not nvml_gpus():
+            for item in gpu_tests:
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU"))
