@@ -11,6 +11,13 @@ from pathlib import Path
 
 import pytest
 
+# One thread per process, set before anything imports torch: the parallelism
+# is pytest-xdist's processes and the workers' job processes, and two threads
+# each on two cores spin against each other (a GPTQ job on the tiny model
+# took 22 s of CPU with two threads under load, 11 s with one). Inherited by
+# every worker and job process the tests start.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from tests.support import services
 from tests.support.models import build_tiny_llama
 from tests.support.moto import CREDENTIALS, MotoS3
