@@ -376,8 +376,17 @@ def watch(job: str) -> None:
 
         click.echo(f"estimated {estimated(found)}")
     final_state = None
+    said: list[str | None] = [None]
+
+    def idle(now: Job) -> None:
+        # While queued, why: once, and again when the reason changes.
+        waiting = client.waiting(now.id) if now.state == "queued" else None
+        if waiting and waiting != said[0]:
+            click.echo(f"({waiting})", err=True)
+        said[0] = waiting
+
     with _left_running(client, found.id, f"qfarm watch {found.id}"):
-        for ev in client.watch(job):
+        for ev in client.watch(job, on_idle=idle):
             stage = f" [{ev.stage}]" if ev.stage else ""
             msg = f" {ev.message}" if ev.message else ""
             click.echo(f"{aware(ev.at).strftime('%H:%M:%S')} {ev.state}{stage}{msg}")

@@ -251,6 +251,18 @@ def test_ctrl_c_while_waiting_says_the_job_stays_queued(env, tiny_model):
                                     f"looks again, `qfarm cancel` stops a job")
     client = Client()
     assert client.status(job_id).state == "queued"
+    # `qfarm watch` says why the job waits, and Ctrl-C leaves it queued too.
+    proc = subprocess.Popen([*QFARM, "watch", job_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        hint = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert hint == f"(queued; no live worker serves {client.status(job_id).queue}: start one (`qfarm worker start`))\n"
+    assert proc.returncode == 130 and f"stopped following job {job_id}, which stays queued" in err
+    assert client.status(job_id).state == "queued"
     client.close()
 
 
