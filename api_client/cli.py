@@ -216,6 +216,7 @@ def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str
     if not as_json:
         click.echo(f"group {group.id}: {len(members)} jobs queued, slowest first", err=True)
     seen: dict[str, str] = {}
+    due = _every(10.0)
     with _left_running(client, group.id, f"qfarm status {group.id}"):
         while True:
             group, members = client.group(group.id)
@@ -224,11 +225,11 @@ def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str
                     click.echo(f"  {j.method}/{j.format} {j.id}: {j.state}" + (f" ({j.error})" if j.error else ""), err=True)
                 seen[j.id] = j.state
             # While nothing runs, say why: no worker for the queue, or the jobs ahead.
-            waiting = None if any(j.state == "running" for j in members) else \
-                next((w for j in members if (w := client.waiting(j.id))), None)
-            if waiting and seen.get("") != waiting and not as_json:
-                click.echo(f"  {waiting}", err=True)
-            seen[""] = waiting or ""
+            if not any(j.state == "running" for j in members) and due():
+                waiting = next((w for j in members if (w := client.waiting(j.id))), None)
+                if waiting and seen.get("") != waiting and not as_json:
+                    click.echo(f"  {waiting}", err=True)
+                seen[""] = waiting or ""
             if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
                 break
             time.sleep(2)
@@ -253,6 +254,22 @@ def _print_comparison(group: Any, members: list[Any], as_json: bool, wide: bool 
     console = Console(width=width)
     console.print(render.comparison_table(table, wide))
     console.print(f"recommended: {table.why}")
+
+
+def _every(seconds: float) -> Callable[[], bool]:
+    """True at the first call and then once per `seconds`: why a job waits
+    reads the queue, which is not worth doing at every poll."""
+    import time
+
+    last = [float("-inf")]
+
+    def due() -> bool:
+        if time.monotonic() - last[0] < seconds:
+            return False
+        last[0] = time.monotonic()
+        return True
+
+    return due
 
 
 @contextmanager
@@ -288,9 +305,10 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     with Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TextColumn("{task.fields[clock]}"), console=console) as bar:
         task = bar.add_task(job.state, total=len(stages) + 1, job=job.id, clock=render.clock(job))
+        due = _every(5.0)
 
         def idle(now: Job) -> None:
-            label = client.waiting(now.id) if now.state == "queued" else None
+            label = client.waiting(now.id) if now.state == "queued" and due() else None
             bar.update(task, description=label[:100] if label else None, clock=render.clock(now))
 
         idle(job)
@@ -377,10 +395,13 @@ def watch(job: str) -> None:
         click.echo(f"estimated {estimated(found)}")
     final_state = None
     said: list[str | None] = [None]
+    due = _every(5.0)
 
     def idle(now: Job) -> None:
         # While queued, why: once, and again when the reason changes.
-        waiting = client.waiting(now.id) if now.state == "queued" else None
+        if now.state != "queued" or not due():
+            return
+        waiting = client.waiting(now.id)
         if waiting and waiting != said[0]:
             click.echo(f"({waiting})", err=True)
         said[0] = waiting
