@@ -253,6 +253,8 @@ def _print_comparison(group: Any, members: list[Any], as_json: bool, wide: bool 
     width = 200 if wide else min(console.width, render.NARROW) if console.is_terminal else render.NARROW
     console = Console(width=width)
     console.print(render.comparison_table(table, wide))
+    for note in render.comparison_notes(table, wide):
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
     console.print(f"recommended: {table.why}")
 
 

@@ -220,31 +220,43 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
             stage or "-", str(w.jobs_done), ago(w.heartbeat_at))
 
 
-# The compare table's columns; the narrow table (the default) shows those
-# marked True and fits 100 columns, `--wide` shows them all.
-COMPARE_COLUMNS = (("", True), ("method", True), ("format", False), ("ppl ratio", True), ("task recovery", True),
-                   ("artifact", True), ("weights", False), ("serve VRAM", True), ("kernel", False), ("quantize", False),
-                   ("decode tok/s", True), ("state", True))
-
-
 def comparison_table(table: Any, wide: bool = True) -> Any:
     """A compare group (api_client/compare.Comparison) as a rich table: one
-    row per method and the original model, the recommended one marked."""
+    row per method and the original model, the recommended one marked. The
+    narrow table (the default) fits 100 columns: no format, weights or
+    quantize time, shorter headings, `*` for an offloaded serve; why a member
+    failed follows the table (comparison_notes)."""
     from rich.table import Table
 
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    shown = [i for i, (_, narrow) in enumerate(COMPARE_COLUMNS) if wide or narrow]
-    for i in shown:
-        name = COMPARE_COLUMNS[i][0]
-        out.add_column(name, no_wrap=name not in ("state",), overflow="fold")
+    names = (("", "method", "format", "ppl ratio", "task recovery", "artifact", "weights", "serve VRAM", "kernel",
+              "quantize", "decode tok/s", "state") if wide else
+             ("method", "ppl ratio", "recovery", "artifact", "serve VRAM", "kernel", "tok/s", "state"))
+    for name in names:
+        out.add_column(name, no_wrap=name != "state", overflow="fold")
     for r in table.rows:
         recovery = "-" if r.task_recovery is None else f"{r.task_recovery * 100:.1f} %"
-        state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        cells = ("★" if r.recommended else "", r.label, r.format or "-", num(r.ppl_ratio, ".4f"), recovery,
-                 size(r.artifact_bytes), size(r.weights_bytes),
-                 size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
-                 duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), state)
-        out.add_row(*(cells[i] for i in shown))
+        ratio, tokens_per_s = num(r.ppl_ratio, ".4f"), num(r.serve_tokens_per_s, ".1f")
+        if wide:
+            state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
+            out.add_row("★" if r.recommended else "", r.label, r.format or "-", ratio, recovery, size(r.artifact_bytes),
+                        size(r.weights_bytes), size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""),
+                        r.serve_kernel or "-", duration(r.quantize_seconds), tokens_per_s, state)
+        else:
+            out.add_row(r.label + (" ★" if r.recommended else ""), ratio, recovery, size(r.artifact_bytes),
+                        size(r.serve_vram_bytes) + ("*" if r.serve_offloaded else ""), r.serve_kernel or "-",
+                        tokens_per_s, r.state)
     return out
+
+
+def comparison_notes(table: Any, wide: bool = True) -> list[str]:
+    """The lines under a narrow compare table: why each failed member
+    failed, and what `*` means."""
+    if wide:
+        return []
+    notes = [f"{r.label} failed: {r.error}" for r in table.rows if r.state == "failed" and r.error]
+    if any(r.serve_offloaded for r in table.rows):
+        notes.append("* some weights stayed in CPU memory while serving (under --max-vram)")
+    return notes
