@@ -158,6 +158,32 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("fault suite: " + ", ".join(f"{k} {v}" for k, v in totals.items()))
 
 
+# Modules whose tests share a costly module fixture run in one test process
+# under `--dist loadgroup`; every other test is handed out on its own. (The
+# xdist_group mark would say this, but pytest-xdist 3.8 loses the group on
+# pytest 9.2's node ids and hands the tests out one by one: pytest-xdist#1386.)
+ONE_PROCESS = {
+    "tests/test_e2e.py": "one `qfarm worker start` serves the module",
+    "tests/test_packing.py": "the wide model and its quantized artifacts",
+}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        """LoadScopeScheduling with a scope per test but for ONE_PROCESS's
+        modules; the largest scopes (those modules) are handed out first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_PROCESS else nodeid
+
+    return Scheduling(config, log)
+
+
 SERVICE_FIXTURES = {"redis_url", "redis_conn", "pg_server_url", "pg_url", "db_url", "migrated_db", "s3_endpoint",
                     "aws_env", "bucket", "qfarm_env"}
 

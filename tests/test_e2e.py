@@ -20,8 +20,7 @@ from api_client.db import Database, jobs
 from api_client.storage.s3 import s3_client
 from tests.support.cli import run_cli
 
-# One worker serves the module: its tests run in one test process.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e")]
+pytestmark = pytest.mark.slow
 
 FAST = ["--calib-samples", "8", "--calib-seqlen", "128", "--eval-seqlen", "128", "--eval-windows", "4", "--decode-tokens", "8"]
 

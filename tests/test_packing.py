@@ -13,9 +13,6 @@ from tests.support.models import build_tiny_llama
 from worker import loading, packing
 from worker.gpu import Device
 
-# The module's tests share the wide model and its artifacts: one test process runs them all.
-pytestmark = pytest.mark.xdist_group("packing")
-
 CPU = Device("cpu", None, "cpu")
 IDS = torch.tensor([[5, 17, 99, 300, 2, 8, 45, 77, 501, 13, 640, 21]])
 
