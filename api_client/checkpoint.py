@@ -6,6 +6,7 @@ quantize, or a group size that does not divide a layer's input features."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import struct
@@ -175,6 +176,21 @@ def check_consistent(info: CheckpointInfo) -> None:
         if said is not None and said != rows_or_width:
             raise SpecError(f"{info.path}/config.json says {key} {said}, but the weights' embedding is "
                             f"{embedding[0]} × {embedding[1]}: refused (a config that disagrees with its weights)")
+
+
+# The files transformers builds a tokenizer from: fast (tokenizer.json),
+# SentencePiece (*.model), byte-level BPE (vocab.json + merges.txt), WordPiece
+# (vocab.txt) or tiktoken. Without one, the worker's AutoTokenizer fails with
+# a misleading "install sentencepiece or tiktoken".
+TOKENIZER_FILES = ("tokenizer.json", "*.model", "vocab.json", "vocab.txt", "*.tiktoken")
+
+
+def check_tokenizer(info: CheckpointInfo) -> None:
+    """Refuse a checkpoint without its tokenizer: every job tokenizes its
+    calibration and evaluation text with it."""
+    if not any(fnmatch.fnmatchcase(f.name, p) for f in info.files for p in TOKENIZER_FILES):
+        raise SpecError(f"{info.path} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json or *.tiktoken): "
+                        f"copy the tokenizer's files beside config.json")
 
 
 def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:

@@ -7,7 +7,8 @@ import io
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -172,9 +173,10 @@ def submit(model: str, method: str, fmt: str | None, wait: bool, as_json: bool, 
         else:
             click.echo(job.id)
         return
-    if not as_json:
-        click.echo(f"{job.id} queued")
-    final = _follow(client, job.id, quiet=as_json)
+    with _left_running(client, job.id, f"qfarm watch {job.id}"):
+        if not as_json:
+            click.echo(f"{job.id} queued")
+        final = _follow(client, job.id, quiet=as_json)
     if as_json:
         from api_client.db.jobs import to_dict
 
@@ -191,9 +193,10 @@ def submit(model: str, method: str, fmt: str | None, wait: bool, as_json: bool, 
               help="Recommend only methods whose measured serve VRAM is at most this, e.g. 6GiB.")
 @job_options
 @click.option("--wait", is_flag=True, help="Wait for every member, then print the table.")
+@click.option("--wide", is_flag=True, help="Every column of the table (format, weights, kernel, quantize time).")
 @click.option("--json", "as_json", is_flag=True, help="Print the group (with --wait, the table) as JSON.")
-def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str | None, wait: bool, as_json: bool,
-            **options: Any) -> None:
+def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str | None, wait: bool, wide: bool,
+            as_json: bool, **options: Any) -> None:
     """Quantize MODEL with several methods at once, as one group, and print
     the table: accuracy kept, size, memory and speed to serve, with the
     recommended row. Members run in parallel on a farm with free GPUs."""
@@ -214,20 +217,28 @@ def compare(model: str, methods_: str, max_size: str | None, max_serve_vram: str
     if not as_json:
         click.echo(f"group {group.id}: {len(members)} jobs queued, slowest first", err=True)
     seen: dict[str, str] = {}
-    while True:
-        group, members = client.group(group.id)
-        for j in members:
-            if seen.get(j.id) != j.state and not as_json:
-                click.echo(f"  {j.method}/{j.format} {j.id}: {j.state}" + (f" ({j.error})" if j.error else ""), err=True)
-            seen[j.id] = j.state
-        if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
-            break
-        time.sleep(2)
-    _print_comparison(group, members, as_json)
+    due = _every(10.0)
+    with _left_running(client, group.id, f"qfarm status {group.id}"):
+        while True:
+            group, members = client.group(group.id)
+            for j in members:
+                if seen.get(j.id) != j.state and not as_json:
+                    click.echo(f"  {j.method}/{j.format} {j.id}: {j.state}" + (f" ({j.error})" if j.error else ""), err=True)
+                seen[j.id] = j.state
+            # While nothing runs, say why: no worker for the queue, or the jobs ahead.
+            if not any(j.state == "running" for j in members) and due():
+                waiting = next((w for j in members if (w := client.waiting(j.id))), None)
+                if waiting and seen.get("") != waiting and not as_json:
+                    click.echo(f"  {waiting}", err=True)
+                seen[""] = waiting or ""
+            if all(j.state in ("succeeded", "failed", "cancelled") for j in members):
+                break
+            time.sleep(2)
+    _print_comparison(group, members, as_json, wide)
     sys.exit(0 if any(j.state == "succeeded" for j in members) else 1)
 
 
-def _print_comparison(group: Any, members: list[Any], as_json: bool) -> None:
+def _print_comparison(group: Any, members: list[Any], as_json: bool, wide: bool = False) -> None:
     from api_client import render
     from api_client.compare import compare as build
 
@@ -237,15 +248,57 @@ def _print_comparison(group: Any, members: list[Any], as_json: bool) -> None:
         return
     from rich.console import Console
 
-    console = Console(width=240)
-    console.print(render.comparison_table(table))
+    # Narrow: the terminal's width, at most NARROW columns (NARROW where
+    # output is no terminal); --wide: every column, unwrapped.
+    console = Console()
+    width = 240 if wide else min(console.width, render.NARROW) if console.is_terminal else render.NARROW
+    console = Console(width=width)
+    console.print(render.comparison_table(table, wide))
+    for note in render.comparison_notes(table, wide):
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
     console.print(f"recommended: {table.why}")
 
 
+def _every(seconds: float) -> Callable[[], bool]:
+    """True at the first call and then once per `seconds`: why a job waits
+    reads the queue, which is not worth doing at every poll."""
+    import time
+
+    last = [float("-inf")]
+
+    def due() -> bool:
+        if time.monotonic() - last[0] < seconds:
+            return False
+        last[0] = time.monotonic()
+        return True
+
+    return due
+
+
+@contextmanager
+def _left_running(client: Client, ref: str, again: str) -> Iterator[None]:
+    """Ctrl-C stops the following, not the job: say where it stays."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from api_client.db.groups import PREFIX
+
+        if ref.startswith(PREFIX):
+            states = sorted({j.state for j in client.group(ref)[1]})
+            where = f"group {ref}, whose jobs stay {'/'.join(states)}"
+        else:
+            where = f"job {ref}, which stays {client.status(ref).state}"
+        click.echo(f"\nstopped following {where}: `{again}` looks again, `qfarm cancel` stops a job", err=True)
+        sys.exit(130)
+
+
 def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
-    """Show the job's stages as a progress bar until it ends."""
+    """Show the job's stages as a progress bar until it ends; while it is
+    queued, why it waits; the clock counts from the job's start."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from api_client import render
 
     console = Console(stderr=True, quiet=quiet)
     job = client.status(job_id)
@@ -253,16 +306,20 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
 
     stages = [s.value for s in Stage.of(job.calib is not None)]
     with Progress(TextColumn("[bold]{task.fields[job]}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.description}"), TimeElapsedColumn(), console=console) as bar:
-        task = bar.add_task(job.state, total=len(stages) + 1, job=job.id)
-        for ev in client.watch(job_id):
+                  TextColumn("{task.description}"), TextColumn("{task.fields[clock]}"), console=console) as bar:
+        task = bar.add_task(job.state, total=len(stages) + 1, job=job.id, clock=render.clock(job))
+        due = _every(5.0)
+
+        def idle(now: Job) -> None:
+            label = client.waiting(now.id) if now.state == "queued" and due() else None
+            bar.update(task, description=label[:100] if label else None, clock=render.clock(now))
+
+        idle(job)
+        for ev in client.watch(job_id, on_idle=idle):
             done = stages.index(ev.stage) if ev.stage in stages else (len(stages) + 1 if ev.state == "succeeded" else None)
             label = ev.stage or ev.state
             if ev.state == "queued" and not ev.stage:
-                ahead = client.queue_ahead(job_id)
-                if ahead:
-                    first = ", ".join(f"{j.id} {j.method} ({j.state})" for j in ahead[:3])
-                    label = f"queued behind {len(ahead)} job(s): {first}{', …' if len(ahead) > 3 else ''}"
+                label = client.waiting(job_id) or label
             elif ev.message:
                 label = f"{label}: {ev.message}"
             if done is None:
@@ -286,8 +343,9 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
 @cli.command()
 @click.argument("job")
 @click.option("--traceback", "show_traceback", is_flag=True, help="Also print the stored traceback of a failed job.")
+@click.option("--wide", is_flag=True, help="A group's table with every column.")
 @click.option("--json", "as_json", is_flag=True, help="Print the job's row as JSON.")
-def status(job: str, show_traceback: bool, as_json: bool) -> None:
+def status(job: str, show_traceback: bool, wide: bool, as_json: bool) -> None:
     """Show a job (its id or a unique prefix of it), or a compare group's table."""
     from api_client import render
     from api_client.db.jobs import to_dict
@@ -296,7 +354,7 @@ def status(job: str, show_traceback: bool, as_json: bool) -> None:
     from api_client.db import groups
 
     if job.startswith(groups.PREFIX) and (group := groups.get(client.db, job)) is not None:
-        _print_comparison(group, groups.members(client.db, group.id), as_json)
+        _print_comparison(group, groups.members(client.db, group.id), as_json, wide)
         return
     found = client.status(job)
     published = client.publications(found.id)
@@ -313,8 +371,9 @@ def status(job: str, show_traceback: bool, as_json: bool) -> None:
 @click.option("--state", help="queued, running, succeeded, failed or cancelled.")
 @click.option("--limit", type=int, default=50, show_default=True, help="At most this many jobs.")
 @click.option("--mine", is_flag=True, help="Only jobs submitted by you.")
+@click.option("--wide", is_flag=True, help="Every column (stage, priority, evaluation text, the model's whole path).")
 @click.option("--json", "as_json", is_flag=True, help="Print the jobs' rows as JSON.")
-def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
+def list_(state: str | None, limit: int, mine: bool, wide: bool, as_json: bool) -> None:
     """List jobs, newest first."""
     from api_client import render
     from api_client.db.jobs import to_dict
@@ -324,13 +383,9 @@ def list_(state: str | None, limit: int, mine: bool, as_json: bool) -> None:
     if as_json:
         _emit_json([to_dict(j) for j in found])
         return
-    # Ratios compare only on the same text and windows: EVAL names them.
-    rows = [("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "QUANTIZED", "PPL RATIO", "EVAL",
-             "MODEL")] + \
-        [render.list_row(j) for j in found]
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
-    for r in rows:
-        click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1])
+    rows = [render.LIST_HEADER_WIDE if wide else render.LIST_HEADER] + [render.list_row(j, wide) for j in found]
+    for line in render.table_lines(rows, None if wide else render.NARROW):
+        click.echo(line)
 
 
 @cli.command()
@@ -346,11 +401,24 @@ def watch(job: str) -> None:
 
         click.echo(f"estimated {estimated(found)}")
     final_state = None
-    for ev in client.watch(job):
-        stage = f" [{ev.stage}]" if ev.stage else ""
-        msg = f" {ev.message}" if ev.message else ""
-        click.echo(f"{aware(ev.at).strftime('%H:%M:%S')} {ev.state}{stage}{msg}")
-        final_state = ev.state
+    said: list[str | None] = [None]
+    due = _every(5.0)
+
+    def idle(now: Job) -> None:
+        # While queued, why: once, and again when the reason changes.
+        if now.state != "queued" or not due():
+            return
+        waiting = client.waiting(now.id)
+        if waiting and waiting != said[0]:
+            click.echo(f"({waiting})", err=True)
+        said[0] = waiting
+
+    with _left_running(client, found.id, f"qfarm watch {found.id}"):
+        for ev in client.watch(job, on_idle=idle):
+            stage = f" [{ev.stage}]" if ev.stage else ""
+            msg = f" {ev.message}" if ev.message else ""
+            click.echo(f"{aware(ev.at).strftime('%H:%M:%S')} {ev.state}{stage}{msg}")
+            final_state = ev.state
     sys.exit(0 if final_state == "succeeded" else 1)
 
 

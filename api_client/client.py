@@ -293,6 +293,21 @@ class Client:
                                   decode_tokens=r.eval.decode_tokens)
                 for name in names]
 
+    def waiting(self, job_ref: str) -> str | None:
+        """Why a queued job has not started, in one line: no live worker
+        serves its queue (it waits until one starts), or the jobs ahead of
+        it. None for a job that is not queued, or next in line."""
+        job = self.status(job_ref)
+        if job.state != JobState.QUEUED.value:
+            return None
+        if not any(job.queue in (w.queues or []) for w in self.workers()):
+            return f"queued; no live worker serves {job.queue}: start one (`qfarm worker start`)"
+        ahead = self.queue_ahead(job.id)
+        if not ahead:
+            return None
+        first = ", ".join(f"{j.id} {j.method} ({j.state})" for j in ahead[:3])
+        return f"queued behind {len(ahead)} job(s): {first}{', …' if len(ahead) > 3 else ''}"
+
     def queue_ahead(self, job_ref: str) -> builtins.list[Job]:
         """Jobs that run before this queued one: those running on its queue,
         and those queued on it earlier."""
@@ -330,11 +345,14 @@ class Client:
         """The current stage of each job named (those the database knows)."""
         return jobs.stages(self.db, job_ids)
 
-    def watch(self, job_ref: str, poll_s: float = 1.0, timeout_s: float | None = None) -> Iterator[JobEvent]:
-        """Yield the job's events as they happen, until it ends."""
+    def watch(self, job_ref: str, poll_s: float = 1.0, timeout_s: float | None = None,
+              on_idle: Callable[[Job], Any] | None = None) -> Iterator[JobEvent]:
+        """Yield the job's events as they happen, until it ends; `on_idle`
+        gets the job's row after every poll that brought no event."""
         job = self.status(job_ref)
         last, deadline = 0, None if timeout_s is None else time.monotonic() + timeout_s
         while True:
+            seen = last
             for ev in self.events(job.id, last):
                 last = ev.id
                 yield ev
@@ -343,6 +361,8 @@ class Client:
                 for ev in self.events(job.id, last):
                     yield ev
                 return
+            if on_idle is not None and last == seen:
+                on_idle(job)
             if deadline is not None and time.monotonic() > deadline:
                 raise QFarmError(f"job {job.id} still {job.state} after {timeout_s:.0f} s")
             time.sleep(poll_s)

@@ -244,11 +244,38 @@ def libraries_line(job: Job) -> str:
     return ", ".join(f"{k} {v}" for k, v in versions.items() if v and k != "cuda") or "-"
 
 
-def list_row(job: Job) -> tuple[str, ...]:
+# A terminal of 100 columns shows a table whole; `--wide` shows every column.
+NARROW = 100
+LIST_HEADER = ("ID", "STATE", "METHOD", "USER", "CREATED", "TIME / ESTIMATE", "QUANT.", "PPL RATIO", "MODEL")
+# Ratios compare only on the same text and windows: EVAL names them.
+LIST_HEADER_WIDE = ("ID", "STATE", "STAGE", "METHOD", "PRIORITY", "USER", "CREATED", "TIME / ESTIMATE", "QUANTIZED",
+                    "PPL RATIO", "EVAL", "MODEL")
+
+
+def list_row(job: Job, wide: bool = False) -> tuple[str, ...]:
     ratio = num(job.ppl_ratio, ".4f")
     stage = job.stage if job.state == "running" and job.stage else ""
-    return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by, when(job.created_at),
-            elapsed_vs_estimate(job), fraction(job.quantized_fraction), ratio, eval_key(job), job.model)
+    if wide:
+        return (job.id, job.state, stage, f"{job.method}/{job.format}", job.priority, job.submitted_by,
+                when(job.created_at), elapsed_vs_estimate(job), fraction(job.quantized_fraction), ratio, eval_key(job),
+                job.model)
+    # A running job shows its stage; a method its format only when it is not its default one.
+    from api_client import catalog
+
+    created = "-" if job.created_at is None else aware(job.created_at).strftime("%m-%d %H:%M")
+    return (job.id, stage or job.state, catalog.label_of(job.method, job.format), job.submitted_by, created,
+            elapsed_vs_estimate(job), fraction(job.quantized_fraction), ratio,
+            job.model.rstrip("/").rsplit("/", 1)[-1] if job.model.startswith(("/", "s3://", "file://")) else job.model)
+
+
+def table_lines(rows: list[tuple[str, ...]], width: int | None = None) -> list[str]:
+    """Rows as columns two spaces apart; the last column is cut to `width`."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for r in rows:
+        line = "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[-1]
+        lines.append(line if width is None or len(line) <= width else line[:width - 1] + "…")
+    return lines
 
 
 def _eval_figures(job: Job) -> tuple[str, Any, Any, Any]:
@@ -310,6 +337,16 @@ def elapsed_vs_estimate(job: Job) -> str:
     return f"{duration(elapsed(job)) if job.started_at else '-'} / {'~' + duration(mine) if mine else '-'}"
 
 
+def clock(job: Job) -> str:
+    """The job's own time, h:mm:ss from its start (not from the submit);
+    '-:--:--' while it has not started."""
+    seconds = elapsed(job)
+    if seconds is None:
+        return "-:--:--"
+    minutes, secs = divmod(int(max(0.0, seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def ago(dt: datetime | None) -> str:
     if dt is None:
         return "-"
@@ -327,34 +364,57 @@ def worker_row(w: Worker, stage: str | None, timeout_s: float) -> tuple[str, ...
             stage or "-", str(w.jobs_done), ago(w.heartbeat_at))
 
 
-def comparison_table(table: Any) -> Any:
+def comparison_table(table: Any, wide: bool = True) -> Any:
     """A compare group (api_client/compare.Comparison) as a rich table: one
     row per method and the original model, the recommended one marked (★),
     the members tied with it within noise marked (=). ± is a 95 % interval's
-    half-width; speeds are means over repeats, timed as the method column says."""
+    half-width; speeds are means over repeats, timed as the `timed` column
+    says. The narrow table (the default) fits 100 columns: the accuracy
+    figures without their intervals but recovery's ±, no format, weights,
+    KL or quantize time, shorter headings, `*` for an offloaded serve; why a
+    member failed follows the table (comparison_notes)."""
     from rich.table import Table
 
     limits = ", ".join(f"{name} ≤ {size(table.limits[key])}" for key, name in
                        (("max_size_bytes", "size"), ("max_vram_bytes", "serve VRAM")) if table.limits.get(key))
     out = Table(title=f"compare {table.group}: {table.model}" + (f" ({limits})" if limits else ""), title_justify="left")
-    # (The format is the method's default unless the label names it: method:format.)
-    for name in ("", "method", "quantized", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
-                 "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
-                 "state"):
+    names = (("", "method", "quantized", "ppl ratio (95 %)", "KL mean (95 %) / p99", "task recovery ± 95 %", "artifact",
+              "weights", "serve VRAM", "kernel", "timed", "quantize", "decode tok/s", "batch tok/s", "prefill tok/s",
+              "state") if wide else
+             ("method", "ppl ratio", "recovery", "artifact", "serve VRAM", "kernel", "tok/s", "state"))
+    for name in names:
         # Figures with intervals and long names may wrap: the state column must stay readable.
         out.add_column(name, no_wrap=name in ("", "method", "quantized", "quantize", "decode tok/s", "batch tok/s",
-                                              "prefill tok/s"), overflow="fold")
+                                              "prefill tok/s", "ppl ratio", "tok/s"), overflow="fold")
     for r in table.rows:
-        state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
-        ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
-                                           if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
-        kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
-            (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + f" / {num(r.kl_divergence_p99, '.3f')}"
+        recovery = recovery_text(r.task_recovery, r.task_recovery_stderr)
         mark = "★" if r.recommended else ("=" if r.tied else "")
-        out.add_row(mark, r.label, fraction(r.quantized_fraction), ratio, kl, recovery_text(r.task_recovery, r.task_recovery_stderr),
-                    size(r.artifact_bytes), size(r.weights_bytes),
-                    size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
-                    (r.serve_method or "-").removeprefix("hf-static-"),
-                    duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"), num(r.serve_batch_tokens_per_s, ".1f"),
-                    num(r.serve_prefill_tokens_per_s, ".0f"), state)
+        if wide:
+            state = r.state if r.state != "failed" else f"failed: {r.error or ''}"
+            ratio = num(r.ppl_ratio, ".4f") + (f" ({r.ppl_ratio_low:.4f}-{r.ppl_ratio_high:.4f})"
+                                               if r.ppl_ratio_low is not None and r.ppl_ratio_high is not None else "")
+            kl = "-" if r.kl_divergence is None else f"{r.kl_divergence:.4f}" + \
+                (f" ({r.kl_interval[0]:.4f}-{r.kl_interval[1]:.4f})" if r.kl_interval else "") + \
+                f" / {num(r.kl_divergence_p99, '.3f')}"
+            out.add_row(mark, r.label, fraction(r.quantized_fraction), ratio, kl, recovery,
+                        size(r.artifact_bytes), size(r.weights_bytes),
+                        size(r.serve_vram_bytes) + (" (offloaded)" if r.serve_offloaded else ""), r.serve_kernel or "-",
+                        (r.serve_method or "-").removeprefix("hf-static-"),
+                        duration(r.quantize_seconds), num(r.serve_tokens_per_s, ".1f"),
+                        num(r.serve_batch_tokens_per_s, ".1f"), num(r.serve_prefill_tokens_per_s, ".0f"), state)
+        else:
+            out.add_row(r.label + (f" {mark}" if mark else ""), num(r.ppl_ratio, ".4f"), recovery, size(r.artifact_bytes),
+                        size(r.serve_vram_bytes) + ("*" if r.serve_offloaded else ""), r.serve_kernel or "-",
+                        num(r.serve_tokens_per_s, ".1f"), r.state)
     return out
+
+
+def comparison_notes(table: Any, wide: bool = True) -> list[str]:
+    """The lines under a narrow compare table: why each failed member
+    failed, and what `*` means."""
+    if wide:
+        return []
+    notes = [f"{r.label} failed: {r.error}" for r in table.rows if r.state == "failed" and r.error]
+    if any(r.serve_offloaded for r in table.rows):
+        notes.append("* some weights stayed in CPU memory while serving (under --max-vram)")
+    return notes

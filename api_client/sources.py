@@ -177,6 +177,7 @@ def check_hub_model(model: str) -> None:
     import urllib.error
     import urllib.request
 
+    _check_not_a_mistyped_path(model)
     if "/" not in model:
         unconfirmed = SpecError(f"model {model} is no local directory, and the Hugging Face hub could not be reached "
                                 f"to confirm a model of that name: give a path (./{model}) or the hub's org/name")
@@ -222,6 +223,22 @@ def hub_config(model: str) -> dict | None:
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
+
+
+def _check_not_a_mistyped_path(model: str) -> None:
+    """`shared/refmodl` where `shared/` is a directory here is a path with a
+    typo, not the hub's organization `shared`: refused, with the nearest name."""
+    import difflib
+
+    org, _, name = model.partition("/")
+    if not name or not Path(org).is_dir():
+        return
+    try:
+        near = difflib.get_close_matches(name, [p.name for p in Path(org).iterdir()], n=1)
+    except OSError:
+        near = []
+    hint = f"did you mean {org}/{near[0]}?" if near else f"give the path of the model's directory in {org}/"
+    raise SpecError(f"model {model} is no local directory, though {org}/ is one: {hint}")
 
 
 def check_local_text(source: str, what: str) -> Path:

@@ -239,6 +239,7 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
         path = sources.local_model_path(spec.model)
         info = checkpoint.inspect(path, spec.allow_remote_code)
         checkpoint.check_quantizable(info, method.group_size(params))
+        checkpoint.check_tokenizer(info)
         architectures.check(info.config, method.name, fmt)
         method.check_model(info, params, fmt)
         _check_texts_fit(info, calib, spec.eval)

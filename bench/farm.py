@@ -25,7 +25,6 @@ import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -106,34 +105,16 @@ def figures_text(f: dict) -> str:
     return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def s3_model(model: Path, stack: list) -> str:
     """Upload `model` to an S3 prefix (moto's server unless
     QFARM_S3_ENDPOINT_URL is set) and return its s3:// URL."""
     if not os.environ.get("QFARM_S3_ENDPOINT_URL"):
-        port = _free_port()
+        from tests.support.moto import CREDENTIALS, MotoS3
+
         home = Path(os.environ.get("QFARM_HOME", "/tmp"))
-        home.mkdir(parents=True, exist_ok=True)
-        log = open(home / "moto.log", "w")
-        proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT)
-        stack.append(proc)
-        os.environ.update(QFARM_S3_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise SystemExit("moto's S3 server did not start") from None
-                time.sleep(0.2)
+        server = MotoS3(home / "moto").start()
+        stack.append(server)
+        os.environ.update(QFARM_S3_ENDPOINT_URL=server.endpoint, **CREDENTIALS)
     from api_client.storage.s3 import s3_client
 
     client = s3_client(os.environ["QFARM_S3_ENDPOINT_URL"])
@@ -175,7 +156,7 @@ def main() -> None:
             t = time.perf_counter()
             make_random_llama(path, "bfloat16", shape)
             print(f"made a random {shape}-shaped Llama (bf16) in {time.perf_counter() - t:.0f} s", flush=True)
-    stack: list[subprocess.Popen] = []
+    stack: list = []  # servers started here, closed at the end
     small = s3_model(Path(a.small), stack) if a.s3 else str(Path(a.small).resolve())
     client, home = open_farm()
     # The queue is full before `qfarm worker start`, as when a farm restarts
@@ -225,8 +206,8 @@ def main() -> None:
     finally:
         os.killpg(launcher.pid, signal.SIGTERM)
         launcher.wait(60)
-        for proc in stack:
-            proc.terminate()
+        for server in stack:
+            server.close()
     members = [client.status(j.id) for j in members]
     f = farm_figures(members, t0, client.workers(include_gone=True))
     gpu = next((j.gpu_name for j in members if j.gpu_name), "?")

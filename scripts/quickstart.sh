@@ -19,5 +19,15 @@ worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker 2>/dev/null || true' EXIT
 echo "worker started (log: $log)"
 job=$(qfarm submit "$MODEL" --method "$METHOD" --json | python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-qfarm watch "$job" || true
-qfarm status "$job"
+if qfarm watch "$job"; then
+  qfarm status "$job"
+  echo "done; to use qfarm in this shell: . .venv/bin/activate"
+  exit 0
+fi
+qfarm status "$job" || true
+echo "quickstart: job $job did not succeed (its error is above; the worker's log is $log)" >&2
+if [ ! -d "$MODEL" ] && [ "${MODEL#s3://}" = "$MODEL" ]; then
+  echo "quickstart: $MODEL was taken for a Hugging Face hub id, which the worker fetches from the hub;" \
+       "offline, give a local checkpoint directory: bash scripts/quickstart.sh /path/to/model [METHOD]" >&2
+fi
+exit 1

@@ -242,7 +242,7 @@ def test_the_readme_prints_the_table():
 
 
 def test_methods_architectures_prints_the_table():
-    from tests.conftest import invoke
+    from tests.support.cli import invoke
 
     out = invoke("methods", "--architectures", check=True).stdout
     for name, cells in architectures.matrix():

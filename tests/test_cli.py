@@ -11,7 +11,8 @@ import pytest
 
 from api_client.db import Database
 from api_client.db.jobs import list_jobs
-from tests.conftest import invoke as run_cli
+from tests.support.cli import invoke as run_cli
+from tests.support.models import copy_model
 
 
 @pytest.fixture
@@ -234,3 +235,117 @@ def test_status_shows_every_accuracy_figure_with_its_interval(env, tiny_model):
     row = json.loads(run_cli("status", job_id, "--json", env=env, check=True).stdout)
     assert (row["ppl_ratio_low"], row["kl_divergence"], row["task_recovery_stderr"], row["serve_method"]) == \
         (1.004, 0.0123, 0.021, "hf-static-cudagraph")
+
+
+def test_a_path_with_a_typo_is_not_taken_for_a_hub_id(env, redis_conn, tmp_path, monkeypatch):
+    (tmp_path / "shared" / "refmodel").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    proc = run_cli("submit", "shared/refmodl", "--method", "rtn", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == "error: model shared/refmodl is no local directory, though shared/ is one: did you mean shared/refmodel?\n"
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_a_model_without_its_tokenizer_is_refused_at_submit(env, redis_conn, tiny_model, tmp_path):
+    model = copy_model(tiny_model, tmp_path / "m")
+    for f in model.glob("tokenizer*"):
+        f.unlink()
+    proc = run_cli("submit", str(model), "--method", "rtn", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr == (f"error: {model} has no tokenizer (tokenizer.json, tokenizer.model, vocab.json or *.tiktoken): "
+                           f"copy the tokenizer's files beside config.json\n")
+    assert_nothing_queued(redis_conn, env)
+
+
+def test_a_queued_job_says_why_it_waits(env, tiny_model):
+    """No live worker serves its queue: said (it waits for one); with one,
+    the jobs ahead of it."""
+    from api_client.client import Client
+    from api_client.db import workers
+
+    first = run_cli("submit", str(tiny_model), "--method", "rtn", env=env, check=True).stdout.strip()
+    client = Client()
+    queue = client.status(first).queue
+    assert client.waiting(first) == f"queued; no live worker serves {queue}: start one (`qfarm worker start`)"
+    workers.heartbeat(client.db, workers.Beat(name="cpu-0@host", host="host", pid=1, gpu_index=None, gpu_name="cpu",
+                                              gpu_total_bytes=None, gpu_free_bytes=None, queues=[queue], current_job=None,
+                                              jobs_done=0))
+    assert client.waiting(first) is None  # next for the live worker
+    second = run_cli("submit", str(tiny_model), "--method", "nf4", env=env, check=True).stdout.strip()
+    assert client.waiting(second) == f"queued behind 1 job(s): {first} rtn (queued)"
+    client.close()
+
+
+def test_ctrl_c_while_waiting_says_the_job_stays_queued(env, tiny_model):
+    import signal
+    import subprocess
+
+    from api_client.client import Client
+    from tests.support.cli import QFARM
+
+    # SIGINT as a terminal sends it (a shell's background job would start with it ignored).
+    proc = subprocess.Popen([*QFARM, "submit", str(tiny_model), "--method", "rtn", "--wait"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        job_id = proc.stdout.readline().split()[0]  # "<id> queued"; no worker takes it
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert err.splitlines()[-1] == (f"stopped following job {job_id}, which stays queued: `qfarm watch {job_id}` "
+                                    f"looks again, `qfarm cancel` stops a job")
+    client = Client()
+    assert client.status(job_id).state == "queued"
+    # `qfarm watch` says why the job waits, and Ctrl-C leaves it queued too.
+    proc = subprocess.Popen([*QFARM, "watch", job_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        hint = proc.stderr.readline()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert hint == f"(queued; no live worker serves {client.status(job_id).queue}: start one (`qfarm worker start`))\n"
+    assert proc.returncode == 130 and f"stopped following job {job_id}, which stays queued" in err
+    assert client.status(job_id).state == "queued"
+    client.close()
+
+
+def test_the_progress_clock_counts_from_the_job_s_start():
+    from datetime import timedelta
+
+    from api_client.db import Job
+    from api_client.db.models import utcnow
+    from api_client.render import clock
+
+    submitted = utcnow() - timedelta(hours=1)
+    assert clock(Job(id="j1", created_at=submitted)) == "-:--:--"
+    assert clock(Job(id="j1", created_at=submitted, started_at=utcnow() - timedelta(seconds=65))) in ("0:01:05", "0:01:06")
+    assert clock(Job(id="j1", created_at=submitted, started_at=submitted + timedelta(minutes=59),
+                     finished_at=submitted + timedelta(minutes=61, seconds=3))) == "0:02:03"
+
+
+def test_list_fits_100_columns_and_wide_shows_every_column(env, tiny_model, tmp_path):
+    deep = copy_model(tiny_model, tmp_path / ("a-long-directory-name-" * 4) / "the-model")
+    for args in (["--method", "gptq", "--format", "gptq"], ["--method", "rtn"]):
+        run_cli("submit", str(deep), *args, env=env, check=True)
+    narrow = run_cli("list", env=env, check=True).stdout.splitlines()
+    assert len(narrow) == 3 and max(map(len, narrow)) <= 100, narrow
+    assert narrow[0].split() == ["ID", "STATE", "METHOD", "USER", "CREATED", "TIME", "/", "ESTIMATE", "PPL", "RATIO", "MODEL"]
+    assert narrow[1].split()[1:3] == ["queued", "rtn"] and narrow[2].split()[1:3] == ["queued", "gptq/gptq"]
+    wide = run_cli("list", "--wide", env=env, check=True).stdout.splitlines()
+    assert {"STAGE", "PRIORITY", "EVAL"} <= set(wide[0].split()) and wide[1].endswith(str(deep))
+
+
+def test_a_compare_table_fits_100_columns_and_wide_shows_every_column(env, tiny_model):
+    group = run_cli("compare", str(tiny_model), "--methods", "gptq,gptq:gptq,awq,nf4,int8,rtn", env=env, check=True).stdout
+    group = group.strip()
+    narrow = run_cli("status", group, env=env, check=True).stdout.splitlines()
+    assert max(map(len, narrow)) <= 100, "\n".join(narrow)
+    header = {c.strip() for c in next(line for line in narrow if "ppl ratio" in line).split("┃")}
+    assert {"method", "serve VRAM", "kernel", "state"} <= header and not {"format", "weights", "quantize"} & header
+    assert sum("queued" in line for line in narrow) == 7  # the original and six methods
+    wide = run_cli("status", group, "--wide", env=env, check=True).stdout.splitlines()
+    assert {"format", "weights", "kernel", "quantize"} <= {c.strip() for c in next(x for x in wide if "kernel" in x).split("┃")}

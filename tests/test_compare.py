@@ -226,3 +226,29 @@ def test_a_member_that_beats_the_original_counts_as_matching_it():
     rows = {r.label: r for r in table.rows}
     assert rows["int8"].tied and rows["gptq"].tied
     assert table.recommended == "gptq"
+
+
+def test_the_narrow_table_fits_100_columns_and_says_why_members_failed():
+    from rich.console import Console
+
+    from api_client.render import comparison_notes, comparison_table
+
+    members = [
+        member("e1", "gptq", "gptq", ratio=1.0123, recovery=0.991, artifact=4 * GiB, serve=9 * GiB, serve_kernel="gptq-torchaten",
+               serve_tokens_per_s=45.1, baseline="full", model_bytes=13 * GiB, serve_vram_baseline_bytes=10 * GiB,
+               serve_tokens_per_s_baseline=123.4),
+        member("e2", "int8", "bitsandbytes", ratio=1.001, recovery=1.0, artifact=7 * GiB, serve=8 * GiB, serve_kernel="bnb-int8"),
+        member("e3", "awq", "compressed-tensors", state="failed", error="cannot read s3://bucket/no/such-calibration.txt: NoSuchKey"),
+    ]
+    members[0].metrics = {"serve_offloaded_baseline": True}
+    table = compare(group(max_vram_bytes=16 * GiB), members)
+    console = Console(width=100, record=True)
+    console.print(comparison_table(table, wide=False))
+    lines = console.export_text().splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 100
+    rows = {line.split("│")[1].strip(): line for line in lines if line.count("│") > 3}
+    assert set(rows) == {"original", "gptq:gptq", "int8 ★", "awq"}
+    assert "10.00 GiB*" in rows["original"] and "gptq-torchaten" in rows["gptq:gptq"] and "succeeded" in rows["int8 ★"]
+    assert comparison_notes(table, wide=False) == [
+        "awq failed: cannot read s3://bucket/no/such-calibration.txt: NoSuchKey",
+        "* some weights stayed in CPU memory while serving (under --max-vram)"]

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api_client.db import Database, jobs
 from api_client.storage.s3 import s3_client
-from tests.conftest import drop_qfarm_tables, run_cli
+from tests.support.cli import run_cli
+from tests.support.services import empty_database
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +32,7 @@ def farm_env(tmp_path_factory, pg_server_url, redis_url, s3_endpoint):
     """One farm for the module: PostgreSQL, Redis, a bucket in moto's S3."""
     import redis
 
-    drop_qfarm_tables(pg_server_url)
+    empty_database(pg_server_url)
     redis.Redis.from_url(redis_url).flushdb()
     bucket = f"qfarm-{uuid.uuid4().hex[:10]}"
     env = {

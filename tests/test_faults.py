@@ -1,10 +1,11 @@
 """The fault suite: each row of issue 7's table, repeated with real faults.
 
-Every test runs against services of its own (tests/faultkit.py): a Redis on a
+Every test runs against services of its own (tests/support/faults.py): a Redis on a
 free port (with and without `appendonly yes`), a PostgreSQL cluster made with
 initdb, and moto's S3 server behind a proxy that can cut it, and real
-`qfarm worker start --gpus cpu` processes on a tiny model. Shared services
-are never touched; only processes these tests started are stopped, by pid.
+`qfarm worker start --gpus cpu` processes on a tiny model; `qfarm` commands
+run in-process, as in tests/test_cli.py. Shared services are never touched;
+only processes these tests started are stopped, by pid.
 
 Each test asserts the job's final state, its attempts and events, what the
 store holds and that no secret leaked. The session prints one line at the
@@ -16,30 +17,36 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import faultkit as fk
 import psycopg
 import pytest
 
 from api_client.db import Database, jobs
-from tests.conftest import run_cli
+from tests.support import faults as fk
+from tests.support.cli import QFARM, invoke
+from tests.support.models import copy_model
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 # Put where a leak would show: the database URL's password, the S3 secret
 # key and an extra variable in every worker's environment.
 SECRET = f"s3cr3t-{uuid.uuid4().hex[:12]}"
-JOB = ["--method", "rtn", "--eval-seqlen", "64", "--eval-windows", "2", "--decode-tokens", "4"]
-# GPTQ with enough calibration to be caught mid-job on two CPU cores.
-LONG_JOB = ["--method", "gptq", "--calib-samples", "48", "--calib-seqlen", "256",
+# The cheapest whole job: bitsandbytes alone (an rtn job also imports
+# llm-compressor and GPTQModel: 14 s of a core against 10).
+JOB = ["--method", "nf4", "--eval-seqlen", "64", "--eval-windows", "2", "--decode-tokens", "4"]
+# GPTQ with enough calibration to be caught mid-job on two CPU cores: its
+# quantizing stage takes 6-8 s of a core on the tiny model (20 s under a load
+# of 10), where the fault comes within a second of the stage's event.
+LONG_JOB = ["--method", "gptq", "--calib-samples", "16", "--calib-seqlen", "256",
             "--eval-seqlen", "64", "--eval-windows", "2", "--decode-tokens", "4"]
+# Seconds, not minutes: a lost worker is found within this + a beat.
+HEARTBEAT_TIMEOUT_S = 6
 
-# Printed as one line at the end of the session (conftest.pytest_terminal_summary).
+# Each test's counts go into its report; conftest.pytest_terminal_summary
+# prints their sum as one line at the end of the run (from every xdist worker).
 REPORT = {"faults injected": 0, "jobs lost": 0, "stuck": 0, "duplicated": 0, "leaked bytes": 0}
 
 
@@ -49,6 +56,15 @@ def _report() -> dict:
 
 def injected(n: int = 1) -> None:
     _report()["faults injected"] += n
+
+
+@pytest.fixture(autouse=True)
+def _counted(request):
+    """This test's share of REPORT, recorded in its report (set up before the
+    farm, so its teardown sees the farm's audit)."""
+    before = dict(REPORT)
+    yield
+    request.node.user_properties.append(("fault suite", {k: v - before[k] for k, v in REPORT.items()}))
 
 
 # -- services ----------------------------------------------------------------------
@@ -63,7 +79,7 @@ def pg_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def moto(tmp_path_factory):
-    server = fk.MotoS3(tmp_path_factory.mktemp("moto"))
+    server = fk.MotoS3(tmp_path_factory.mktemp("moto"), cuttable=True)
     server.start()
     yield server
     server.close()
@@ -92,8 +108,7 @@ class Farm:
             "QFARM_TEST_SECRET": SECRET,
             "QFARM_USER": "ann",
             "HF_HUB_OFFLINE": "1",
-            # Seconds, not minutes: a lost worker is found within 6 s + a beat.
-            "QFARM_HEARTBEAT_TIMEOUT": "6",
+            "QFARM_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "QFARM_DB_RETRY_S": "150",
             # Each job imports its libraries: cheaper here than a preload per worker.
             "QFARM_PRELOAD": "0",
@@ -101,10 +116,12 @@ class Farm:
         }
         self.workers: list[fk.ProcessGroup] = []
         self.job_ids: list[str] = []
+        self._databases: dict[str, Database] = {}
 
     # -- acting as a user and an operator --------------------------------------
-    def cli(self, *args: str, env: dict | None = None, check: bool = False) -> subprocess.CompletedProcess:
-        return run_cli(*args, env={**self.env, **(env or {})}, check=check)
+    def cli(self, *args: str, env: dict | None = None, check: bool = False):
+        """`qfarm ARGS` as the farm's user, in this process (Click's runner)."""
+        return invoke(*args, env={**self.env, **(env or {})}, check=check)
 
     def submit(self, model: Path, *args: str) -> str:
         job_id = self.cli("submit", str(model), *(args or JOB), check=True).stdout.strip()
@@ -114,8 +131,7 @@ class Farm:
     def worker(self, *extra: str, env: dict | None = None) -> fk.ProcessGroup:
         n = len(self.workers)
         env = {**self.env, **(env or {})}
-        proc = fk.ProcessGroup([sys.executable, "-c", "from api_client.cli import main; main()", "worker", "start",
-                                "--gpus", "cpu", *extra], self.tmp / f"worker{n}.log", env=env)
+        proc = fk.ProcessGroup([*QFARM, "worker", "start", "--gpus", "cpu", *extra], self.tmp / f"worker{n}.log", env=env)
         proc.start()
         self.workers.append(proc)
         deadline = time.monotonic() + 120
@@ -129,22 +145,28 @@ class Farm:
         from api_client.db import workers
 
         try:
-            with _Db(database_url) as db:
-                return [w for w in workers.live(db, 6) if w.pid in proc.members()]
+            return [w for w in workers.live(self.db(database_url), HEARTBEAT_TIMEOUT_S) if w.pid in proc.members()]
         except Exception:
             return []
 
     # -- reading the record ---------------------------------------------------------
-    def db(self):
-        return _Db(self.env["QFARM_DATABASE_URL"])
+    def db(self, url: str | None = None) -> Database:
+        """The farm's database (or the one at `url`): one engine each for
+        the test's many polls."""
+        url = url or self.env["QFARM_DATABASE_URL"]
+        if url not in self._databases:
+            self._databases[url] = Database(url)
+        return self._databases[url]
+
+    def dispose(self) -> None:
+        for db in self._databases.values():
+            db.dispose()
 
     def job(self, job_id: str):
-        with self.db() as db:
-            return jobs.get(db, job_id)
+        return jobs.get(self.db(), job_id)
 
     def messages(self, job_id: str) -> list[str]:
-        with self.db() as db:
-            return [e.message or "" for e in jobs.events(db, job_id)]
+        return [e.message or "" for e in jobs.events(self.db(), job_id)]
 
     def wait(self, job_id: str, predicate, timeout: float = 240):
         deadline = time.monotonic() + timeout
@@ -166,9 +188,8 @@ class Farm:
         stage that a fast machine passes between two polls."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self.db() as db:
-                if any(e.stage == stage for e in jobs.events(db, job_id)):
-                    return
+            if any(e.stage == stage for e in jobs.events(self.db(), job_id)):
+                return
             time.sleep(0.2)
         raise AssertionError(f"job {job_id} never reached {stage}: {self.messages(job_id)}")
 
@@ -191,10 +212,10 @@ class Farm:
     def audit(self) -> None:
         report = _report()
         try:
-            with self.db() as db:
-                rows = {j: _get_or_none(db, j) for j in self.job_ids}
-                texts = [json.dumps(jobs.to_dict(r), default=str) for r in rows.values() if r is not None]
-                texts += [e.message or "" for j in self.job_ids for e in jobs.events(db, j)]
+            db = self.db()
+            rows = {j: _get_or_none(db, j) for j in self.job_ids}
+            texts = [json.dumps(jobs.to_dict(r), default=str) for r in rows.values() if r is not None]
+            texts += [e.message or "" for j in self.job_ids for e in jobs.events(db, j)]
         except Exception:
             return
         for job_id, row in rows.items():
@@ -217,17 +238,6 @@ class Farm:
             w.close()
 
 
-class _Db:
-    def __init__(self, url):
-        self.db = Database(url)
-
-    def __enter__(self):
-        return self.db
-
-    def __exit__(self, *exc):
-        self.db.dispose()
-
-
 def _get_or_none(db, job_id):
     try:
         return jobs.get(db, job_id)
@@ -247,26 +257,13 @@ def farm(request, tmp_path, pg_cluster, moto):
     yield f
     f.close()
     f.audit()
+    f.dispose()
     redis.close()
 
 
-@pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_model_module):
-    return tiny_model_module
-
-
-@pytest.fixture(scope="module")
-def tiny_model_module(tmp_path_factory):
-    from tests.conftest import build_tiny_llama
-
-    return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny")
-
-
-def copy_model(src: Path, dest: Path) -> Path:
-    dest.mkdir()
-    for f in src.iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
-    return dest
+@pytest.fixture
+def model(tiny_model):
+    return tiny_model
 
 
 def assert_succeeded_once(farm: Farm, job_id: str, attempts: int | None = None):
@@ -448,7 +445,13 @@ def test_a_killed_job_process_is_rerun_at_once(farm, model, which):
 
 # -- 6. a database outage delays jobs, never strands them -------------------------
 
-def test_postgres_down_for_a_minute(farm, model, tmp_path):
+# Three heartbeat timeouts: every worker's heartbeat is stale when the
+# database is back (the case the reconciler must not mistake for lost
+# workers), and the job's own writes wait out the outage (QFARM_DB_RETRY_S).
+OUTAGE_S = 3 * HEARTBEAT_TIMEOUT_S
+
+
+def test_postgres_down_longer_than_the_heartbeat_timeout(farm, model, tmp_path):
     pg = fk.PrivatePostgres(tmp_path / "pg2")
     pg.start()
     try:
@@ -461,7 +464,7 @@ def test_postgres_down_for_a_minute(farm, model, tmp_path):
         farm.reached(first, "quantizing")
         pg.stop()
         injected()
-        time.sleep(60)
+        time.sleep(OUTAGE_S)
         pg.start()
         farm.done(first, timeout=300)
         farm.done(second, timeout=300)
@@ -471,6 +474,7 @@ def test_postgres_down_for_a_minute(farm, model, tmp_path):
         farm.audit()
         farm.job_ids.clear()
     finally:
+        farm.dispose()
         pg.close()
 
 

@@ -18,7 +18,8 @@ from api_client.client import Client
 from api_client.compare import compare
 from api_client.errors import SpecError
 from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
-from tests.conftest import build_tiny_llama, invoke
+from tests.support.cli import invoke
+from tests.support.models import build_tiny_llama
 
 
 def test_formats_options_and_calibration_resolve(tiny_model):

@@ -21,7 +21,8 @@ from sqlalchemy.engine import make_url
 from api_client.config import Settings
 from api_client.db import Database, jobs, workers
 from api_client.db.database import head_revision
-from tests.conftest import PG_ADMIN_URL, invoke
+from tests.support.cli import invoke
+from tests.support.services import PG_ADMIN_URL
 
 JOB = ["--method", "rtn"]
 
@@ -237,7 +238,7 @@ def test_db_upgrade_by_a_database_owner_who_may_not_create_roles(tmp_path, qfarm
     missing); once run, the administrator's upgrade goes through (CREATE ROLE and GRANT are not
     tried again: PostgreSQL refuses them to such a role even when nothing
     would change)."""
-    from tests.faultkit import PrivatePostgres
+    from tests.support.postgres_server import PrivatePostgres
 
     with PrivatePostgres(tmp_path / "cluster") as pg:
         with psycopg.connect(pg.url_for("postgres"), autocommit=True) as conn:

@@ -1,7 +1,8 @@
 """Every method on a tiny random Llama, run by the worker's job runner
-in-process: the job succeeds, the artifact reloads and generates, the
-checkpoint says what was asked, and the manifest records parameters and
-library versions."""
+in-process: the job succeeds, the artifact reloads and predicts what the
+original predicts (within bounds a garbage artifact fails), the checkpoint
+says what was asked, and the manifest records parameters and library
+versions."""
 
 import json
 import os
@@ -16,6 +17,7 @@ from api_client.client import job_row
 from api_client.config import Settings
 from api_client.db import Database, jobs
 from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
+from tests.support.models import BOUNDS, agreement, logits, windows
 from worker import runner
 
 pytestmark = pytest.mark.slow
@@ -33,6 +35,20 @@ CASES = [
     ("fp4", None, {"double_quant": False}, {"quant_method": "bitsandbytes", "bnb_4bit_quant_type": "fp4", "bnb_4bit_use_double_quant": False}),
     ("int8", None, {"threshold": 4.0}, {"quant_method": "bitsandbytes", "load_in_8bit": True, "llm_int8_threshold": 4.0}),
 ]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model):
+    """The original's logits on four windows of the evaluation text, and its greedy continuation."""
+    tokens = windows(tiny_model)
+    return tokens, logits(tiny_model, tokens), greedy(tiny_model)
+
+
+def greedy(model_dir: Path, n: int = 8) -> list[int]:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, device_map="cpu")
+    inputs = AutoTokenizer.from_pretrained(model_dir)("The people of the river", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=n, do_sample=False)
+    return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
 @pytest.fixture
@@ -60,7 +76,7 @@ def flatten(d, out=None):
 
 
 @pytest.mark.parametrize("method,fmt,params,expect", CASES, ids=[f"{c[0]}-{c[1] or 'default'}-{i}" for i, c in enumerate(CASES)])
-def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fmt, params, expect):
+def test_method_runs_and_artifact_reloads(farm, tiny_model, reference, tmp_path, method, fmt, params, expect):
     settings, db = farm
     spec = JobSpec(model=str(tiny_model), method=method, format=fmt, params=params,
                    calib=CalibSpec(samples=8, seqlen=128) if method in ("gptq", "awq") else None,
@@ -71,7 +87,10 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     stages = [e.stage for e in jobs.events(db, job.id) if e.stage]
     assert stages[-2:] == ["evaluating", "uploading"] and "quantizing" in stages
     assert ("calibrating" in stages) == (method in ("gptq", "awq"))
-    assert job.ppl_baseline > 1 and job.ppl_quantized > 1
+    # A random Llama predicts about uniformly: its perplexity is near the size
+    # of its vocabulary, and a faithful artifact's is the same.
+    vocab = json.loads((tiny_model / "config.json").read_text())["vocab_size"]
+    assert vocab / 2 < job.ppl_baseline < vocab * 2 and 0.95 < job.ppl_ratio < 1.05
     assert job.ppl_ratio == pytest.approx(job.ppl_quantized / job.ppl_baseline)
     assert job.quantize_seconds > 0 and job.artifact_bytes > 0
     assert job.tokens_per_s_baseline > 0 and job.tokens_per_s_quantized > 0
@@ -100,20 +119,44 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, tmp_path, method, fm
     for key, value in expect.items():
         assert qc[key] == value, (key, qc.get(key))
 
-    model = AutoModelForCausalLM.from_pretrained(artifact, device_map="cpu")
-    tok = AutoTokenizer.from_pretrained(artifact)
-    out = model.generate(**tok("The people of the river", return_tensors="pt"), max_new_tokens=6, do_sample=False)
-    assert out.shape[1] > 6
+    tokens, original, original_greedy = reference
+    bits = 8 if method == "int8" or params.get("bits") == 8 else 4
+    same, error = agreement(original, logits(artifact, tokens))
+    least_same, most_error = BOUNDS[bits]
+    assert same >= least_same and error <= most_error, (same, error)
+    generated = greedy(artifact)
+    assert len(generated) == 8
+    if bits == 8:
+        assert generated[:4] == original_greedy[:4]
     assert not (settings.scratch_dir / "jobs" / job.id).exists()
 
 
-def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model):
+def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a CPU worker, on any machine
     settings, db = farm
     job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(windows=1)), "fp8cpu000001")
     assert job.state == "failed"
     assert job.error == "fp8 needs an NVIDIA GPU of compute capability 8.9 or newer; this worker runs on the CPU"
     assert job.artifact_uri is None
     assert "Traceback" in job.error_traceback
+
+
+@pytest.mark.gpu
+def test_fp8_on_a_gpu_of_compute_capability_8_9(farm, tiny_model, reference):
+    """FP8 where it runs (Ada, Hopper): the job succeeds on the GPU and its
+    artifact, reloaded on the CPU, predicts what the original predicts."""
+    import torch
+
+    if torch.cuda.get_device_capability(0) < (8, 9):
+        pytest.skip(f"{torch.cuda.get_device_name(0)} has compute capability below 8.9")
+    settings, db = farm
+    job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(seqlen=128, windows=4)),
+                         "fp8gpu000001")
+    assert job.state == "succeeded", job.error
+    assert job.peak_vram_bytes > 0 and 0.95 < job.ppl_ratio < 1.05
+    tokens, original, _ = reference
+    same, error = agreement(original, logits(Path(job.artifact_uri.removeprefix("file://")), tokens))
+    assert same >= BOUNDS[4][0] and error <= BOUNDS[4][1], (same, error)
 
 
 def test_a_cancelled_job_is_not_started(farm, tiny_model):

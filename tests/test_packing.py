@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from tests.conftest import build_tiny_llama
+from tests.support.models import build_tiny_llama
 from worker import loading, packing
 from worker.gpu import Device
 

@@ -18,8 +18,8 @@ from api_client import artifacts
 from api_client.db import Database, groups, jobs, publications
 from api_client.db.models import Job, JobGroup
 from api_client.storage import open_store
-from tests.conftest import invoke
-from tests.fakehub import FakeHub
+from tests.support.cli import invoke
+from tests.support.fakehub import FakeHub
 
 TOKEN = "tok-alice"
 

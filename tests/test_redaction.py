@@ -16,7 +16,8 @@ from api_client import artifacts
 from api_client.db import Job, JobState, jobs
 from api_client.redaction import MASK, redact
 from api_client.storage import open_store
-from tests.conftest import CANARIES, invoke, leaked_names
+from tests.support.cli import invoke
+from tests.support.secrets import CANARIES, leaked_names
 
 
 def secret() -> str:

@@ -1,4 +1,4 @@
-"""Self-test of tests/faultkit.py: each fault helper does what it says."""
+"""Self-test of tests/support/: each fault helper does what it says."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import subprocess
 import threading
 import time
 
-import faultkit as fk
 import psutil
 import pytest
+
+from tests.support import faults as fk
 
 # -- utilities ---------------------------------------------------------------
 
@@ -239,7 +240,7 @@ def test_proxy_cut_restore_drop():
 def test_moto_cut_and_restore(tmp_path):
     from botocore.exceptions import BotoCoreError
 
-    with fk.MotoS3(tmp_path / "moto") as s3:
+    with fk.MotoS3(tmp_path / "moto", cuttable=True) as s3:
         fk.make_bucket(s3.endpoint, "faults")
         client = fk.s3_client(s3.endpoint, connect_timeout=2, read_timeout=5, max_attempts=1)
         client.put_object(Bucket="faults", Key="a/one", Body=b"1")
@@ -261,7 +262,7 @@ def test_moto_cut_and_restore(tmp_path):
 
 _DOOMED = """
 import os, sys
-import faultkit as fk
+from tests.support import faults as fk
 r = fk.PrivateRedis(sys.argv[1] + "/redis", appendonly=False).start()
 g = fk.ProcessGroup("sleep 300 & echo ready; wait", sys.argv[1] + "/g.log").start()
 g.wait_for_log("ready")
@@ -277,7 +278,7 @@ def test_watchdog_cleans_up_after_sigkill(tmp_path):
 
     script = tmp_path / "doomed.py"
     script.write_text(_DOOMED)
-    env = {**os.environ, "PYTHONPATH": str(Path(fk.__file__).parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     out = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == -signal.SIGKILL, out.stderr
@@ -287,3 +288,28 @@ def test_watchdog_cleans_up_after_sigkill(tmp_path):
     while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert _alive(pids) == []
+
+
+# -- the artifact bounds of tests/test_methods.py ------------------------------------
+
+def test_the_artifact_bounds_fail_a_garbage_artifact(tiny_model, tmp_path):
+    """The same model with every projection's weights shuffled (right shapes,
+    right files, wrong numbers) fails the bounds even of 4-bit artifacts,
+    while the original against itself meets those of 8-bit ones."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.support.models import BOUNDS, agreement, copy_model, logits, windows
+
+    garbage = copy_model(tiny_model, tmp_path / "garbage")
+    weights = load_file(str(garbage / "model.safetensors"))
+    torch.manual_seed(1)
+    weights = {k: v.flatten()[torch.randperm(v.numel())].reshape(v.shape) if "proj" in k else v for k, v in weights.items()}
+    save_file(weights, str(garbage / "model.safetensors"), metadata={"format": "pt"})
+    tokens = windows(tiny_model)
+    original = logits(tiny_model, tokens)
+    same, error = agreement(original, logits(garbage, tokens))
+    least_same, most_error = BOUNDS[4]
+    assert same < least_same and error > most_error, (same, error)
+    same, error = agreement(original, logits(tiny_model, tokens))
+    assert same >= BOUNDS[8][0] and error <= BOUNDS[8][1]
