@@ -26,6 +26,14 @@ chmod +x .gpu/redis-server
 python3 -c "import socket; socket.create_connection(('127.0.0.1', 6379), 1)" 2>/dev/null \
   || LD_LIBRARY_PATH=$PWD/.gpu/lib .gpu/redis-server --daemonize yes --port 6379 --save "" --appendonly no --dir /tmp
 export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:-redis://127.0.0.1:6379/0} QFARM_BENCH_TOKENIZER=$PWD/.gpu/tok
+# A suite starts on an empty queue and a fresh home: a call cut short leaves
+# its group's jobs queued, and on a warm machine the next call's worker ran
+# them first (2026-11-29: three minutes of a ten-minute call). The home's
+# database, with the cut call's figures, is kept aside, not deleted.
+if [ -z "${BENCH_KEEP_WORKERS:-}" ] && [ -z "${BENCH_KEEP_STATE:-}" ]; then
+  python3 -c "import os, redis; redis.Redis.from_url(os.environ['QFARM_BROKER_URL']).flushdb()"
+  if [ -d "$QFARM_HOME" ]; then mv "$QFARM_HOME" "$QFARM_HOME.before-$(date +%s)"; fi
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
 python3 -c "from importlib.metadata import version as v; import worker.gguf_runtime as r; print('gguf', v('gguf'), 'auto-round', v('auto-round'), 'sentencepiece', v('sentencepiece'), 'GGUF runtime', r.runtime())" 2>&1 | tail -1
