@@ -216,7 +216,7 @@ class _Reader:
         except yaml.YAMLError as exc:
             raise SpecError(f"{rel} is not plain YAML: {first_line(exc)}") from None
         except RecursionError:  # the parser recurses per level: `[[[[...]]]]`
-            raise SpecError(f"{rel} is nested deeper than YAML can be read (at most {MAX_DEPTH} levels)") from None
+            raise SpecError(f"{rel} nests deeper than {MAX_DEPTH} levels") from None
 
 
 class _Checker:
@@ -242,9 +242,12 @@ class _Checker:
 
     def walk(self, node: Any, key: str = "", depth: int = 0) -> None:
         self.nodes += 1
-        if self.nodes > self.max_nodes or depth > MAX_DEPTH:
-            raise self.refuse(f"the directory's configs hold more than {MAX_NODES} values (YAML aliases expanded) "
-                              f"or nest deeper than {MAX_DEPTH}")
+        if depth > MAX_DEPTH:
+            # The same line as the parser's RecursionError: which of the two
+            # sees it first depends on the interpreter's recursion limit.
+            raise self.refuse(f"nests deeper than {MAX_DEPTH} levels")
+        if self.nodes > self.max_nodes:
+            raise self.refuse(f"the directory's configs hold more than {MAX_NODES} values (YAML aliases expanded)")
         if isinstance(node, dict):
             # Checked once, but counted each time it is named: lm-eval copies
             # it each time (an alias bomb of mappings, `&b {x: *a, y: *a}`

@@ -333,7 +333,8 @@ def test_list_fits_100_columns_and_wide_shows_every_column(env, tiny_model, tmp_
         run_cli("submit", str(deep), *args, env=env, check=True)
     narrow = run_cli("list", env=env, check=True).stdout.splitlines()
     assert len(narrow) == 3 and max(map(len, narrow)) <= 100, narrow
-    assert narrow[0].split() == ["ID", "STATE", "METHOD", "USER", "CREATED", "TIME", "/", "ESTIMATE", "PPL", "RATIO", "MODEL"]
+    assert narrow[0].split() == ["ID", "STATE", "METHOD", "USER", "CREATED", "TIME", "/", "ESTIMATE", "QUANT.", "PPL", "RATIO",
+                                "MODEL"]
     assert narrow[1].split()[1:3] == ["queued", "rtn"] and narrow[2].split()[1:3] == ["queued", "gptq/gptq"]
     wide = run_cli("list", "--wide", env=env, check=True).stdout.splitlines()
     assert {"STAGE", "PRIORITY", "EVAL"} <= set(wide[0].split()) and wide[1].endswith(str(deep))
@@ -345,7 +346,7 @@ def test_a_compare_table_fits_100_columns_and_wide_shows_every_column(env, tiny_
     narrow = run_cli("status", group, env=env, check=True).stdout.splitlines()
     assert max(map(len, narrow)) <= 100, "\n".join(narrow)
     header = {c.strip() for c in next(line for line in narrow if "ppl ratio" in line).split("┃")}
-    assert {"method", "serve VRAM", "kernel", "state"} <= header and not {"format", "weights", "quantize"} & header
+    assert {"method", "serve VRAM", "kernel", "state"} <= header and not {"quantized", "weights", "quantize"} & header
     assert sum("queued" in line for line in narrow) == 7  # the original and six methods
     wide = run_cli("status", group, "--wide", env=env, check=True).stdout.splitlines()
-    assert {"format", "weights", "kernel", "quantize"} <= {c.strip() for c in next(x for x in wide if "kernel" in x).split("┃")}
+    assert {"quantized", "weights", "kernel", "quantize"} <= {c.strip() for c in next(x for x in wide if "kernel" in x).split("┃")}
