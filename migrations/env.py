@@ -5,7 +5,7 @@ from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from api_client.config import Settings
-from api_client.db.database import _normalize
+from api_client.db.database import normalize_url
 from api_client.db.models import Base
 
 config = context.config
@@ -13,7 +13,7 @@ target_metadata = Base.metadata
 
 url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
 if not url:
-    url = _normalize(Settings.from_env().database_url)
+    url = normalize_url(Settings.from_env().database_url)
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from api_client.catalog import MethodSpec, register
+from api_client.catalog.base import MethodSpec
 from api_client.catalog.gguf_architectures import GGUF_ARCHITECTURES
 from api_client.catalog.options import Params, knob
 from api_client.errors import SpecError
@@ -28,7 +28,6 @@ class GPTQParams(Params):
     dampening: float = knob(0.01, low=0.0, high=1.0, help="fraction of the Hessian's mean diagonal added for stability")
 
 
-@register
 class GPTQ(MethodSpec):
     """Second-order (Hessian-aware) weight quantization from calibration
     activations: compressed-tensors through llm-compressor's GPTQModifier, or
@@ -53,7 +52,6 @@ class AWQParams(Params):
     zero_point: bool = knob(True, help="asymmetric scales with a zero point, as AutoAWQ writes them")
 
 
-@register
 class AWQ(MethodSpec):
     """Activation-aware scaling of salient channels before rounding:
     compressed-tensors through llm-compressor's AWQModifier, or the
@@ -78,7 +76,6 @@ class RTNParams(Params):
     symmetric: bool = knob(True, off="--asymmetric", help="symmetric scales (no zero point)")
 
 
-@register
 class RTN(MethodSpec):
     """Round-to-nearest, no calibration data: the baseline every calibrated
     method should beat."""
@@ -89,7 +86,6 @@ class RTN(MethodSpec):
     options = RTNParams
 
 
-@register
 class FP8(MethodSpec):
     """FP8 (E4M3) weights per channel and activations per token, computed at
     run time. Needs FP8 tensor cores (compute capability 8.9: Ada, Hopper and
@@ -107,7 +103,6 @@ class BnB4BitParams(Params):
     compute_dtype: str = knob("auto", choices=COMPUTE_DTYPES, help="dtype of the matmuls; auto: the model's dtype")
 
 
-@register
 class NF4(MethodSpec):
     """bitsandbytes 4-bit NormalFloat, quantized as the weights load."""
 
@@ -117,7 +112,6 @@ class NF4(MethodSpec):
     options = BnB4BitParams
 
 
-@register
 class FP4(MethodSpec):
     """bitsandbytes 4-bit float, quantized as the weights load."""
 
@@ -133,7 +127,6 @@ class Int8Params(Params):
                             help="activation magnitude above which a feature is an outlier kept in fp16")
 
 
-@register
 class Int8(MethodSpec):
     """LLM.int8(): 8-bit weights with outlier features kept in fp16."""
 
@@ -157,7 +150,6 @@ class GGUFParams(Params):
                                     "(k-quant formats only)")
 
 
-@register
 class GGUF(MethodSpec):
     """GGUF files for llama.cpp, Ollama and LM Studio: llama.cpp's k-quants
     (Q4_K_M, Q5_K_M, Q6_K, with the importance matrix llama-imatrix would
@@ -198,3 +190,7 @@ class GGUF(MethodSpec):
         if arch not in GGUF_ARCHITECTURES:
             raise SpecError(f"llama.cpp's GGUF converter does not know the architecture {arch or info.model_type!r} "
                             f"(config.json architectures); `qfarm methods gguf` lists the {len(GGUF_ARCHITECTURES)} it does")
+
+
+# The catalog (api_client/catalog/__init__.py) registers these, and only these.
+METHODS: tuple[type[MethodSpec], ...] = (GPTQ, AWQ, RTN, FP8, NF4, FP4, Int8, GGUF)

@@ -20,9 +20,11 @@ from api_client.errors import ServiceUnavailable, first_line
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 
 
-def _normalize(url: str) -> str:
-    # psycopg 3 is the driver we install; a plain postgresql:// URL would make
-    # SQLAlchemy look for psycopg2.
+def normalize_url(url: str) -> str:
+    """`url` as SQLAlchemy must be given it here: a PostgreSQL URL names the
+    psycopg 3 driver (the one qfarm installs), as a plain postgresql:// URL
+    would make SQLAlchemy look for psycopg2. Public because Alembic's
+    environment (migrations/env.py) opens the same URL as the client does."""
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         return "postgresql+psycopg://" + url.split("://", 1)[1]
     return url
@@ -30,7 +32,7 @@ def _normalize(url: str) -> str:
 
 class Database:
     def __init__(self, url: str, pooled: bool = True):
-        self.url = _normalize(url)
+        self.url = normalize_url(url)
         parsed = make_url(self.url)
         kwargs: dict = {"pool_pre_ping": True}
         if not pooled:
@@ -155,7 +157,7 @@ def alembic_config(url: str) -> Any:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     # ConfigParser interpolates '%': escape it so URL-encoded passwords survive.
-    cfg.set_main_option("sqlalchemy.url", _normalize(url).replace("%", "%%"))
+    cfg.set_main_option("sqlalchemy.url", normalize_url(url).replace("%", "%%"))
     return cfg
 
 

@@ -1,9 +1,18 @@
 """Artifact stores, opened by URL: `file:///dir` (local.py) and
 `s3://bucket/prefix` (s3.py). A new kind of store is one module whose class
-registers its URL scheme with `@register`."""
+registers its URL scheme with `@register`.
+
+The registry is discovered, not a table: every module of this package but
+`base` (what the stores share) is a kind of store, so dropping one in is the
+whole change. Discovery imports the modules, so a store must keep its client
+library's import lazy (s3.py imports boto3 when a store is opened), as the
+client imports this package everywhere.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 
 from api_client.errors import SpecError
@@ -13,6 +22,7 @@ _SCHEMES: dict[str, Callable[[str], Store]] = {}
 
 
 def register(scheme: str) -> Callable[[type[Store]], type[Store]]:
+    """Open `scheme://…` URLs with the decorated class."""
     def add(cls: type[Store]) -> type[Store]:
         _SCHEMES[scheme] = cls
         return cls
@@ -29,7 +39,18 @@ def open_store(url: str) -> Store:
     return _SCHEMES[scheme](url)
 
 
-# Importing the modules registers them.
-from api_client.storage import local, s3  # noqa: E402,F401
+# The modules of the package that are not stores.
+NOT_STORES = frozenset({"base"})
+
+
+def _discover() -> None:
+    """Import every store module, which registers its scheme. It runs last in
+    this module, once `register` exists for the modules to import."""
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in NOT_STORES:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()
 
 __all__ = ["Store", "StoredObject", "StoreError", "TransferCancelled", "open_store", "register", "sha256_file"]

@@ -1,9 +1,20 @@
 """The code behind each method of the catalog (api_client/catalog): one
 module per method, each registering its `quantize` under the catalog's name.
-The catalog says what a method is; this says how the worker runs it."""
+The catalog says what a method is; this says how the worker runs it.
+
+The registry is discovered, not a table: every module of this package is an
+implementation, so a new method's code is one module here (and its entry in
+the catalog's table, which the client must know without this package).
+Discovery imports every module, so each imports its engine (torch,
+llm-compressor, GPTQModel…) inside `quantize`, not at the top: importing
+this package stays cheap, and a worker lacking one engine still serves the
+other methods.
+"""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +48,13 @@ def implemented() -> list[str]:
     return sorted(_IMPLEMENTATIONS)
 
 
-# Importing the modules registers them.
-from worker.methods import awq, bnb4bit, fp8, gguf, gptq, int8, rtn  # noqa: E402,F401
+def _discover() -> None:
+    """Import every implementation, which registers it. It runs last in this
+    module, once `implements` exists for the modules to import."""
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+_discover()
 
 __all__ = ["implements", "quantize", "implemented"]
