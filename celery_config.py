@@ -5,7 +5,7 @@ turns several of Celery's defaults, made for many short tasks, around.
 """
 
 from api_client.config import Settings
-from api_client.queue import PRIORITY_STEPS
+from api_client.priority import PRIORITY_STEPS
 
 _settings = Settings.from_env()
 

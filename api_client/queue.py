@@ -15,14 +15,11 @@ from functools import lru_cache
 from typing import Any
 
 from api_client.errors import ServiceUnavailable, first_line
+from api_client.priority import PRIORITIES as PRIORITIES
+from api_client.priority import PRIORITY_STEPS as PRIORITY_STEPS
 from api_client.redaction import redact
 
 TASK_NAME = "qfarm.run_job"
-# --priority → the message's priority. On Redis, kombu keeps a list per
-# priority step (celery_config: 0, 3, 6, 9) and a worker pops the lowest
-# number first; within a step, the order of submission holds.
-PRIORITIES = {"high": 0, "normal": 3, "low": 9}
-PRIORITY_STEPS = (0, 3, 6, 9)  # celery_config's broker_transport_options
 
 
 @lru_cache(maxsize=8)
