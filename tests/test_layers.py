@@ -192,6 +192,22 @@ def graph() -> dict[str, set[str]]:
     return out
 
 
+def top_level_names(module: str) -> set[str]:
+    """The names a module binds at its top level (what `module:attr` may name)."""
+    tree = ast.parse(sources()[module].read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
 def test_the_tree_covers_top_level_modules_migrations_and_bench():
     names = set(sources())
     assert {"celery_config", "migrations.env", "bench.bench", "api_client.cli", "worker.cli"} <= names
@@ -212,32 +228,12 @@ def test_every_import_string_names_a_module_and_attribute_that_exist():
     dangling = []
     for where, text in sorted(named.items()):
         module, _, attr = text.partition(":")
-        if module not in sources() and not first_party_package(module):
+        if module not in sources():
             dangling.append(where)
-        elif attr and module in sources() and attr not in top_level_names(module):
+        elif attr and attr not in top_level_names(module):
             dangling.append(f"{where} (no {attr})")
     assert dangling == []
     assert "api_client.cli:main" in launcher_strings()["pyproject.toml"]
-
-
-def first_party_package(name: str) -> bool:
-    return (ROOT / name.replace(".", "/") / "__init__.py").is_file()
-
-
-def top_level_names(module: str) -> set[str]:
-    """The names a module binds at its top level (what `module:attr` may name)."""
-    tree = ast.parse(sources()[module].read_text())
-    names = set()
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            names.add(node.name)
-        elif isinstance(node, ast.Assign):
-            names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
-            names.add(node.target.id)
-        elif isinstance(node, (ast.Import, ast.ImportFrom)):
-            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
-    return names
 
 
 def client_reach() -> dict[str, list[str]]:
