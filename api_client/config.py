@@ -25,7 +25,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
-from api_client.errors import QFarmError, printable
+from api_client.errors import QFarmError, SpecError, printable
+from api_client.sizes import parse_size
 
 T = TypeVar("T")
 
@@ -172,9 +173,6 @@ def _job_memory(raw: str) -> JobMemory | None:
         if not 0 < share <= 1:
             raise ValueError(f"must be a share of memory (1% to 100%) or a size, not {text!r}")
         return JobMemory(text, share=share)
-    from api_client.errors import SpecError
-    from api_client.spec import parse_size  # spec imports this module: here, not at the top
-
     try:
         size = parse_size(text)
     except SpecError:
