@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 
 from api_client.errors import QFarmError, SpecError, printable
+from api_client.redaction import redact
 from api_client.sizes import parse_size
 
 T = TypeVar("T")
@@ -308,8 +309,6 @@ class Effective:
     def shown(self) -> str:
         """The value as `qfarm config` prints it: as it would be written in
         the environment, secrets masked."""
-        from api_client.redaction import redact
-
         value = self.value
         if value is None:
             text = "unset"
