@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import click
 
-from api_client import catalog
+from api_client import catalog, config
 from api_client.errors import QFarmError, first_line, printable
 from api_client.redaction import redact
 from api_client.spec import CPU_DEFAULTS, GPU_DEFAULTS, PRIORITY_NAMES, WEIGHTS_PLACEMENTS, CalibSpec, EvalSpec
@@ -68,7 +67,8 @@ def cli() -> None:
     """qfarm: a team's LLM quantization farm.
 
     Settings come from QFARM_BROKER_URL, QFARM_DATABASE_URL, QFARM_STORAGE_URL
-    and QFARM_S3_ENDPOINT_URL (see the README).
+    and QFARM_S3_ENDPOINT_URL, among others: `qfarm config` shows them all
+    (and the README's "Configuration").
     """
 
 
@@ -598,6 +598,22 @@ def _print_architectures(markdown: bool) -> None:
                "expert weights end up quantized.")
 
 
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="Print the settings as JSON: per variable its value, source and secrecy.")
+def show_config(as_json: bool) -> None:
+    """Show every QFARM_* setting in effect: its value (secrets masked) and
+    whether it came from the environment or is the default."""
+    entries = config.effective()
+    if as_json:
+        _emit_json({e.var.name: {"value": e.json_value(), "source": e.source, "secret": e.var.secret,
+                                 "help": e.var.help} for e in entries})
+        return
+    rows = [("VARIABLE", "VALUE", "SOURCE")] + [(e.var.name, e.shown(), e.source) for e in entries]
+    widths = [max(len(r[0]) for r in rows), min(60, max(len(r[1]) for r in rows))]
+    for name, text, source in rows:
+        click.echo(f"{name:<{widths[0]}}  {text:<{widths[1]}}  {source}")
+
+
 QFarmGroup.lazy = {"worker": "worker.cli:worker"}
 
 
@@ -642,7 +658,7 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as exc:  # an unexpected failure: one line, the traceback on request
-        if os.environ.get("QFARM_DEBUG"):
+        if config.debug():
             raise
         click.echo(f"error: {type(exc).__name__}: {redact(printable(first_line(exc)))} (set QFARM_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)

@@ -22,7 +22,8 @@ from api_client.config import Settings
 from api_client.db import Database, Job, JobEvent, JobState, groups, jobs, publications, roles, workers
 from api_client.db.models import JobGroup, Publication, Worker
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
-from api_client.spec import JobSpec, ResolvedSpec, parse_size, resolve
+from api_client.sizes import parse_size
+from api_client.spec import JobSpec, ResolvedSpec, resolve
 from api_client.storage import Store, open_store, sha256_file
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from api_client import artifacts, model_card, sources
 from api_client.compare import compare
-from api_client.config import qfarm_home
+from api_client.config import Settings, qfarm_home
 from api_client.db import Database, groups, jobs, publications
 from api_client.db.models import Job, JobState, Publication
 from api_client.errors import QFarmError, SpecError, first_line, printable
@@ -64,10 +64,10 @@ class Published:
 
 def read_token() -> str:
     """The hub token: the file QFARM_HF_TOKEN_FILE names, else HF_TOKEN."""
-    path = os.environ.get("QFARM_HF_TOKEN_FILE")
+    path = Settings.from_env().hf_token_file
     if path:
         try:
-            with open(Path(path).expanduser(), "rb") as f:
+            with open(path, "rb") as f:
                 raw = f.read(_TOKEN_FILE_MAX + 1)
         except OSError as exc:
             raise QFarmError(f"cannot read the token file QFARM_HF_TOKEN_FILE names: {exc.strerror or type(exc).__name__}") from None

@@ -14,12 +14,15 @@ import json
 from functools import lru_cache
 from typing import Any
 
+from api_client.config import PRIORITY_STEPS, Settings
 from api_client.errors import ServiceUnavailable, first_line
-from api_client.priority import PRIORITIES as PRIORITIES
-from api_client.priority import PRIORITY_STEPS as PRIORITY_STEPS
 from api_client.redaction import redact
 
 TASK_NAME = "qfarm.run_job"
+# --priority → the message's priority. On Redis, kombu keeps a list per
+# priority step (config.PRIORITY_STEPS: 0, 3, 6, 9) and a worker pops the lowest
+# number first; within a step, the order of submission holds.
+PRIORITIES = {"high": 0, "normal": 3, "low": 9}
 
 
 @lru_cache(maxsize=8)
@@ -27,10 +30,10 @@ def app(broker_url: str) -> Any:
     """A sending-only Celery app with the workers' settings (celery_config)."""
     from celery import Celery
 
-    import celery_config
+    from celery_config import celery_settings
 
     celery = Celery("qfarm", set_as_current=False)
-    celery.config_from_object(celery_config)
+    celery.config_from_object(celery_settings(Settings.from_env()))
     celery.conf.broker_url = broker_url
     return celery
 

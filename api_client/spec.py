@@ -3,7 +3,6 @@ queued. The worker reads the same fields back from the job row."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,22 +11,10 @@ from api_client import catalog, lm_tasks, sources
 from api_client.catalog import architectures
 from api_client.checkpoint import CheckpointInfo
 from api_client.errors import SpecError
+from api_client.sizes import parse_size
 
 WEIGHTS_PLACEMENTS = ("auto", "gpu", "cpu")
 PRIORITY_NAMES = ("high", "normal", "low")
-_SIZE = re.compile(r"^\s*(?P<num>\d+(\.\d+)?)\s*(?P<unit>[KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "KIB": 2**10, "M": 1e6, "MB": 1e6, "MIB": 2**20,
-          "G": 1e9, "GB": 1e9, "GIB": 2**30, "T": 1e12, "TB": 1e12, "TIB": 2**40}
-
-
-def parse_size(text: str | int | None) -> int | None:
-    """'20GiB', '16GB', '1.5G' or a byte count → bytes."""
-    if text is None or isinstance(text, int):
-        return text
-    m = _SIZE.match(str(text))
-    if not m:
-        raise SpecError(f"cannot read the size {text!r}: write e.g. 20GiB, 16GB or a byte count")
-    return int(float(m.group("num")) * _UNITS[(m.group("unit") or "").upper()])
 
 
 @dataclass(frozen=True)

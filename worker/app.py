@@ -14,10 +14,13 @@ from celery.signals import (
     worker_shutdown,
 )
 
-import celery_config
+from api_client import config
+from celery_config import celery_settings
 
 app = Celery("qfarm", include=["worker.tasks"])
-app.config_from_object(celery_config)
+# Read as the worker process imports this module, as celery_config's module
+# globals were: `qfarm worker start` has checked the same settings already.
+app.config_from_object(celery_settings(config.Settings.from_env()))
 log = logging.getLogger("qfarm.worker")
 
 
@@ -56,7 +59,7 @@ def _preload(**_kwargs) -> None:
         # This process can no longer fork processes that use the GPU: start
         # it again, without the preload, rather than fail every job.
         log.error("%s; restarting the worker with QFARM_PRELOAD=0", exc)
-        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, "QFARM_PRELOAD": "0"})
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, config.PRELOAD.name: "0"})
     from worker import logs
 
     logs.quiet_loguru()  # llm-compressor configured it as it was imported
@@ -68,7 +71,7 @@ def _preload(**_kwargs) -> None:
 def _start_heartbeat(sender=None, **_kwargs) -> None:
     from worker import heartbeat
 
-    heartbeat.start(getattr(sender, "hostname", None) or os.environ.get("QFARM_WORKER_NAME", "worker"))
+    heartbeat.start(getattr(sender, "hostname", None) or config.Settings.from_env().worker_name)
 
 
 @worker_shutdown.connect

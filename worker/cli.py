@@ -33,12 +33,13 @@ def start(gpus: str, allow_remote_code: bool, cpu_workers: int, loglevel: str) -
     if missing:
         raise QFarmError(f"this install has no worker libraries ({', '.join(missing)}): pip install 'qfarm[worker]'")
     from api_client import queue
-    from api_client.config import Settings, qfarm_home
+    from api_client.config import Settings
     from api_client.db import Database, jobs
-    from worker import job_process, launcher
+    from worker import launcher
 
+    # Every QFARM_* variable is checked here: a malformed one (a memory
+    # limit, a time limit) stops the start in one line, not every job.
     settings = Settings.from_env()
-    job_process.memory_limit()  # a malformed QFARM_JOB_MEMORY_LIMIT stops the start, not every job
     db = Database(settings.database_url)
     try:
         db.check()
@@ -46,6 +47,6 @@ def start(gpus: str, allow_remote_code: bool, cpu_workers: int, loglevel: str) -
     finally:
         db.dispose()
     plans = launcher.plan(gpus, farm, remote_code=allow_remote_code, cpu_workers=cpu_workers)
-    held = launcher.hold_devices(plans, qfarm_home())
+    held = launcher.hold_devices(plans, settings.home)
     queue.check_broker(settings.broker_url)
     sys.exit(launcher.run(plans, loglevel, echo=lambda m: click.echo(m, err=True), held=held))

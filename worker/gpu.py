@@ -10,6 +10,7 @@ import os
 import threading
 from dataclasses import dataclass
 
+from api_client.config import Settings
 from api_client.errors import QFarmError
 
 
@@ -94,9 +95,9 @@ class Device:
 
 def worker_gpu_index() -> int | None:
     """The host GPU this worker process is pinned to (set by `qfarm worker start`)."""
-    raw = os.environ.get("QFARM_GPU_INDEX")
-    if raw not in (None, "", "cpu"):
-        return int(raw)
+    index = Settings.from_env().gpu_index
+    if isinstance(index, int):
+        return index
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return int(visible) if visible.isdigit() else None
 
@@ -114,7 +115,7 @@ def identity() -> Identity:
     index = worker_gpu_index()
     if index is None:
         return Identity(None, "cpu")
-    name = os.environ.get("QFARM_GPU_NAME") or next((g.name for g in nvml_gpus() if g.index == index), f"GPU {index}")
+    name = Settings.from_env().gpu_name or next((g.name for g in nvml_gpus() if g.index == index), f"GPU {index}")
     return Identity(index, name)
 
 
@@ -124,9 +125,9 @@ def detect() -> Device:
 
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "" or not torch.cuda.is_available():
         # A CPU worker's share of the host's cores (qfarm worker start --cpu-workers).
-        threads = os.environ.get("QFARM_CPU_THREADS", "")
-        if threads.isdigit() and int(threads) > 0:
-            torch.set_num_threads(int(threads))
+        threads = Settings.from_env().cpu_threads
+        if threads:
+            torch.set_num_threads(threads)
         return Device("cpu", None, "cpu")
     props = torch.cuda.get_device_properties(0)
     return Device("cuda", worker_gpu_index() or 0, props.name, (props.major, props.minor), props.total_memory)

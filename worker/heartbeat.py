@@ -72,7 +72,7 @@ class Heartbeat:
         index = gpu.worker_gpu_index()
         info = next((g for g in gpu.nvml_gpus() if g.index == index), None) if index is not None else None
         self._gpu = (index, info.name if info else ("cpu" if index is None else None), info.total_bytes if info else None)
-        self._queues = [q for q in os.environ.get("QFARM_QUEUES", "").split(",") if q]
+        self._queues = list(settings.queues)
         self._threads = [threading.Thread(target=self._beat_loop, name="qfarm-heartbeat", daemon=True),
                          threading.Thread(target=self._reconcile_loop, name="qfarm-reconciler", daemon=True)]
 

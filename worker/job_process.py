@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from api_client.errors import QFarmError, SpecError
-from api_client.spec import parse_size
+from api_client.config import JOB_MEMORY_LIMIT, Settings
 
 log = logging.getLogger("qfarm.worker")
 
@@ -79,7 +78,6 @@ class Ended:
 # WATCH_INTERVAL_S) meets the kernel's OOM killer instead: the job process
 # volunteers for it (oom_score_adj 1000, so the host's other processes are
 # spared) and its death is then told by the kernel's oom_kill count.
-DEFAULT_JOB_MEMORY = "80%"
 WATCH_INTERVAL_S = 0.2
 
 
@@ -108,26 +106,15 @@ def memory_limit() -> MemoryLimit | None:
     """QFARM_JOB_MEMORY_LIMIT: a share of the host's memory (`80%`, the
     default: the worker's own processes and the system keep the rest) or a
     size (`24GiB`); `off` for none. Hosts running several workers give each
-    its share (`40%` for two)."""
-    raw = os.environ.get("QFARM_JOB_MEMORY_LIMIT", "").strip() or DEFAULT_JOB_MEMORY
-    if raw.lower() in ("off", "none", "0"):
+    its share (`40%` for two). A share becomes bytes here, on the host the
+    job runs on."""
+    setting = Settings.from_env().job_memory_limit
+    if setting is None:
         return None
-    total = host_memory()
-    if raw.endswith("%"):
-        try:
-            share = float(raw[:-1]) / 100
-        except ValueError:
-            share = 0
-        if not 0 < share <= 1:
-            raise QFarmError(f"QFARM_JOB_MEMORY_LIMIT must be a share of memory (1% to 100%) or a size, not {raw!r}")
-        return MemoryLimit(int(total * share), f"QFARM_JOB_MEMORY_LIMIT {raw} of this host's {total / 2**30:.1f} GiB")
-    try:
-        size = parse_size(raw)
-    except SpecError:
-        size = None
-    if not size:
-        raise QFarmError(f"QFARM_JOB_MEMORY_LIMIT must be a share of memory (80%) or a size (24GiB), not {raw!r}")
-    return MemoryLimit(size, f"QFARM_JOB_MEMORY_LIMIT {raw}")
+    if setting.share is not None:
+        total = host_memory()
+        return MemoryLimit(int(total * setting.share), f"{JOB_MEMORY_LIMIT.name} {setting.text} of this host's {total / 2**30:.1f} GiB")
+    return MemoryLimit(setting.bytes or 0, f"{JOB_MEMORY_LIMIT.name} {setting.text}")
 
 
 def _resident(pid: int) -> int:

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api_client import catalog, routing
+from api_client import catalog, config, routing
 from api_client.errors import QFarmError, SpecError
 from worker.gpu import GpuInfo, nvml_gpus
 
@@ -43,7 +43,7 @@ class WorkerPlan:
         return f"gpu{self.gpu.index}" if self.gpu else "cpu"
 
     def describe(self) -> str:
-        what = f"GPU {self.gpu.index} ({self.gpu.name})" if self.gpu else f"CPU ({self.env['QFARM_CPU_THREADS']} threads)"
+        what = f"GPU {self.gpu.index} ({self.gpu.name})" if self.gpu else f"CPU ({self.env[config.CPU_THREADS.name]} threads)"
         return f"{self.name}: {what}, queues {','.join(self.queues)}"
 
 
@@ -64,7 +64,7 @@ def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_co
     Celery would take for one worker."""
     available = nvml_gpus() if available is None else available
     pid = os.getpid()
-    code = {"QFARM_ALLOW_REMOTE_CODE": "1" if remote_code else "0"}
+    code = {config.ALLOW_REMOTE_CODE.name: "1" if remote_code else "0"}
     if gpus == "auto":
         gpus = "all" if available else "cpu"
     if cpu_workers < 1:
@@ -75,7 +75,7 @@ def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_co
         threads = str(max(1, host_cores() // cpu_workers))
         # torch reads the OpenMP variables as it starts; the job sets its
         # thread count again from QFARM_CPU_THREADS (worker/gpu.py).
-        env = {"CUDA_VISIBLE_DEVICES": "", "QFARM_GPU_INDEX": "cpu", "QFARM_CPU_THREADS": threads,
+        env = {"CUDA_VISIBLE_DEVICES": "", config.GPU_INDEX.name: "cpu", config.CPU_THREADS.name: threads,
                "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, **code}
         names = [f"cpu-{pid}"] if cpu_workers == 1 else [f"cpu{i}-{pid}" for i in range(cpu_workers)]
         return [WorkerPlan(name, None, queues_for_device(farm, None, remote_code), dict(env)) for name in names]
@@ -101,8 +101,8 @@ def plan(gpus: str, farm: str, available: list[GpuInfo] | None = None, remote_co
             # NVML numbers GPUs in PCI bus order; make CUDA agree.
             "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
             "CUDA_VISIBLE_DEVICES": str(g.index),
-            "QFARM_GPU_INDEX": str(g.index),
-            "QFARM_GPU_NAME": g.name,
+            config.GPU_INDEX.name: str(g.index),
+            config.GPU_NAME.name: g.name,
             **code,
         })
         for g in chosen
@@ -174,7 +174,7 @@ def run(plans: list[WorkerPlan], loglevel: str = "INFO", echo=print, held: list[
         # Progress bars of the libraries would flood the worker log (Celery
         # logs a job's stderr line by line); stages are in the job events.
         env = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", **os.environ, **p.env,
-               "QFARM_QUEUES": ",".join(p.queues)}
+               config.QUEUES.name: ",".join(p.queues)}
         echo(f"starting {p.describe()}")
         procs.append(subprocess.Popen(command(p, loglevel), env=env, pass_fds=tuple(held or ())))
 

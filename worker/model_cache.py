@@ -34,7 +34,6 @@ from pathlib import Path
 
 COMPLETE = ".complete"
 PART = ".part"
-DEFAULT_LIMIT = 100 * 2**30
 
 
 @dataclass(frozen=True)
@@ -43,11 +42,6 @@ class Hit:
     hit: bool
     seconds: float
     bytes: int
-
-
-def limit_from_env() -> int:
-    raw = os.environ.get("QFARM_MODEL_CACHE_BYTES")
-    return DEFAULT_LIMIT if raw in (None, "") else int(raw)
 
 
 class ModelCache:

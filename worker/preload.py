@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from api_client.config import Settings
+
 log = logging.getLogger("qfarm.worker")
 
 MODULES = (
@@ -62,7 +64,7 @@ class Preloaded:
 
 
 def enabled() -> bool:
-    return os.environ.get("QFARM_PRELOAD", "1").lower() not in ("0", "false", "no", "off")
+    return Settings.from_env().preload
 
 
 def preload(modules: tuple[str, ...] = MODULES, probe: bool | None = None) -> Preloaded:

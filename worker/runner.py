@@ -394,7 +394,7 @@ class Run:
         gpu.limit_memory(device, job.max_vram_bytes)
         wall_start = time.perf_counter()
 
-        if job.allow_remote_code and not remote_code_allowed():
+        if job.allow_remote_code and not self.settings.allow_remote_code:
             raise QFarmError("this job runs the model's own code, and this worker was not started with "
                              "--allow-remote-code")
         # Before anything is read: what the job names may not make this
@@ -402,7 +402,7 @@ class Run:
         job_inputs.check(job, self.store)
         self.stage(Stage.LOADING, f"fetching {job.model}")
         fetched = model_source.fetch(job.model, self.job_dir, remote_code=job.allow_remote_code, stack=self.held,
-                                     cache=model_cache.ModelCache(self.settings.model_cache_dir, model_cache.limit_from_env()))
+                                     cache=model_cache.ModelCache(self.settings.model_cache_dir, self.settings.model_cache_bytes))
         model_dir, info = fetched.path, fetched.info
         if fetched.cache in ("hit", "miss"):
             self.note(f"model cache {fetched.cache}: {job.model} ({info.weight_bytes / 2**20:.1f} MiB of weights) "
@@ -414,7 +414,7 @@ class Run:
 
         # The tasks are made ready (or refused) before any GPU time is spent.
         eval_spec = EvalSpec(**(job.eval or {}))
-        tasks = task_inputs.prepare(eval_spec, self.job_dir / "tasks", job.allow_remote_code and remote_code_allowed())
+        tasks = task_inputs.prepare(eval_spec, self.job_dir / "tasks", job.allow_remote_code and self.settings.allow_remote_code)
         output_dir = self.job_dir / "artifact"
         output_dir.mkdir()
         ctx = JobContext(
@@ -562,12 +562,6 @@ def _coverage(job: Job, ctx: JobContext, output_dir: Path, model_dir: Path) -> t
 
 def _calib(job: Job, device: gpu.Device) -> CalibSpec | None:
     return CalibSpec(**job.calib).resolved(defaults_for(device.is_cuda)) if job.calib else None
-
-
-def remote_code_allowed() -> bool:
-    """Whether this worker was started with --allow-remote-code (the
-    launcher says so through the environment of its worker processes)."""
-    return os.environ.get("QFARM_ALLOW_REMOTE_CODE") == "1"
 
 
 def _is_time_limit(exc: BaseException) -> bool:

@@ -10,23 +10,22 @@ be in the store.
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from api_client.config import Settings
 from api_client.errors import ServiceUnavailable, first_line
 from api_client.sources import parse_s3_url
 from api_client.storage import register
 from api_client.storage.base import CHUNK, Store, StoredObject, StoreError, TransferCancelled, digest_file
 
 MiB = 1024 * 1024
-DEFAULT_PART = 64 * MiB
 
 
 def endpoint_from_env() -> str | None:
     """MinIO, R2, Ceph…: where a non-AWS S3 answers (QFARM_S3_ENDPOINT_URL)."""
-    return os.environ.get("QFARM_S3_ENDPOINT_URL") or None
+    return Settings.from_env().s3_endpoint_url
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:
@@ -60,7 +59,8 @@ class S3Store(Store):
         self.url = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
         self.endpoint_url = endpoint_url or endpoint_from_env()
         self.client = s3_client(self.endpoint_url)
-        self.part_size = max(5 * MiB, int(os.environ.get("QFARM_S3_PART_SIZE", DEFAULT_PART)))
+        # S3 takes no part under 5 MiB but the last.
+        self.part_size = max(5 * MiB, Settings.from_env().s3_part_size)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
