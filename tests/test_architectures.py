@@ -13,8 +13,8 @@ same table, so what they say is what ran here.
 
 Shapes are tiny but valid for every method: hidden 128 (group 128 divides
 every input), 2 layers, 4 experts, 1-2 calibration windows of 32 tokens; no
-evaluation pass; one torch thread. The whole matrix (144 pairs, 119 of them
-quantized) took 82 s of CPU and 2 min 3 s on two cores under pytest-xdist
+evaluation pass; one torch thread. The whole matrix (144 pairs then, 119 of them
+quantized; 160 with gguf's column, 3 of those quantized) took 82 s of CPU and 2 min 3 s on two cores under pytest-xdist
 (`-n 2`); most of it is importing llm-compressor and GPTQModel once per
 worker. `-m "not matrix"` leaves it out.
 """
@@ -120,7 +120,7 @@ def one_thread_each():
 
 def spec_for(model: Path, label: str) -> JobSpec:
     method, _, fmt = label.partition(":")
-    calibrated = method in ("gptq", "awq")
+    calibrated = method in ("gptq", "awq", "gguf")
     return JobSpec(model=str(model), method=method, format=fmt or None,
                    calib=CalibSpec(samples=2, seqlen=32) if calibrated else None)
 
@@ -200,6 +200,9 @@ def test_support_matrix(checkpoints, tmp_path, arch, label):
 
     out = tmp_path / "artifact"
     facts = quantize(model, label, out)
+    if label.startswith("gguf"):
+        check_gguf(model, out, label)
+        return
     reached = coverage.measure(out, model)
     assert reached.problem(label) is None, reached.problem(label)
     assert reached.fraction >= 0.95 and reached.eligible_params > 0
@@ -232,6 +235,33 @@ def test_support_matrix(checkpoints, tmp_path, arch, label):
     # quantization error (a layer loaded as its random initialisation is
     # as far off as the logits themselves).
     original, quantized = logits(model), logits(out)
+    assert bool(quantized.isfinite().all())
+    assert (quantized - original).abs().mean() < 0.5 * original.abs().mean()
+
+
+def check_gguf(model: Path, out: Path, label: str) -> None:
+    """A GGUF pair: every block weight of the file in a quantized GGML type
+    (worker/coverage.measure_gguf), as many of them as the original's
+    eligible weights, and, where transformers' GGUF loader reads the
+    architecture (Llama; it refuses OLMo 2 and misreads a Falcon of the new
+    decoder layout), the file computes what the original does. llama.cpp,
+    which reads them all, is not installed here (the `llama-cpp` extra)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from worker import coverage
+
+    (gguf,) = out.glob("*.gguf")
+    reached = coverage.measure_gguf(gguf)
+    assert reached.problem(label) is None, reached.problem(label)
+    assert reached.fraction >= 0.95 and reached.eligible_params == coverage.measure(model, model).eligible_params
+    if json.loads((model / "config.json").read_text())["model_type"] != "llama":
+        return
+    ids = torch.tensor([[5, 17, 99, 300, 2, 8, 45, 77, 501, 13, 640, 21]])
+    loaded = AutoModelForCausalLM.from_pretrained(out, gguf_file=gguf.name, dtype=torch.float32)
+    with torch.inference_mode():
+        quantized = loaded(ids).logits.float()
+    original = logits(model)
     assert bool(quantized.isfinite().all())
     assert (quantized - original).abs().mean() < 0.5 * original.abs().mean()
 

@@ -335,7 +335,7 @@ def test_list_fits_100_columns_and_wide_shows_every_column(env, tiny_model, tmp_
     assert len(narrow) == 3 and max(map(len, narrow)) <= 100, narrow
     assert narrow[0].split() == ["ID", "STATE", "METHOD", "USER", "CREATED", "TIME", "/", "ESTIMATE", "QUANT.", "PPL", "RATIO",
                                 "MODEL"]
-    assert narrow[1].split()[1:3] == ["queued", "rtn"] and narrow[2].split()[1:3] == ["queued", "gptq/gptq"]
+    assert narrow[1].split()[1:3] == ["queued", "rtn"] and narrow[2].split()[1:3] == ["queued", "gptq:gptq"]
     wide = run_cli("list", "--wide", env=env, check=True).stdout.splitlines()
     assert {"STAGE", "PRIORITY", "EVAL"} <= set(wide[0].split()) and wide[1].endswith(str(deep))
 

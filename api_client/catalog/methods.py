@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from api_client.catalog.base import MethodSpec
-from api_client.catalog.gguf_architectures import GGUF_ARCHITECTURES
+from api_client.catalog.gguf_architectures import GGUF_ARCHITECTURES, GGUF_LIBRARY, NEEDS_NEWER_GGUF
 from api_client.catalog.options import Params, knob
 from api_client.errors import SpecError
 
@@ -187,6 +187,9 @@ class GGUF(MethodSpec):
     def check_model(cls, info: CheckpointInfo, params: Params, fmt: str) -> None:
         archs = info.config.get("architectures") or []
         arch = archs[0] if archs and isinstance(archs[0], str) else None
+        if arch in NEEDS_NEWER_GGUF:
+            raise SpecError(f"llama.cpp's GGUF converter for {arch}, as AutoRound 0.15.1 vendors it, needs a gguf "
+                            f"library newer than {GGUF_LIBRARY} (the newest on PyPI): it cannot write this model here")
         if arch not in GGUF_ARCHITECTURES:
             raise SpecError(f"llama.cpp's GGUF converter does not know the architecture {arch or info.model_type!r} "
                             f"(config.json architectures); `qfarm methods gguf` lists the {len(GGUF_ARCHITECTURES)} it does")

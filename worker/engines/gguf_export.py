@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from api_client.errors import QFarmError
+from api_client.errors import QFarmError, first_line
 from worker.gpu import release_memory
 
 # The converter writes these itself (its --outtype), in numpy: a Q8_0 of the
@@ -43,8 +43,13 @@ def converter(model_dir: Path) -> Any:
     arch = (json.loads((model_dir / "config.json").read_text()).get("architectures") or ["?"])[0]
     try:
         return get_conversion(model_dir, auto_update=False)
-    except NotImplementedError:
-        raise QFarmError(f"llama.cpp's GGUF converter (AutoRound's copy) does not know the architecture {arch}") from None
+    except NotImplementedError as exc:
+        # AutoRound says "not supported" both for an architecture its map
+        # lacks and for a module that failed to import (a gguf library too
+        # old for it: api_client/catalog/gguf_architectures.py); the cause
+        # tells which.
+        cause = f" ({type(exc.__cause__).__name__}: {first_line(exc.__cause__)})" if exc.__cause__ else ""
+        raise QFarmError(f"llama.cpp's GGUF converter (AutoRound's copy) cannot write the architecture {arch}{cause}") from None
 
 
 def _pre_tokenizer_by_structure(model_dir: Path) -> str | None:
