@@ -4,7 +4,7 @@ Jobs are long (minutes to hours), heavy (a whole GPU each) and few, which
 turns several of Celery's defaults, made for many short tasks, around.
 
 A function of the settings, not module globals read at import: the workers
-(worker/app.py) and the sending client (api_client/queue.py) each build it
+(worker/app.py) and the sending client (api_client/infra/queue.py) each build it
 from `Settings.from_env()` when they make their Celery app. Only
 api_client.config is imported, so this module sits below the rest of qfarm.
 """
@@ -64,7 +64,7 @@ def celery_settings(settings: Settings) -> dict[str, Any]:
         # a second time on another GPU, so it must outlast the longest job.
         "broker_transport_options": {
             "visibility_timeout": settings.job_time_limit_s + 3600,
-            # --priority high/normal/low (api_client/queue.py): a list per step, the
+            # --priority high/normal/low (api_client/infra/queue.py): a list per step, the
             # lowest step served first.
             "priority_steps": list(PRIORITY_STEPS),
         },

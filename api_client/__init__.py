@@ -12,14 +12,14 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "Client": "api_client.client", "QFarmError": "api_client.errors",
-    "JobSpec": "api_client.spec", "CalibSpec": "api_client.spec", "EvalSpec": "api_client.spec",
+    "Client": "api_client.app.client", "QFarmError": "api_client.errors",
+    "JobSpec": "api_client.contract.spec", "CalibSpec": "api_client.contract.spec", "EvalSpec": "api_client.contract.spec",
 }
 
 if TYPE_CHECKING:
-    from api_client.client import Client
+    from api_client.app.client import Client
+    from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec
     from api_client.errors import QFarmError
-    from api_client.spec import CalibSpec, EvalSpec, JobSpec
 
 
 def __getattr__(name: str) -> Any:

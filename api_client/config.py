@@ -31,7 +31,7 @@ from api_client.sizes import parse_size
 
 T = TypeVar("T")
 
-# --priority high/normal/low (api_client/queue.py): kombu keeps a list per
+# --priority high/normal/low (api_client/infra/queue.py): kombu keeps a list per
 # step on Redis and serves the lowest first. Here, not in queue.py, so that
 # celery_config.py needs nothing of api_client beyond this module.
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -359,7 +359,7 @@ class Settings:
     # it to the next worker as a new attempt.
     max_attempts: int
     # A running job whose worker has written no heartbeat for this long, and
-    # whose job process has not advanced for as long (api_client/liveness.py),
+    # whose job process has not advanced for as long (api_client/infra/liveness.py),
     # is taken back by any live worker (requeued, or failed as "worker lost").
     heartbeat_timeout_s: int
     # How long a worker retries a database it cannot reach before it gives

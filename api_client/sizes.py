@@ -1,5 +1,5 @@
 """Sizes as people write them ('20GiB', '16GB', '1.5G'): for the job's
-limits (api_client/spec.py) and QFARM_JOB_MEMORY_LIMIT (api_client/config.py),
+limits (api_client/contract/spec.py) and QFARM_JOB_MEMORY_LIMIT (api_client/config.py),
 which sits below spec.py and so cannot take it from there."""
 
 from __future__ import annotations

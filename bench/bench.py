@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api_client import Client, JobSpec
-from api_client.db import Database, jobs
-from api_client.db.jobs import aware
-from api_client.estimate import device_class
-from api_client.spec import CalibSpec, EvalSpec
+from api_client.app.estimate import device_class
+from api_client.contract.spec import CalibSpec, EvalSpec
+from api_client.infra.db import Database, jobs
+from api_client.infra.db.jobs import aware
 
 # Perplexity ratios measured on one H100 calling the libraries directly
 # (issue 3), W4 g128 where it applies.
@@ -75,7 +75,7 @@ def open_farm() -> tuple[Client, Path]:
 
 
 def start_worker(gpus: str, log: Path) -> subprocess.Popen:
-    from api_client import queue
+    from api_client.infra import queue
 
     proc = subprocess.Popen([sys.executable, "-m", "api_client.cli", "worker", "start", "--gpus", gpus],
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)

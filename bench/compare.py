@@ -1,7 +1,7 @@
 """`qfarm compare` through the farm itself, with the figures a team chooses
 by, as a Markdown table: the group is submitted by the client's `compare`
 (as the CLI does), a `qfarm worker start` process serves every GPU, and the
-table is built by api_client/compare.py from the job rows.
+table is built by api_client/app/compare.py from the job rows.
 
     python -m bench.compare --model .gpu/refmodel --methods gptq,awq,rtn,fp8,nf4,fp4,int8,gptq:gptq,awq:awq --tasks builtin
     python -m bench.compare --model /tmp/llama7b --shape 7b --methods gptq,awq,nf4,int8,fp8 --tasks builtin --limit 200
@@ -31,9 +31,9 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api_client import JobSpec
-from api_client.compare import compare
-from api_client.db.jobs import aware
-from api_client.spec import CalibSpec, EvalSpec
+from api_client.app.compare import compare
+from api_client.contract.spec import CalibSpec, EvalSpec
+from api_client.infra.db.jobs import aware
 from bench.bench import SHAPES, make_random_llama, open_farm, start_worker
 from bench.farm import farm_figures
 
@@ -50,7 +50,7 @@ def table(comparison, members, guide: dict) -> str:
     """The compare table with every figure's uncertainty (± is a 95 %
     interval's half-width; speeds are means over repeats with their
     standard deviation, sd) and how the speeds were timed."""
-    from api_client.render import recovery_text
+    from api_client.contract.figures import recovery_text
 
     by_id = {j.id: j for j in members}
     base_speed = next((r.serve_tokens_per_s for r in comparison.rows if r.label == "original"), None)
@@ -115,7 +115,7 @@ def serve_notes(comparison, members) -> str:
 
 
 def task_table(comparison) -> str:
-    from api_client.render import recovery_text, score_text
+    from api_client.contract.figures import recovery_text, score_text
 
     out = []
     for r in comparison.rows:
@@ -233,7 +233,7 @@ def main() -> None:
         print("\n" + twice_line(next((j for j in members if j.method == a.twice), None), client.status(again.id)))
     print("\n" + farm_line(members, started))
     if a.json_out:
-        from api_client.db.jobs import to_dict
+        from api_client.infra.db.jobs import to_dict
 
         Path(a.json_out).write_text(json.dumps({"comparison": result.as_dict(), "jobs": [to_dict(j) for j in members]},
                                                indent=1, default=str))

@@ -1,4 +1,4 @@
-"""The submit-time estimate (api_client/estimate.py) beside the measured job
+"""The submit-time estimate (api_client/app/estimate.py) beside the measured job
 time of every stored bench row: `python -m bench.estimates`.
 
 Rows come from bench/results/*.json; each row's job settings are those its
@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from api_client import estimate  # noqa: E402
+from api_client.app import estimate  # noqa: E402
 
 # The two models of the H100 suites: the reference Llama and the 7B shape
 # (hidden 4096, 32 layers, intermediate 11008, vocab 32000, untied).

@@ -33,10 +33,12 @@ from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from api_client import JobSpec, catalog, queue
-from api_client.db import jobs
-from api_client.db.jobs import aware
-from api_client.spec import CalibSpec, EvalSpec
+from api_client import JobSpec
+from api_client.contract import catalog
+from api_client.contract.spec import CalibSpec, EvalSpec
+from api_client.infra import queue
+from api_client.infra.db import jobs
+from api_client.infra.db.jobs import aware
 from bench.bench import make_random_llama, open_farm
 
 SMALL_METHODS = ("gptq", "nf4", "awq", "rtn")
@@ -115,7 +117,7 @@ def s3_model(model: Path, stack: list) -> str:
         server = MotoS3(home / "moto").start()
         stack.append(server)
         os.environ.update(QFARM_S3_ENDPOINT_URL=server.endpoint, **CREDENTIALS)
-    from api_client.storage.s3 import s3_client
+    from api_client.infra.storage.s3 import s3_client
 
     client = s3_client(os.environ["QFARM_S3_ENDPOINT_URL"])
     bucket = "qfarm-bench"

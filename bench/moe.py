@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api_client import JobSpec
-from api_client.spec import CalibSpec, EvalSpec
+from api_client.contract.spec import CalibSpec, EvalSpec
 from bench.bench import open_farm, run_jobs, start_worker
 
 GiB = 2**30

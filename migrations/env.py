@@ -1,12 +1,12 @@
 """Alembic environment: the URL comes from `qfarm db upgrade` (or alembic.ini's
-caller via -x url=...), the metadata from api_client.db.models."""
+caller via -x url=...), the metadata from api_client.infra.db.models."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
 from api_client.config import Settings
-from api_client.db.database import normalize_url
-from api_client.db.models import Base
+from api_client.infra.db.database import normalize_url
+from api_client.infra.db.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -92,7 +92,7 @@ def db_url(request) -> str:
 
 @pytest.fixture
 def migrated_db(db_url):
-    from api_client.db import Database
+    from api_client.infra.db import Database
 
     db = Database(db_url)
     db.upgrade()
@@ -118,7 +118,7 @@ def aws_env(monkeypatch, s3_endpoint):
 
 @pytest.fixture
 def bucket(aws_env) -> str:
-    from api_client.storage.s3 import s3_client
+    from api_client.infra.storage.s3 import s3_client
 
     name = f"qfarm-{uuid.uuid4().hex[:10]}"
     s3_client(aws_env).create_bucket(Bucket=name)

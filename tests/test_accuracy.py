@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from api_client.client import job_row
+from api_client.app.client import job_row
 from api_client.config import Settings
-from api_client.db import Database, jobs
-from api_client.spec import EvalSpec, JobSpec, resolve
+from api_client.contract.spec import EvalSpec, JobSpec, resolve
+from api_client.infra.db import Database, jobs
 from worker import runner
 
 REFMODEL = Path(__file__).resolve().parents[2] / "shared" / "refmodel"

@@ -1,5 +1,5 @@
 """The support matrix, proven: every (architecture, method) pair of the
-catalog's table (api_client/catalog/architectures.py) on a tiny random
+catalog's table (api_client/contract/catalog/architectures.py) on a tiny random
 checkpoint built here from transformers' own config classes.
 
 A pair the table says works is submitted (accepted), quantized in-process
@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pytest
 
-from api_client.catalog import architectures
-from api_client.catalog.architectures import METHOD_LABELS, TABLE
-from api_client.checkpoint import read_safetensors_header
+from api_client.contract.catalog import architectures
+from api_client.contract.catalog.architectures import METHOD_LABELS, TABLE
+from api_client.contract.checkpoint import read_safetensors_header
+from api_client.contract.spec import CalibSpec, JobSpec, resolve
 from api_client.errors import SpecError
-from api_client.spec import CalibSpec, JobSpec, resolve
 
 # Every checkpoint: a 1k vocabulary (the tokenizer of conftest's tiny Llama),
 # hidden 128, 2 layers. Per architecture, what its config needs beyond that
@@ -70,7 +70,7 @@ CASES = [(arch, label) for arch in TABLE for label in METHOD_LABELS]
 
 
 def test_the_table_covers_the_issue_architectures_and_every_method():
-    from api_client import catalog
+    from api_client.contract import catalog
 
     assert set(TABLE) == set(CONFIGS)
     assert {label.split(":")[0] for label in METHOD_LABELS} == set(catalog.names())
@@ -128,7 +128,7 @@ def spec_for(model: Path, label: str) -> JobSpec:
 def quantize(model: Path, label: str, out: Path) -> dict:
     """The method's own code, as the job runs it (runner.Run._run); the
     facts it recorded."""
-    from api_client import catalog
+    from api_client.contract import catalog
     from worker.context import JobContext
     from worker.gpu import Device
 

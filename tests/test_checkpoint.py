@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from api_client import checkpoint
+from api_client.contract import checkpoint
 from api_client.errors import SpecError
 
 

@@ -9,8 +9,8 @@ import re
 
 import pytest
 
-from api_client.db import Database
-from api_client.db.jobs import list_jobs
+from api_client.infra.db import Database
+from api_client.infra.db.jobs import list_jobs
 from tests.support.cli import invoke as run_cli
 from tests.support.models import copy_model
 
@@ -153,7 +153,7 @@ def test_what_a_worker_would_trip_on_is_said_at_submit(env, redis_conn, tiny_mod
 
 
 def test_job_references_version_and_traceback(env, tiny_model):
-    from api_client.db import JobState, jobs
+    from api_client.infra.db import JobState, jobs
 
     ids = [json.loads(run_cli("submit", str(tiny_model), "--method", "rtn", "--json", env=env, check=True).stdout)["id"]
            for _ in range(2)]
@@ -173,7 +173,7 @@ def test_submit_says_how_long_and_wait_says_what_runs_ahead(env, tiny_model):
     assert re.fullmatch(r"estimated ~[\d.]+ s on CPU workers, ~[\d.]+ s on H100 workers\n", first.stderr), first.stderr
     status = run_cli("status", first.stdout.strip(), env=env, check=True).stdout
     assert re.search(r"^estimate +~[\d.]+ s on CPU workers", status, re.M)
-    from api_client.client import Client
+    from api_client.app.client import Client
 
     second = json.loads(run_cli("submit", str(tiny_model), "--method", "nf4", "--json", env=env, check=True).stdout)["id"]
     ahead = Client().queue_ahead(second)
@@ -202,7 +202,7 @@ def test_status_shows_every_accuracy_figure_with_its_interval(env, tiny_model):
     the perplexity ratio's interval, the KL divergence and the tokens it
     covered, task scores and recovery with ± (95 %), serve speeds with how
     they were timed, and what makes the artifact reproducible."""
-    from api_client.db import JobState, jobs
+    from api_client.infra.db import JobState, jobs
 
     job_id = json.loads(run_cli("submit", str(tiny_model), "--method", "rtn", "--json", env=env, check=True).stdout)["id"]
     timing = {"method": "hf-static-cudagraph", "shape": "1x32+64", "repeats": 3, "decode_tokens_per_s_sd": 0.4,
@@ -260,8 +260,8 @@ def test_a_model_without_its_tokenizer_is_refused_at_submit(env, redis_conn, tin
 def test_a_queued_job_says_why_it_waits(env, tiny_model):
     """No live worker serves its queue: said (it waits for one); with one,
     the jobs ahead of it."""
-    from api_client.client import Client
-    from api_client.db import workers
+    from api_client.app.client import Client
+    from api_client.infra.db import workers
 
     first = run_cli("submit", str(tiny_model), "--method", "rtn", env=env, check=True).stdout.strip()
     client = Client()
@@ -280,7 +280,7 @@ def test_ctrl_c_while_waiting_says_the_job_stays_queued(env, tiny_model):
     import signal
     import subprocess
 
-    from api_client.client import Client
+    from api_client.app.client import Client
     from tests.support.cli import QFARM
 
     # SIGINT as a terminal sends it (a shell's background job would start with it ignored).
@@ -316,9 +316,9 @@ def test_ctrl_c_while_waiting_says_the_job_stays_queued(env, tiny_model):
 def test_the_progress_clock_counts_from_the_job_s_start():
     from datetime import timedelta
 
-    from api_client.db import Job
-    from api_client.db.models import utcnow
-    from api_client.render import clock
+    from api_client.cli.render import clock
+    from api_client.infra.db import Job
+    from api_client.infra.db.models import utcnow
 
     submitted = utcnow() - timedelta(hours=1)
     assert clock(Job(id="j1", created_at=submitted)) == "-:--:--"

@@ -2,8 +2,8 @@
 that succeeded within the group's limits, with the reason; rows outside a
 limit or failed say why."""
 
-from api_client.compare import compare
-from api_client.db.models import Job, JobGroup
+from api_client.app.compare import compare
+from api_client.infra.db.models import Job, JobGroup
 
 GiB = 2**30
 
@@ -63,8 +63,9 @@ def test_recovery_against_the_groups_one_baseline():
 def test_a_group_is_queued_slowest_first(qfarm_env, tiny_model):
     # On N free GPUs the group ends sooner when the last member to start is
     # a short one: the broker hands the members out longest estimate first.
-    from api_client import Client, JobSpec, queue
-    from api_client.db import Database
+    from api_client import Client, JobSpec
+    from api_client.infra import queue
+    from api_client.infra.db import Database
 
     client = Client()
     Database(client.settings.database_url).upgrade()
@@ -88,7 +89,7 @@ def test_an_offloaded_original_says_so_in_its_row():
     are those of an offloaded model, and its row and the table say so."""
     from rich.console import Console
 
-    from api_client.render import comparison_table
+    from api_client.cli.render import comparison_table
 
     base = member("d1", "gptq", "compressed-tensors", ratio=1.008, artifact=7 * GiB, serve=9 * GiB, baseline="full",
                   serve_vram_baseline_bytes=10 * GiB)
@@ -127,7 +128,7 @@ def task_member(job_id, method, fmt, base, quant, serve, speed, full=False):
     """A member whose task figures come from the worker's own code (the tasks
     evaluator's figures from per-item scores): paired in-job where it
     measured the original, else against the group's baseline in compare."""
-    from worker.evaluators.tasks import Tasks
+    from worker.evaluators.task_accuracy import Tasks
 
     def measured(items):
         return {"qfarm_cloze": {"scores": {"acc_norm": sum(items) / len(items)}, "items": len(items),
@@ -216,7 +217,7 @@ def test_a_member_that_beats_the_original_counts_as_matching_it():
     the original) does not push out gptq's 99.5 % ± 2, which matches the
     original within its noise; the smaller of the two is recommended.
     Counted as better than the original, int8 would stand alone."""
-    from api_client.stats import Z95
+    from api_client.contract.stats import Z95
 
     members = [member("e1", "int8", "bitsandbytes", ratio=1.001, ppl_ratio_low=0.998, ppl_ratio_high=1.004, recovery=1.05,
                       task_recovery_stderr=0.02 / Z95, artifact=7 * GiB, serve=8 * GiB),
@@ -231,7 +232,7 @@ def test_a_member_that_beats_the_original_counts_as_matching_it():
 def test_the_narrow_table_fits_100_columns_and_says_why_members_failed():
     from rich.console import Console
 
-    from api_client.render import comparison_notes, comparison_table
+    from api_client.cli.render import comparison_notes, comparison_table
 
     members = [
         member("e1", "gptq", "gptq", ratio=1.0123, recovery=0.991, artifact=4 * GiB, serve=9 * GiB, serve_kernel="gptq-torchaten",

@@ -247,8 +247,8 @@ def test_celery_settings_derive_the_time_limits_from_the_job_time_limit(home, mo
     assert (conf["task_soft_time_limit"], conf["task_time_limit"]) == (100, 700)
     assert celery_settings(dataclasses.replace(settings, job_time_limit_s=12 * 3600))["broker_transport_options"][
         "visibility_timeout"] == 12 * 3600 + 3600
-    # The client's sending app carries them too (api_client/queue.py).
-    from api_client import queue
+    # The client's sending app carries them too (api_client/infra/queue.py).
+    from api_client.infra import queue
 
     app = queue.app("redis://127.0.0.1:1/15")  # never connected to
     assert app.conf.broker_transport_options["visibility_timeout"] == 3700 and app.conf.task_acks_late

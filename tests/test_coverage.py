@@ -107,11 +107,11 @@ def test_a_job_that_quantized_nothing_fails_before_uploading(qfarm_env, tiny_mod
     """A library that "succeeds" without quantizing (bitsandbytes on
     Falcon's FalconLinear layers did): the job fails in one line naming what
     was not reached, and nothing is uploaded."""
-    from api_client.client import job_row
+    from api_client.app.client import job_row
+    from api_client.cli.render import status_lines
     from api_client.config import Settings
-    from api_client.db import Database, jobs
-    from api_client.render import status_lines
-    from api_client.spec import JobSpec, resolve
+    from api_client.contract.spec import JobSpec, resolve
+    from api_client.infra.db import Database, jobs
     from worker import methods, runner
 
     def writes_the_original(ctx, params, fmt):

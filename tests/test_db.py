@@ -3,8 +3,8 @@
 import pytest
 from sqlalchemy import inspect
 
-from api_client.db import Database, Job, JobState, jobs
 from api_client.errors import JobNotFound, ServiceUnavailable, SpecError
+from api_client.infra.db import Database, Job, JobState, jobs
 
 
 def make_job(job_id="abc123def456", **kw):

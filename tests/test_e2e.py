@@ -17,8 +17,8 @@ import pytest
 from sqlalchemy.engine import make_url
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from api_client.db import Database, jobs
-from api_client.storage.s3 import s3_client
+from api_client.infra.db import Database, jobs
+from api_client.infra.storage.s3 import s3_client
 from tests.support.cli import run_cli
 from tests.support.services import empty_database
 
@@ -68,7 +68,7 @@ def worker(farm_env, tmp_path_factory):
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-c", "from api_client.cli import main; main()", "worker", "start", "--gpus", "cpu"],
                             env=farm_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    from api_client import queue
+    from api_client.infra import queue
 
     deadline = time.monotonic() + 90
     while not any(q.startswith("qfarm.") for q in queue.served_queues(farm_env["QFARM_BROKER_URL"], timeout=1.0)):

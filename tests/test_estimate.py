@@ -3,7 +3,7 @@ moving the right way with the model, the calibration and the device."""
 
 import pytest
 
-from api_client.estimate import estimate
+from api_client.app.estimate import estimate
 
 REF = dict(params_m=13.83, layers=6, weight_gb=0.0277, context=2048)
 
@@ -25,6 +25,6 @@ def test_it_grows_with_calibration_model_and_a_slower_device():
     assert small < more_calib and small < bigger and small < cpu.seconds
     assert cpu.device == "CPU"
     other = estimate("gptq", "compressed-tensors", 1000, 16, 2.0, 128, gpu_name="NVIDIA A100-SXM4-80GB", **common)
-    from api_client.render import describe_estimate
+    from api_client.cli.render import describe_estimate
 
     assert not other.measured and describe_estimate(other.as_dict()).endswith("A100-SXM4-80GB workers (estimated with H100 figures)")

@@ -65,7 +65,7 @@ def test_the_static_cache_decode_generates_what_generate_does(tiny_model):
 
 
 def test_the_models_context_bounds_the_windows(tiny_model):
-    from api_client import checkpoint
+    from api_client.contract import checkpoint
 
     assert checkpoint.inspect(tiny_model).context == 512
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from api_client.db import Database, jobs
+from api_client.infra.db import Database, jobs
 from tests.support import faults as fk
 from tests.support.cli import QFARM, invoke
 from tests.support.models import copy_model
@@ -142,7 +142,7 @@ class Farm:
         return proc
 
     def _live_worker_rows(self, proc: fk.ProcessGroup, database_url: str):
-        from api_client.db import workers
+        from api_client.infra.db import workers
 
         try:
             return [w for w in workers.live(self.db(database_url), HEARTBEAT_TIMEOUT_S) if w.pid in proc.members()]
@@ -557,7 +557,7 @@ def test_a_worker_of_another_database_never_takes_this_farm_s_jobs(farm, model, 
     assert farm.job(job_id).state == "queued"
     assert "not in this farm's database" not in stranger.log_text()
     # Two CPU workers of one launcher, two names.
-    from api_client import queue
+    from api_client.infra import queue
 
     names = set(queue.app(farm.env["QFARM_BROKER_URL"]).control.inspect(timeout=2).ping() or {})
     assert len(names) == 2

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from api_client.catalog.gguf_architectures import GGUF_ARCHITECTURES, NEEDS_NEWER_GGUF
-from api_client.client import Client
-from api_client.compare import compare
+from api_client.app.client import Client
+from api_client.app.compare import compare
+from api_client.contract.catalog.gguf_architectures import GGUF_ARCHITECTURES, NEEDS_NEWER_GGUF
+from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec, resolve
 from api_client.errors import SpecError
-from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
 from tests.support.cli import invoke
 from tests.support.models import build_tiny_llama
 
@@ -120,7 +120,7 @@ def test_compare_makes_a_member_and_a_row_per_gguf_format(env, redis_conn, tiny_
 @pytest.fixture
 def farm(qfarm_env):
     from api_client.config import Settings
-    from api_client.db import Database
+    from api_client.infra.db import Database
 
     settings = Settings.from_env()
     db = Database(settings.database_url)
@@ -141,9 +141,9 @@ def test_a_gguf_job_writes_one_measured_file_per_format(farm, tmp_path):
     from gguf.quants import dequantize
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from api_client.client import job_row
-    from api_client.db import jobs
-    from api_client.render import status_lines
+    from api_client.app.client import job_row
+    from api_client.cli.render import status_lines
+    from api_client.infra.db import jobs
     from worker import gguf_runtime, runner, texts
     from worker.evaluators.perplexity import perplexity
 

@@ -19,8 +19,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from api_client.config import Settings
-from api_client.db import Database, jobs, workers
-from api_client.db.database import head_revision
+from api_client.infra.db import Database, jobs, workers
+from api_client.infra.db.database import head_revision
 from tests.support.cli import invoke
 from tests.support.services import PG_ADMIN_URL
 
@@ -94,7 +94,7 @@ def test_a_worker_connecting_as_its_own_role_does_everything_a_job_needs(team, m
     """The worker's every database write, as the worker role, on a job
     another role submitted: heartbeat, claim, stages, figures, progress,
     notes, the end; handing back and failing a lost worker's job."""
-    from api_client import lifecycle
+    from api_client.infra import lifecycle
     from worker import reconcile, runner
     from worker.gpu import Identity
 
@@ -169,8 +169,8 @@ def test_a_user_role_does_everything_a_user_does_on_its_own_jobs(team, tiny_mode
     """alice, a plain qfarm_user, on PostgreSQL: submit, list, status, requeue
     (a message again), compare, cancel, and, once a worker role ran her job,
     watch and download it: every write the client makes passes row security."""
-    from api_client import artifacts
-    from api_client.storage import open_store
+    from api_client.app import artifacts
+    from api_client.infra.storage import open_store
     from worker import runner
     from worker.gpu import Identity
 

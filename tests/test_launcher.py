@@ -78,7 +78,7 @@ def test_a_second_launcher_on_the_same_cpu_refuses_in_one_line(qfarm_env, tmp_pa
     import subprocess
     import sys
 
-    from api_client.db import Database
+    from api_client.infra.db import Database
     from worker.launcher import hold_devices
 
     db = Database(os.environ["QFARM_DATABASE_URL"])

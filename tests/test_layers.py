@@ -43,11 +43,11 @@ LAUNCHERS = ("scripts/*.sh", "bench/*.sh", "docker/*")
 # The one edge from the client into the worker, and why it may stay: the
 # `qfarm` console script is the composition root of both installs, and
 # `qfarm worker …` is a command of it that loads worker/cli.py only when run
-# (api_client/cli.py's lazy table), so a client install without the worker
+# (api_client/cli/commands.py's lazy table), so a client install without the worker
 # extra runs every other command and never imports worker/
 # (test_resolving_every_method_loads_neither_torch_nor_the_worker). Moving it
 # to a second console script would split one CLI in two for users.
-ALLOWED_CLIENT_EDGES = {("api_client.cli", "worker.cli")}
+ALLOWED_CLIENT_EDGES = {("api_client.cli.commands", "worker.cli")}
 
 # The one cycle, and why it may stay: Celery's own pattern. The app names its
 # task modules in `include=` (a string Celery imports when the worker starts,
@@ -216,10 +216,10 @@ def test_the_tree_covers_top_level_modules_migrations_and_bench():
 
 def test_import_strings_are_edges():
     # The CLI's lazy table, Celery's include=, the launcher's `-A`: seen.
-    assert "worker.cli" in graph()["api_client.cli"]
+    assert "worker.cli" in graph()["api_client.cli.commands"]
     assert "worker.tasks" in graph()["worker.app"]
     assert "worker.app" in graph()["worker.launcher"]
-    assert "api_client.client" in graph()["api_client"]
+    assert "api_client.app.client" in graph()["api_client"]
 
 
 def test_every_import_string_names_a_module_and_attribute_that_exist():
@@ -260,6 +260,40 @@ def test_the_client_never_imports_the_worker_or_heavy_libraries():
             if target(imported).split(".")[0] in HEAVY:
                 bad.append(" → ".join([*path, imported]))
     assert bad == []
+
+
+# api_client's rooms, lowest first: a module imports its own room and the
+# rooms below it, never one above. The ground floor is api_client's own
+# modules (config, errors, redaction, sizes) and its __init__ (whose names
+# load lazily, on first use).
+ROOMS = ("ground", "contract", "infra", "app", "cli")
+
+
+def room_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 or (len(parts) == 2 and parts[1] in ROOMS) else "ground"
+
+
+def test_api_client_has_its_rooms_and_nothing_else():
+    """Every module of api_client sits in a room (a package by layer) or is
+    one of the ground floor's few."""
+    loose = {name for name in sources() if name.startswith("api_client.") and name.count(".") == 1
+             and name.split(".")[1] not in ROOMS}
+    assert loose == {"api_client.config", "api_client.errors", "api_client.redaction", "api_client.sizes"}
+
+
+def test_api_client_rooms_import_only_downward():
+    upward = [f"{a} ({room_of(a)}) → {b} ({room_of(b)})"
+              for a, bs in graph().items() if a.startswith("api_client.")
+              for b in bs if b.startswith("api_client.") and ROOMS.index(room_of(b)) > ROOMS.index(room_of(a))]
+    assert upward == []
+
+
+def test_the_cli_reaches_the_farm_only_through_the_application():
+    """The CLI imports no database, storage or broker module: what it shows
+    comes through `Client` and api_client.app.views."""
+    assert [f"{a} → {b}" for a, bs in graph().items() if a.startswith("api_client.cli")
+            for b in bs if b.startswith("api_client.infra")] == []
 
 
 def test_the_allowed_edges_are_still_there():
@@ -307,10 +341,10 @@ def test_no_private_name_is_imported_across_top_level_packages():
 def test_resolving_every_method_loads_neither_torch_nor_the_worker(tiny_model):
     code = f"""
 import sys
-from api_client import catalog
+from api_client.contract import catalog
 from api_client.cli import cli
-from api_client.client import Client
-from api_client.spec import JobSpec, resolve
+from api_client.app.client import Client
+from api_client.contract.spec import JobSpec, resolve
 for name in catalog.names():
     for fmt in catalog.get(name).formats:
         resolve(JobSpec(model={str(tiny_model)!r}, method=name, format=fmt))

@@ -1,5 +1,5 @@
 """A live worker is never judged lost: a running job is taken back only when
-its attempt is provably over (api_client/liveness.py), and a new attempt
+its attempt is provably over (api_client/infra/liveness.py), and a new attempt
 shows none of a superseded attempt's figures.
 
 Each test writes the rows a starved or dead worker leaves (a stale
@@ -17,10 +17,10 @@ from datetime import timedelta
 
 import pytest
 
-from api_client import lifecycle, liveness
 from api_client.config import Settings
-from api_client.db import Job, JobState, jobs, workers
-from api_client.db.models import Worker, utcnow
+from api_client.infra import lifecycle, liveness
+from api_client.infra.db import Job, JobState, jobs, workers
+from api_client.infra.db.models import Worker, utcnow
 from tests.test_db import make_job
 
 JOB_ID = "abc123def456"

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from api_client.client import job_row
+from api_client.app.client import job_row
 from api_client.config import Settings
-from api_client.db import Database, jobs
-from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
+from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec, resolve
+from api_client.infra.db import Database, jobs
 from tests.support.models import BOUNDS, agreement, logits, windows
 from worker import runner
 
@@ -104,7 +104,7 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, reference, tmp_path,
     assert manifest["metrics"]["ppl_ratio"] == pytest.approx(job.ppl_ratio)
     assert {f["path"] for f in manifest["files"]} >= {"config.json", "tokenizer.json"}
     # Reproducible: the artifact's one checksum, the seed and the device, in the manifest and the row.
-    from api_client.artifacts import artifact_checksum
+    from api_client.app.artifacts import artifact_checksum
 
     assert manifest["artifact_sha256"] == artifact_checksum(manifest["files"]) == job.metrics["artifact_sha256"]
     assert manifest["environment"] == job.metrics["environment"] == {"seed": 0, "device": "cpu"}
@@ -160,7 +160,7 @@ def test_fp8_on_a_gpu_of_compute_capability_8_9(farm, tiny_model, reference):
 
 
 def test_a_cancelled_job_is_not_started(farm, tiny_model):
-    from api_client.db import JobState
+    from api_client.infra.db import JobState
 
     settings, db = farm
     jobs.create(db, job_row(resolve(JobSpec(model=str(tiny_model), method="rtn")), "cancelled001", "tester", "qfarm.test"))
@@ -221,7 +221,7 @@ def test_quantizing_leaves_no_model_alive(tiny_model, tmp_path, method):
     the job counted, 3.6 GiB for a W4 7B)."""
     import json
 
-    from api_client.catalog import get
+    from api_client.contract.catalog import get
     from worker import methods
     from worker.context import JobContext
     from worker.gpu import Device

@@ -7,7 +7,7 @@ from contextlib import ExitStack
 
 import pytest
 
-from api_client.storage.s3 import endpoint_from_env, s3_client
+from api_client.infra.storage.s3 import endpoint_from_env, s3_client
 from worker import model_source
 from worker.model_cache import ModelCache
 
@@ -21,7 +21,7 @@ def upload(bucket, prefix, model_dir):
 
 @pytest.fixture
 def counted_gets(monkeypatch):
-    from api_client.storage.s3 import S3Store
+    from api_client.infra.storage.s3 import S3Store
 
     calls = []
     original = S3Store.get_file

@@ -9,7 +9,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from api_client.db.database import head_revision
+from api_client.infra.db.database import head_revision
 
 ROOT = Path(__file__).resolve().parents[1]
 # What pyproject.toml builds from (the wheel's packages, modules and metadata files).

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from api_client import artifacts
-from api_client.db import Database, groups, jobs, publications
-from api_client.db.models import Job, JobGroup
-from api_client.storage import open_store
+from api_client.app import artifacts
+from api_client.infra.db import Database, groups, jobs, publications
+from api_client.infra.db.models import Job, JobGroup
+from api_client.infra.storage import open_store
 from tests.support.cli import invoke
 from tests.support.fakehub import FakeHub
 
@@ -149,7 +149,7 @@ def test_a_dry_run_checks_the_artifact_and_sends_nothing(env, db, hub, base_mode
 
 
 def test_a_large_artifact_goes_up_through_upload_large_folder(env, db, hub, base_model):
-    from api_client.client import Client
+    from api_client.app.client import Client
 
     job = make_job(db, env, "pub000000003", base_model)
     os.environ["HF_TOKEN"] = TOKEN
@@ -294,9 +294,9 @@ def test_the_token_from_a_file(env, db, hub, base_model, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("method,fmt", [("gptq", None), ("gguf", "q8_0")])
 def test_a_real_jobs_artifact_is_published_with_its_figures(env, db, hub, tiny_model, method, fmt):
-    from api_client.client import job_row
+    from api_client.app.client import job_row
     from api_client.config import Settings
-    from api_client.spec import CalibSpec, EvalSpec, JobSpec, resolve
+    from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec, resolve
     from worker import runner
 
     spec = JobSpec(model=str(tiny_model), method=method, format=fmt, calib=CalibSpec(samples=4, seqlen=64) if method == "gptq" else None,

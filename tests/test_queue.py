@@ -4,7 +4,7 @@ priority's list and the unacknowledged ones."""
 
 import json
 
-from api_client import queue
+from api_client.infra import queue
 
 
 def test_high_priority_is_taken_first_and_every_waiting_message_is_seen(redis_conn, redis_url):

@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
-from api_client import artifacts
-from api_client.db import Job, JobState, jobs
+from api_client.app import artifacts
+from api_client.infra.db import Job, JobState, jobs
+from api_client.infra.storage import open_store
 from api_client.redaction import MASK, redact
-from api_client.storage import open_store
 from tests.support.cli import invoke
 from tests.support.secrets import CANARIES, leaked_names
 
@@ -126,7 +126,7 @@ def test_a_source_holding_a_secret_is_refused_at_submit_not_stored(where, qfarm_
     refused in one line (masked), and nothing is queued."""
     import shutil
 
-    from api_client.db import Database
+    from api_client.infra.db import Database
 
     invoke("db", "upgrade", check=True)
     token = CANARIES["QFARM_CANARY_HF_TOKEN"]

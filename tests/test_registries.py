@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from api_client import catalog, storage
-from api_client.catalog import base as catalog_base
-from api_client.catalog import methods as catalog_methods
+from api_client.contract import catalog
+from api_client.contract.catalog import base as catalog_base
+from api_client.contract.catalog import methods as catalog_methods
+from api_client.infra import storage
 from worker import evaluators, methods
 
 HEAVY = ("torch", "transformers", "llmcompressor", "gptqmodel", "bitsandbytes", "compressed_tensors", "accelerate",
@@ -39,7 +40,7 @@ def drop_module(tmp_path: Path, package, monkeypatch, name: str, source: str) ->
 def test_discovery_imports_no_heavy_library():
     # The discovered registries import every module of their package: each
     # must keep its engine's or client library's import for when it runs.
-    code = ("import sys; import api_client.catalog, api_client.storage, worker.methods, worker.evaluators; "
+    code = ("import sys; import api_client.contract.catalog, api_client.infra.storage, worker.methods, worker.evaluators; "
             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -90,7 +91,7 @@ def test_a_method_module_dropped_into_the_package_is_found(tmp_path, monkeypatch
     assert methods._IMPLEMENTATIONS["dropped"].__module__ == dotted
 
 
-# Storage: discovered (every module of api_client/storage/ but base.py).
+# Storage: discovered (every module of api_client/infra/storage/ but base.py).
 
 def test_every_storage_module_but_the_shared_base_registers_a_scheme():
     found = {cls.__module__ for cls in storage._SCHEMES.values()}
@@ -113,8 +114,8 @@ def test_every_storage_scheme_constructs_a_store(tmp_path, monkeypatch):
 def test_a_store_module_dropped_into_the_package_is_found(tmp_path, monkeypatch):
     monkeypatch.setattr(storage, "_SCHEMES", dict(storage._SCHEMES))
     drop_module(tmp_path, storage, monkeypatch, "memory", """
-        from api_client.storage import register
-        from api_client.storage.local import LocalStore
+        from api_client.infra.storage import register
+        from api_client.infra.storage.local import LocalStore
 
         @register("mem")
         class MemoryStore(LocalStore):

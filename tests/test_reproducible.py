@@ -5,9 +5,10 @@ worker that GPTQModel wrote into its configs."""
 
 import pytest
 
-from api_client import artifacts, catalog, checkpoint
-from api_client.spec import CalibSpec, defaults_for
-from api_client.storage import sha256_file
+from api_client.app import artifacts
+from api_client.contract import catalog, checkpoint
+from api_client.contract.spec import CalibSpec, defaults_for
+from api_client.infra.storage import sha256_file
 from worker import methods
 from worker.context import JobContext
 from worker.gpu import Device

@@ -10,8 +10,8 @@ import pytest
 from alembic import command
 
 from api_client.config import Settings
-from api_client.db import Database, jobs
-from api_client.db.database import alembic_config
+from api_client.infra.db import Database, jobs
+from api_client.infra.db.database import alembic_config
 from tests.test_db import make_job
 
 JOB_ID = "abc123def456"

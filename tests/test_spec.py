@@ -2,8 +2,8 @@
 
 import pytest
 
+from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec, parse_size, resolve
 from api_client.errors import SpecError
-from api_client.spec import CalibSpec, EvalSpec, JobSpec, parse_size, resolve
 
 
 def spec(model, method="gptq", **kw):
@@ -41,7 +41,7 @@ def test_knobs_a_method_cannot_use_are_refused(tiny_model, method, params, fmt, 
 
 
 def test_every_method_takes_its_defaults(tiny_model):
-    from api_client import catalog
+    from api_client.contract import catalog
 
     for name in catalog.names():
         m = catalog.get(name)
@@ -53,7 +53,7 @@ def test_every_method_takes_its_defaults(tiny_model):
 
 
 def test_fp8_goes_to_the_capability_queue(tiny_model):
-    from api_client import routing
+    from api_client.contract import routing
 
     r = resolve(spec(tiny_model, "fp8"))
     assert routing.queue_for("f1", r.min_capability, r.allow_remote_code) == "qfarm.f1.sm89"

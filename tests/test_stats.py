@@ -1,4 +1,4 @@
-"""The uncertainty of the accuracy figures (api_client/stats.py), checked
+"""The uncertainty of the accuracy figures (api_client/contract/stats.py), checked
 against what it estimates: the spread of the figure over resampled items."""
 
 import math
@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from api_client import stats
+from api_client.contract import stats
 
 
 def answers(n, p, rng):

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from api_client import artifacts
+from api_client.app import artifacts
 from api_client.errors import QFarmError, ServiceUnavailable
-from api_client.storage import StoreError, TransferCancelled, open_store, sha256_file
-from api_client.storage.s3 import MiB
+from api_client.infra.storage import StoreError, TransferCancelled, open_store, sha256_file
+from api_client.infra.storage.s3 import MiB
 
 
 @pytest.fixture(params=["s3", "file"])

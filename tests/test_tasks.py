@@ -6,21 +6,21 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from api_client import lm_tasks
+from api_client.contract import lm_eval_tasks
+from api_client.contract.corpus import builtin_text
+from api_client.contract.spec import EvalSpec
 from api_client.errors import QFarmError, SpecError
-from api_client.spec import EvalSpec
-from api_client.texts import builtin_text
 from worker import evaluators, texts
-from worker.evaluators.tasks import TaskRun
+from worker.evaluators.task_accuracy import TaskRun
 from worker.gpu import Device
 
 CPU = Device("cpu", None, "cpu")
 
 
 def test_builtin_task_is_the_same_every_time_and_well_formed():
-    items = lm_tasks.cloze_items(builtin_text("eval"))
-    assert items == lm_tasks.cloze_items(builtin_text("eval"))
-    assert len(items) == lm_tasks.BUILTIN_ITEMS
+    items = lm_eval_tasks.cloze_items(builtin_text("eval"))
+    assert items == lm_eval_tasks.cloze_items(builtin_text("eval"))
+    assert len(items) == lm_eval_tasks.BUILTIN_ITEMS
     for item in items:
         assert len(item["choices"]) == 4 and len({c.lower() for c in item["choices"]}) == 4
         answer = item["choices"][item["label"]]
@@ -49,14 +49,14 @@ def test_a_local_task_directory_runs_offline_and_records_recovery(tiny_model, tm
     # No network: the hub and datasets would fail if anything reached out.
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     tasks_dir = write_task_dir(tmp_path / "tasks")
-    builtin = lm_tasks.write_builtin(tmp_path / "builtin", builtin_text("eval"))
+    builtin = lm_eval_tasks.write_builtin(tmp_path / "builtin", builtin_text("eval"))
     tok = AutoTokenizer.from_pretrained(tiny_model)
     windows = texts.token_windows(tok, texts.builtin_text("eval"), 64, 2)
-    run = TaskRun(["animals", lm_tasks.BUILTIN_TASK], [builtin, tasks_dir], limit=30, offline=True)
+    run = TaskRun(["animals", lm_eval_tasks.BUILTIN_TASK], [builtin, tasks_dir], limit=30, offline=True)
     figures = evaluators.run(evaluators.Inputs(CPU, tok, windows, None, 0, tmp_path / "s", tasks=run), tiny_model, tiny_model)
     tasks = figures.metrics["tasks"]
-    assert set(tasks) == {"animals", lm_tasks.BUILTIN_TASK}
-    assert tasks["animals"]["items"] == 5 and tasks[lm_tasks.BUILTIN_TASK]["items"] == 30
+    assert set(tasks) == {"animals", lm_eval_tasks.BUILTIN_TASK}
+    assert tasks["animals"]["items"] == 5 and tasks[lm_eval_tasks.BUILTIN_TASK]["items"] == 30
     for t in tasks.values():
         assert t["metric"] in ("acc", "acc_norm") and 0 <= t["quantized"] <= 1
         # The same model on both sides: all of its accuracy is kept.
@@ -77,17 +77,17 @@ def test_task_options_are_checked_before_anything_is_queued(tmp_path):
         EvalSpec(tasks_limit=5).validate()
     spec = EvalSpec(tasks=["builtin"])
     spec.validate()
-    assert spec.tasks == [lm_tasks.BUILTIN_TASK]
+    assert spec.tasks == [lm_eval_tasks.BUILTIN_TASK]
 
     with pytest.raises(SpecError, match="no task YAML"):
-        lm_tasks.check_tasks_dir(str(tmp_path), ["x"])
+        lm_eval_tasks.check_tasks_dir(str(tmp_path), ["x"])
     write_task_dir(tmp_path / "t")
     with pytest.raises(SpecError, match="defines animals, not anmals"):
-        lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["anmals"])
-    assert lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"]) == (tmp_path / "t").resolve()
+        lm_eval_tasks.check_tasks_dir(str(tmp_path / "t"), ["anmals"])
+    assert lm_eval_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"]) == (tmp_path / "t").resolve()
     (tmp_path / "t" / "leak").symlink_to("/etc/passwd")
     with pytest.raises(SpecError, match="links outside"):
-        lm_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"])
+        lm_eval_tasks.check_tasks_dir(str(tmp_path / "t"), ["animals"])
 
 
 def test_a_task_directory_that_runs_code_needs_remote_code(tmp_path):
@@ -97,22 +97,22 @@ def test_a_task_directory_that_runs_code_needs_remote_code(tmp_path):
     (d / "animals.yaml").write_text((d / "animals.yaml").read_text().replace("doc_to_text: '{{q}}'", "doc_to_text: !function utils.text"))
     (d / "utils.py").write_text("import os\ndef text(doc):\n    return os.environ['AWS_SECRET_ACCESS_KEY']\n")
     with pytest.raises(SpecError, match="--allow-remote-code"):
-        lm_tasks.check_tasks_dir(str(d), ["animals"])
-    assert lm_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True)
+        lm_eval_tasks.check_tasks_dir(str(d), ["animals"])
+    assert lm_eval_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True)
     (d / "utils.py").unlink()
     with pytest.raises(SpecError, match="!function utils.text names Python code"):
-        lm_tasks.check_tasks_dir(str(d), ["animals"])
+        lm_eval_tasks.check_tasks_dir(str(d), ["animals"])
 
     # On the worker too: a message that did not come through `qfarm submit`.
     import tarfile
 
-    from worker import task_inputs
+    from worker import lm_eval_inputs
 
     archive = tmp_path / "tasks.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(d, arcname=".")
     with pytest.raises(QFarmError, match="runs code"):
-        task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive.as_uri()), tmp_path / "job", allow_code=False)
+        lm_eval_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive.as_uri()), tmp_path / "job", allow_code=False)
 
 
 def test_a_task_that_cannot_run_is_recorded_and_the_other_figures_stand(tiny_model, tmp_path, monkeypatch):

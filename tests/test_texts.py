@@ -24,7 +24,7 @@ def test_jsonl_text_field_is_read(tmp_path):
 
 
 def test_s3_object(bucket, aws_env, tmp_path):
-    from api_client.storage.s3 import s3_client
+    from api_client.infra.storage.s3 import s3_client
 
     s3_client(aws_env).put_object(Bucket=bucket, Key="data/calib.txt", Body=b"hello from s3")
     assert texts.load_text(f"s3://{bucket}/data/calib.txt", "calib") == "hello from s3"

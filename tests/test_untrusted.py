@@ -9,10 +9,10 @@ import tarfile
 
 import pytest
 
+from api_client.contract.spec import EvalSpec, JobSpec, resolve
 from api_client.errors import QFarmError, SpecError
-from api_client.spec import EvalSpec, JobSpec, resolve
 from tests.test_tasks import write_task_dir
-from worker import task_inputs
+from worker import lm_eval_inputs
 
 # -- task directories ------------------------------------------------------------------
 
@@ -274,7 +274,7 @@ def test_a_hostile_task_directory_is_refused_at_submit_and_on_the_worker(variant
     assert str(submitted.value).startswith("--tasks-dir: ") and "\n" not in str(submitted.value)
     uri = archive(d, tmp_path / "tasks.tar.gz")
     with pytest.raises(QFarmError, match=reason):
-        task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=uri), tmp_path / "job", allow_code=False)
+        lm_eval_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=uri), tmp_path / "job", allow_code=False)
     assert not (tmp_path / "ran").exists()
 
 
@@ -291,9 +291,9 @@ def test_a_task_directory_of_plain_data_is_accepted_and_its_files_resolved_insid
     (d / "loop").symlink_to(".", target_is_directory=True)  # walked once, not forever
     job = JobSpec(model=str(tiny_model), method="rtn", eval=EvalSpec(tasks=["zoo"], tasks_dir=str(d)))
     assert resolve(job).eval.tasks_dir == str(d.resolve())
-    run = task_inputs.prepare(EvalSpec(tasks=["zoo"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job", False)
+    run = lm_eval_inputs.prepare(EvalSpec(tasks=["zoo"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job", False)
     assert run.offline and run.names == ["zoo"]
-    from api_client import task_yaml
+    from api_client.contract import task_yaml
 
     loaded = task_yaml.load(run.include[0])
     [animals] = [c for c in loaded.configs if c.get("task") == "animals"]
@@ -310,7 +310,7 @@ def test_a_template_that_escapes_at_run_time_fails_the_tasks_figure_and_runs_not
     from transformers import AutoTokenizer
 
     from worker import evaluators, texts
-    from worker.evaluators.tasks import TaskRun
+    from worker.evaluators.task_accuracy import TaskRun
     from worker.gpu import Device
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -350,8 +350,8 @@ def test_a_template_that_reaches_python_only_as_it_renders_is_stopped_by_the_san
     from jinja2.sandbox import SecurityError
     from lm_eval import utils as lm_utils
 
-    from api_client import task_yaml
-    from worker.evaluators.tasks import sandboxed_templates
+    from api_client.contract import task_yaml
+    from worker.evaluators.task_accuracy import sandboxed_templates
 
     doc = {"q": "text", "g": "__class__"}
     task_yaml.check_template(template, "doc_to_text")
@@ -366,9 +366,9 @@ def test_a_task_directory_with_code_runs_where_the_job_and_the_worker_allow_it(t
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from api_client import lm_tasks
+    from api_client.contract import lm_eval_tasks
     from worker.evaluators import Inputs, Loaded
-    from worker.evaluators.tasks import Tasks
+    from worker.evaluators.task_accuracy import Tasks
     from worker.gpu import Device
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -376,8 +376,8 @@ def test_a_task_directory_with_code_runs_where_the_job_and_the_worker_allow_it(t
     called = tmp_path / "called"
     (d / "utils.py").write_text(f"def text(doc):\n    open({str(called)!r}, 'a').write('x')\n    return doc['q']\n")
     _yaml(d, "doc_to_text: !function utils.text\n")
-    assert lm_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True) == d.resolve()
-    run = task_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job",
+    assert lm_eval_tasks.check_tasks_dir(str(d), ["animals"], allow_code=True) == d.resolve()
+    run = lm_eval_inputs.prepare(EvalSpec(tasks=["animals"], tasks_dir=archive(d, tmp_path / "a.tar.gz")), tmp_path / "job",
                               allow_code=True)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     inputs = Inputs(Device("cpu", None, "cpu"), AutoTokenizer.from_pretrained(tiny_model), [], None, 0, tmp_path / "s",
@@ -396,7 +396,7 @@ def test_a_job_that_outgrows_its_memory_fails_naming_memory_and_is_not_retried(q
     import psutil
 
     from api_client.config import Settings
-    from api_client.db import Database, Job, JobState, jobs
+    from api_client.infra.db import Database, Job, JobState, jobs
     from worker import runner, tasks
 
     monkeypatch.setenv("QFARM_JOB_MEMORY_LIMIT", str(psutil.Process().memory_info().rss + 200 * 2**20))
@@ -433,7 +433,7 @@ def _peak_rss() -> int:
 
 
 def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_being_read(tmp_path, monkeypatch):
-    from api_client.spec import CalibSpec
+    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     # 2 GiB that take no disk (sparse): refused by its size, never read.
@@ -458,7 +458,7 @@ def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_bein
 
 
 def test_an_s3_text_past_the_cap_is_refused_before_it_is_downloaded(bucket, aws_env, monkeypatch):
-    from api_client.storage.s3 import s3_client
+    from api_client.infra.storage.s3 import s3_client
     from worker import texts
 
     monkeypatch.setenv("QFARM_MAX_TEXT_BYTES", str(2**20))
@@ -473,7 +473,7 @@ def test_an_s3_text_past_the_cap_is_refused_before_it_is_downloaded(bucket, aws_
     (None, "is a device, not a regular file"),
 ], ids=["directory", "fifo", "dev-zero"])
 def test_a_directory_fifo_or_device_as_a_text_is_named_for_what_it_is(make, what, tmp_path):
-    from api_client.spec import CalibSpec
+    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     path = tmp_path / "calib.txt"
@@ -516,7 +516,7 @@ def test_a_huge_tokenizer_file_is_refused_at_submit_and_on_the_worker(tiny_model
 ])
 def test_a_config_that_disagrees_with_its_weights_is_refused_at_submit_and_on_the_worker(key, value, reason, tiny_model,
                                                                                          tmp_path):
-    from api_client import checkpoint
+    from api_client.contract import checkpoint
     from worker import model_source
 
     model = _copy_model(tiny_model, tmp_path / "m")
@@ -537,16 +537,16 @@ def test_a_config_that_disagrees_with_its_weights_is_refused_at_submit_and_on_th
 def test_an_s3_text_is_read_by_the_client_with_its_credentials_and_travels_with_the_job(
         qfarm_env, bucket, aws_env, tiny_model, monkeypatch):
     from api_client import Client
-    from api_client.db import jobs
-    from api_client.spec import CalibSpec
-    from api_client.storage import open_store
-    from api_client.storage.s3 import s3_client
+    from api_client.contract.spec import CalibSpec
+    from api_client.infra.db import jobs
+    from api_client.infra.storage import open_store
+    from api_client.infra.storage.s3 import s3_client
 
     text = ("It was a bright cold day in April, and the clocks were striking thirteen. " * 400).encode()
     s3_client(aws_env).put_object(Bucket=bucket, Key="team/calib.txt", Body=text)
     source = f"s3://{bucket}/team/calib.txt"
     client = Client()
-    from api_client.db import Database
+    from api_client.infra.db import Database
 
     migrate = Database(client.settings.database_url)
     migrate.upgrade()
@@ -574,7 +574,7 @@ def test_an_s3_text_is_read_by_the_client_with_its_credentials_and_travels_with_
 
 
 def _job(**fields):
-    from api_client.db import Job
+    from api_client.infra.db import Job
 
     base = dict(id="inputs000001", state="queued", method="gptq", format="compressed-tensors", params={}, model="/m",
                 calib={"source": "builtin"}, eval={"source": "builtin"}, queue="q", submitted_by="ann", attempts=0,
@@ -593,7 +593,7 @@ def _job(**fields):
     (dict(model="s3://otherteam/model/"), r"not under QFARM_INPUT_PREFIXES \(none is set\)"),
 ])
 def test_the_worker_reads_only_what_the_job_carries(fields, reason, tmp_path):
-    from api_client.storage import open_store
+    from api_client.infra.storage import open_store
     from worker import job_inputs
 
     store = open_store((tmp_path / "store").as_uri())
@@ -613,9 +613,9 @@ def test_the_worker_reads_what_submit_and_compare_uploaded_and_not_another_job_s
     group's shared calibration text, pass the worker's check; the same
     source on another job does not."""
     from api_client import Client
-    from api_client.db import Database, jobs
-    from api_client.spec import CalibSpec
-    from api_client.storage import open_store
+    from api_client.contract.spec import CalibSpec
+    from api_client.infra.db import Database, jobs
+    from api_client.infra.storage import open_store
     from tests.test_tasks import write_task_dir
     from worker import job_inputs
 
@@ -641,7 +641,7 @@ def test_the_worker_reads_what_submit_and_compare_uploaded_and_not_another_job_s
 def test_a_job_naming_another_team_s_object_fails_on_the_worker_before_anything_is_read(qfarm_env):
     """Through the runner: a row written without `qfarm submit`."""
     from api_client.config import Settings
-    from api_client.db import Database, jobs
+    from api_client.infra.db import Database, jobs
     from worker import runner
 
     settings = Settings.from_env()
@@ -656,7 +656,7 @@ def test_a_job_naming_another_team_s_object_fails_on_the_worker_before_anything_
 
 
 def test_s3_models_only_from_the_prefixes_the_farm_allows(monkeypatch):
-    from api_client import sources
+    from api_client.contract import sources
 
     monkeypatch.setenv("QFARM_INPUT_PREFIXES", "s3://farm/models/, s3://shared/llama")
     assert resolve(JobSpec(model="s3://farm/models/llama/", method="rtn")).model_kind == "s3"
@@ -672,7 +672,7 @@ def test_s3_models_only_from_the_prefixes_the_farm_allows(monkeypatch):
 
 @pytest.mark.parametrize("name", ["..", "../scratch", "./x", "json", "pandas", "here"])
 def test_an_hf_dataset_name_that_is_no_hub_name_is_refused_at_submit_and_on_the_worker(name, tmp_path, monkeypatch):
-    from api_client.spec import CalibSpec
+    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     monkeypatch.chdir(tmp_path)

@@ -1,5 +1,5 @@
 """`qfarm worker …`: the worker's commands, which the client's CLI loads only
-when one is run (api_client/cli.py), so a client install without torch and
+when one is run (api_client/cli/commands.py), so a client install without torch and
 the engines still runs every other command."""
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ def start(gpus: str, allow_remote_code: bool, cpu_workers: int, loglevel: str) -
     missing = [m for m in WORKER_LIBRARIES if importlib.util.find_spec(m) is None]
     if missing:
         raise QFarmError(f"this install has no worker libraries ({', '.join(missing)}): pip install 'qfarm[worker]'")
-    from api_client import queue
     from api_client.config import Settings
-    from api_client.db import Database, jobs
+    from api_client.infra import queue
+    from api_client.infra.db import Database, jobs
     from worker import launcher
 
     # Every QFARM_* variable is checked here: a malformed one (a memory

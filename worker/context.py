@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from api_client.contract.spec import CalibSpec
+from api_client.contract.states import Stage
 from api_client.errors import QFarmError
-from api_client.spec import CalibSpec
-from api_client.states import Stage
 from worker import texts
 from worker.gpu import Device
 

@@ -9,7 +9,7 @@ every layer that is not exactly `nn.Linear`; both jobs had succeeded.
 Eligible are the weights the methods exist for: the linear and expert
 weight matrices of the decoder layers. Embeddings, norms, `lm_head`, biases
 and the layers an architecture keeps in full precision (MoE routers,
-shared-expert gates: api_client/catalog/architectures.py) are not.
+shared-expert gates: api_client/contract/catalog/architectures.py) are not.
 `quantized_fraction` is the share of the eligible weights, by their
 parameters (the bytes they had in the original), stored in a quantized
 form:
@@ -32,8 +32,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api_client.catalog import architectures
-from api_client.checkpoint import read_safetensors_header
+from api_client.contract.catalog import architectures
+from api_client.contract.checkpoint import read_safetensors_header
 
 # Below this share the job fails (issue 17: "more than 5 % left in full precision").
 MIN_FRACTION = 0.95

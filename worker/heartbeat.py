@@ -12,7 +12,7 @@ a higher priority than the jobs' (where the worker may: root, or
 CAP_SYS_NICE), so a host whose CPUs are saturated still hears from it. A
 heartbeat that stays stale does not alone lose the worker its job: its job
 process says by itself that it advances (worker/pulse.py,
-api_client/liveness.py).
+api_client/infra/liveness.py).
 
 The reconciler thread runs the farm's reconciler (worker/reconcile.py), one
 worker at a time, as often: its Redis, S3 and database calls can take long,
@@ -34,10 +34,10 @@ import time
 from typing import Any
 
 from api_client.config import Settings
-from api_client.db import Database, JobState, jobs, workers
-from api_client.db.jobs import aware
-from api_client.db.models import utcnow
 from api_client.errors import first_line
+from api_client.infra.db import Database, JobState, jobs, workers
+from api_client.infra.db.jobs import aware
+from api_client.infra.db.models import utcnow
 from worker import gpu, reconcile
 
 log = logging.getLogger("qfarm.heartbeat")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 
-from api_client import sources
-from api_client.db import Job
+from api_client.contract import sources
 from api_client.errors import QFarmError
-from api_client.storage import Store, StoreError
+from api_client.infra.db import Job
+from api_client.infra.storage import Store, StoreError
 
 INPUTS = "inputs/"
 

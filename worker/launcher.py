@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from api_client import catalog, config, routing
+from api_client import config
+from api_client.contract import catalog, routing
 from api_client.errors import QFarmError, SpecError
 from worker.gpu import GpuInfo, nvml_gpus
 

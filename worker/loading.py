@@ -131,7 +131,7 @@ def gpu_weight_budget(path: Path, max_vram_bytes: int, dense_bytes: int | None) 
     place to the original dtype, so a packed layer placed on the GPU grows to
     its dense size: the share shrinks by the packed-to-dense ratio.
     """
-    from api_client.checkpoint import inspect
+    from api_client.contract.checkpoint import inspect
 
     budget = int(max_vram_bytes * WEIGHT_SHARE)
     if _quantization_config(path).get("quant_method") == "compressed-tensors" and dense_bytes:

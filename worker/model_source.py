@@ -2,7 +2,7 @@
 libraries a directory that holds only the files the job may read.
 
 The libraries get `<job>/model/`: a copy of each checked small file
-(api_client/modelfiles.py) and a symlink to each checked weight file. Whatever else the
+(api_client/contract/modelfiles.py) and a symlink to each checked weight file. Whatever else the
 source directory holds (a symlink to /proc/self/environ, a FIFO, training
 state, model code of a job that does not allow it) is not there for them to
 read or copy into the artifact.
@@ -20,11 +20,11 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
-from api_client import checkpoint, sources
-from api_client.checkpoint import CheckpointInfo
+from api_client.contract import checkpoint, sources
+from api_client.contract.checkpoint import CheckpointInfo
+from api_client.contract.modelfiles import REMOTE_CODE, WANTED, check_small_file, plain_name, wanted
 from api_client.errors import QFarmError, first_line
-from api_client.modelfiles import REMOTE_CODE, WANTED, check_small_file, plain_name, wanted
-from api_client.storage import open_store
+from api_client.infra.storage import open_store
 from worker.model_cache import ModelCache
 
 

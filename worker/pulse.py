@@ -4,7 +4,7 @@ time grew since the last look.
 
 The worker's heartbeat (worker/heartbeat.py) says the worker lives; this
 says the job computes. A reconciler takes a job back only when both are
-stale (api_client/liveness.py), so a worker whose heartbeat starved under
+stale (api_client/infra/liveness.py), so a worker whose heartbeat starved under
 CPU load keeps the job its process is still working on.
 
 It also ends an attempt that was superseded: when its write finds the job
@@ -21,7 +21,7 @@ import signal
 import threading
 import time
 
-from api_client.db import Database, JobState, jobs
+from api_client.infra.db import Database, JobState, jobs
 
 log = logging.getLogger("qfarm.worker")
 

@@ -4,7 +4,7 @@ Every worker's heartbeat thread (worker/heartbeat.py) calls `reconcile`
 every few seconds; a Redis lock lets one of them do it per interval. It
 mends what a crash or an outage leaves behind:
 
-- a running job that is provably lost (api_client/liveness.py: its job
+- a running job that is provably lost (api_client/infra/liveness.py: its job
   process is gone, or its worker's heartbeat and the job's own progress both
   stopped, or its live worker no longer runs it) goes back to the queue as a
   new attempt, or is failed as "worker lost" once its attempts are used up;
@@ -12,7 +12,7 @@ mends what a crash or an outage leaves behind:
   data) gets its message again;
 - a partial upload whose removal failed (the store was down) is removed.
 
-Handing a job back is api_client/lifecycle.py's, shared with the job process
+Handing a job back is api_client/infra/lifecycle.py's, shared with the job process
 that is stopped (SIGTERM) and with `qfarm requeue`.
 """
 
@@ -22,11 +22,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from api_client import lifecycle, liveness, queue
 from api_client.config import Settings
-from api_client.db import Database, JobState, jobs, workers
 from api_client.errors import first_line
-from api_client.storage import open_store
+from api_client.infra import lifecycle, liveness, queue
+from api_client.infra.db import Database, JobState, jobs, workers
+from api_client.infra.storage import open_store
 
 log = logging.getLogger("qfarm.reconcile")
 

@@ -17,20 +17,22 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from api_client import artifacts, catalog, checkpoint, lifecycle, liveness
-from api_client.catalog import architectures
+from api_client.app import artifacts
 from api_client.config import Settings
-from api_client.db import Database, Job, JobState, jobs, workers
-from api_client.db.database import DatabaseGone, with_retry
-from api_client.db.models import utcnow
+from api_client.contract import catalog, checkpoint
+from api_client.contract.catalog import architectures
+from api_client.contract.spec import CalibSpec, EvalSpec, defaults_for
+from api_client.contract.states import Stage
 from api_client.errors import JobNotFound, QFarmError, first_line, printable
+from api_client.infra import lifecycle, liveness
+from api_client.infra.db import Database, Job, JobState, jobs, workers
+from api_client.infra.db.database import DatabaseGone, with_retry
+from api_client.infra.db.models import utcnow
+from api_client.infra.storage import open_store
 from api_client.redaction import redact
-from api_client.spec import CalibSpec, EvalSpec, defaults_for
-from api_client.states import Stage
-from api_client.storage import open_store
-from worker import coverage, evaluators, gpu, job_inputs, methods, model_cache, model_source, task_inputs, texts
+from worker import coverage, evaluators, gpu, job_inputs, lm_eval_inputs, methods, model_cache, model_source, texts
 from worker.context import JobContext
-from worker.evaluators.tasks import TaskRun
+from worker.evaluators.task_accuracy import TaskRun
 from worker.pulse import Pulse
 from worker.versions import environment, library_versions, seed_everything
 
@@ -103,7 +105,7 @@ def claim(rec: Recorder, job_id: str, worker: str, device: gpu.Identity, setting
     # The new attempt's upload starts by clearing the prefix (artifacts.Upload),
     # so a cleanup still pending from an earlier attempt is its own. It starts
     # with none of an earlier attempt's figures, and names its job process
-    # (api_client/liveness.py).
+    # (api_client/infra/liveness.py).
     ok = rec(jobs.transition, job_id, expect=[JobState(job.state)], expect_attempts=job.attempts,
              state=JobState.RUNNING, message=message, attempts=job.attempts + 1, cleanup_uri=None,
              **{**jobs.fresh_attempt(), **where, "process": liveness.process_key()})
@@ -414,7 +416,7 @@ class Run:
 
         # The tasks are made ready (or refused) before any GPU time is spent.
         eval_spec = EvalSpec(**(job.eval or {}))
-        tasks = task_inputs.prepare(eval_spec, self.job_dir / "tasks", job.allow_remote_code and self.settings.allow_remote_code)
+        tasks = lm_eval_inputs.prepare(eval_spec, self.job_dir / "tasks", job.allow_remote_code and self.settings.allow_remote_code)
         output_dir = self.job_dir / "artifact"
         output_dir.mkdir()
         ctx = JobContext(

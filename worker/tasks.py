@@ -11,7 +11,7 @@ from celery.exceptions import Reject
 
 from api_client.config import Settings
 from api_client.errors import first_line
-from api_client.queue import TASK_NAME
+from api_client.infra.queue import TASK_NAME
 from worker import job_process, runner
 from worker.app import app
 

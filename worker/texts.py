@@ -14,11 +14,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from api_client import sources
 from api_client.config import max_text_bytes
+from api_client.contract import sources
+from api_client.contract.corpus import builtin_text, decode_text, not_a_file, read_bounded, universal_newlines
 from api_client.errors import QFarmError, first_line
-from api_client.storage import open_store
-from api_client.texts import builtin_text, decode_text, not_a_file, read_bounded, universal_newlines
+from api_client.infra.storage import open_store
 
 # A token is rarely longer than this many characters; bounds what is tokenized.
 _CHARS_PER_TOKEN_MAX = 12

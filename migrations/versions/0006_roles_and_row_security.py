@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-11-29
 
 On PostgreSQL a job's `submitted_by` is the database role that submitted it
-(api_client/db/roles.py), and the database itself enforces who may change a
+(api_client/infra/db/roles.py), and the database itself enforces who may change a
 row (row-level security), so a client that skips qfarm's own checks gains
 nothing:
 
@@ -35,7 +35,7 @@ depends_on = None
 
 ROLES = ("qfarm_user", "qfarm_admin", "qfarm_worker")
 # Who may act on every job: one SQL function, read by the policies and by
-# the client before it tries (api_client/db/roles.py).
+# the client before it tries (api_client/infra/db/roles.py).
 ACTS_FOR_ALL = """
 CREATE OR REPLACE FUNCTION qfarm_acts_for_all() RETURNS boolean LANGUAGE sql STABLE AS $$
   SELECT pg_has_role(current_user, 'qfarm_admin', 'MEMBER')

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from api_client.catalog import architectures
-from api_client.states import Stage
+from api_client.contract.catalog import architectures
+from api_client.contract.states import Stage
 from worker import layout
 
 

@@ -46,7 +46,7 @@ def converter(model_dir: Path) -> Any:
     except NotImplementedError as exc:
         # AutoRound says "not supported" both for an architecture its map
         # lacks and for a module that failed to import (a gguf library too
-        # old for it: api_client/catalog/gguf_architectures.py); the cause
+        # old for it: api_client/contract/catalog/gguf_architectures.py); the cause
         # tells which.
         cause = f" ({type(exc.__cause__).__name__}: {first_line(exc.__cause__)})" if exc.__cause__ else ""
         raise QFarmError(f"llama.cpp's GGUF converter (AutoRound's copy) cannot write the architecture {arch}{cause}") from None

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-from api_client.states import Stage
+from api_client.contract.states import Stage
 
 
 def _cpu_workers() -> None:
@@ -90,7 +90,7 @@ def name_packed_modules(artifact) -> None:
     (`modules_to_not_convert`)."""
     import json
 
-    from api_client.checkpoint import read_safetensors_header
+    from api_client.contract.checkpoint import read_safetensors_header
     from worker.packing import split_block
 
     config_path = artifact / "config.json"

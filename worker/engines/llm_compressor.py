@@ -28,8 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from api_client.catalog import architectures
-from api_client.states import Stage
+from api_client.contract.catalog import architectures
+from api_client.contract.states import Stage
 from worker import layout
 
 # AWQ smooths the output of a layer into the projections it feeds; which

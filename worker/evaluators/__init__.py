@@ -45,7 +45,7 @@ class Inputs:
     scratch: Path
     dense_bytes: int | None = None
     trust_remote_code: bool = False
-    # lm-eval tasks (worker/evaluators/tasks.py), already on local disk.
+    # lm-eval tasks (worker/evaluators/task_accuracy.py), already on local disk.
     tasks: Any = None
     # Measure the original model's figures beyond perplexity (False in all
     # but one member of a compare group: its baseline is measured once).
@@ -249,7 +249,7 @@ def _reason(exc: BaseException, role: str) -> str:
 
 
 # The evaluators' modules, in the order they measure and their figures are listed.
-MODULES = ("decode", "perplexity", "serving", "tasks")
+MODULES = ("decode", "perplexity", "serving", "task_accuracy")
 # The modules of the package that hold no evaluator: what evaluators share.
 HELPERS = frozenset({"divergence"})
 

@@ -120,7 +120,7 @@ class Divergence:
         import numpy as np
         import torch
 
-        from api_client import stats
+        from api_client.contract import stats
 
         kl = torch.cat(self._kl).double().numpy()
         windows = list(self._window_kl.values())

@@ -6,7 +6,7 @@ file's is llama.cpp's (`llama.cpp-cpu`) where the worker has it.
 
 Its uncertainty: both models run the same windows, so the ratio's 95 %
 interval is a paired bootstrap over windows (a drawn window brings both
-models' losses; api_client/stats.py). The same forward passes give the KL
+models' losses; api_client/contract/stats.py). The same forward passes give the KL
 divergence of the artifact's next-token distribution from the original's
 (worker/evaluators/divergence.py).
 """
@@ -17,7 +17,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from api_client import stats
+from api_client.contract import stats
 from worker.evaluators import Evaluator, Figures, Inputs, Loaded, register
 from worker.evaluators.divergence import Divergence
 from worker.gguf_runtime import LlamaCppModel

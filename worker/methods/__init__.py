@@ -1,4 +1,4 @@
-"""The code behind each method of the catalog (api_client/catalog): one
+"""The code behind each method of the catalog (api_client/contract/catalog): one
 module per method, each registering its `quantize` under the catalog's name.
 The catalog says what a method is; this says how the worker runs it.
 
@@ -18,8 +18,8 @@ import pkgutil
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from api_client import catalog
-from api_client.catalog.options import Params
+from api_client.contract import catalog
+from api_client.contract.catalog.options import Params
 
 if TYPE_CHECKING:
     from worker.context import JobContext

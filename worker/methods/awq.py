@@ -1,9 +1,9 @@
-"""AWQ (api_client/catalog/methods.py): compressed-tensors through
+"""AWQ (api_client/contract/catalog/methods.py): compressed-tensors through
 llm-compressor's AWQModifier; AutoAWQ's GEMM format through GPTQModel."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import AWQ, AWQParams
+from api_client.contract.catalog.methods import AWQ, AWQParams
 from worker.context import JobContext
 from worker.methods import implements
 

@@ -1,9 +1,9 @@
-"""NF4 and FP4 (api_client/catalog/methods.py): bitsandbytes 4-bit, the
+"""NF4 and FP4 (api_client/contract/catalog/methods.py): bitsandbytes 4-bit, the
 weights quantized as they load, saved with save_pretrained."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import FP4, NF4, BnB4BitParams
+from api_client.contract.catalog.methods import FP4, NF4, BnB4BitParams
 from worker.context import JobContext
 from worker.methods import implements
 

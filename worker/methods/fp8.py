@@ -1,9 +1,9 @@
-"""FP8 dynamic (api_client/catalog/methods.py) through llm-compressor; the
+"""FP8 dynamic (api_client/contract/catalog/methods.py) through llm-compressor; the
 job refuses a GPU without FP8 tensor cores even if routing was bypassed."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import FP8
+from api_client.contract.catalog.methods import FP8
 from worker.context import JobContext
 from worker.methods import implements
 

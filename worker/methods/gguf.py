@@ -1,4 +1,4 @@
-"""GGUF (api_client/catalog/methods.py): one .gguf file per format asked for,
+"""GGUF (api_client/contract/catalog/methods.py): one .gguf file per format asked for,
 in the artifact directory, each measured as a GGUF runtime loads it
 (worker/gguf_runtime.py).
 
@@ -43,9 +43,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from api_client.catalog.methods import GGUF, K_QUANTS, GGUFParams
+from api_client.contract.catalog.methods import GGUF, K_QUANTS, GGUFParams
+from api_client.contract.states import Stage
 from api_client.errors import QFarmError
-from api_client.states import Stage
 from worker import gguf_runtime, texts
 from worker.context import JobContext
 from worker.engines import gguf_export

@@ -1,9 +1,9 @@
-"""GPTQ (api_client/catalog/methods.py): compressed-tensors through
+"""GPTQ (api_client/contract/catalog/methods.py): compressed-tensors through
 llm-compressor's GPTQModifier; the classic GPTQ format through GPTQModel."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import GPTQ, GPTQParams
+from api_client.contract.catalog.methods import GPTQ, GPTQParams
 from worker.context import JobContext
 from worker.methods import implements
 

@@ -1,8 +1,8 @@
-"""LLM.int8() (api_client/catalog/methods.py) through bitsandbytes."""
+"""LLM.int8() (api_client/contract/catalog/methods.py) through bitsandbytes."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import Int8, Int8Params
+from api_client.contract.catalog.methods import Int8, Int8Params
 from worker.context import JobContext
 from worker.methods import implements
 

@@ -1,9 +1,9 @@
-"""RTN (api_client/catalog/methods.py) through llm-compressor's
+"""RTN (api_client/contract/catalog/methods.py) through llm-compressor's
 QuantizationModifier, no calibration."""
 
 from __future__ import annotations
 
-from api_client.catalog.methods import RTN, RTNParams
+from api_client.contract.catalog.methods import RTN, RTNParams
 from worker.context import JobContext
 from worker.methods import implements
 
