@@ -183,6 +183,9 @@ def pytest_terminal_summary(terminalreporter):
 ONE_PROCESS = {
     "tests/test_e2e.py": "one `qfarm worker start` serves the module",
     "tests/test_packing.py": "the wide model and its quantized artifacts",
+    # Every pair imports llm-compressor, GPTQModel and AutoRound (~10 CPU-s
+    # each on two cores): once in one process, not once in each.
+    "tests/test_architectures.py": "the tiny checkpoints and the engines' imports",
 }
 
 
