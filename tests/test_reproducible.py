@@ -1,5 +1,5 @@
 """The same job twice on the same device writes the same artifact: every
-file, and so the artifact's one checksum, equal (README, "Reproducible").
+file, and so the artifact's one checksum, equal (docs/methods.md, "Reproducible").
 On a CPU every method is deterministic; what differed was a path of the
 worker that GPTQModel wrote into its configs."""
 

@@ -69,7 +69,7 @@ def cli() -> None:
 
     Settings come from QFARM_BROKER_URL, QFARM_DATABASE_URL, QFARM_STORAGE_URL
     and QFARM_S3_ENDPOINT_URL, among others: `qfarm config` shows them all
-    (and the README's "Configuration").
+    (and docs/operations.md, "Configuration").
     """
 
 
@@ -550,7 +550,7 @@ def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | N
 @click.argument("name", required=False)
 @click.option("--architectures", "show_architectures", is_flag=True,
               help="Print which method works on which architecture (the matrix tests/test_architectures.py proves).")
-@click.option("--markdown", is_flag=True, help="With --architectures: as the README's Markdown table.")
+@click.option("--markdown", is_flag=True, help="With --architectures: as the Markdown table of docs/methods.md.")
 def methods(name: str | None, show_architectures: bool, markdown: bool) -> None:
     """List the methods, their formats and their options (NAME: one method,
     with every model architecture it takes where it names them)."""

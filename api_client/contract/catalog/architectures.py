@@ -3,7 +3,7 @@
 refused at submit, from config.json, with the reason and the methods that
 do work. tests/test_architectures.py runs every (architecture, method) pair
 on a tiny random checkpoint and asserts that what happens is what this table
-claims; `qfarm methods --architectures` and the README print it.
+claims; `qfarm methods --architectures` and docs/methods.md print it.
 
 An architecture not listed is accepted: the job measures what it quantized
 like any other and fails where less than 95 % of the weights were reached.
@@ -182,7 +182,7 @@ def reasons() -> list[str]:
 
 
 def markdown() -> str:
-    """The support matrix as the README shows it (`qfarm methods --architectures --markdown`)."""
+    """The support matrix as docs/methods.md shows it (`qfarm methods --architectures --markdown`)."""
     head = "| architecture | " + " | ".join(f"`{m}`" for m in METHOD_LABELS) + " |"
     rows = [head, "|---|" + "---|" * len(METHOD_LABELS)]
     rows += [f"| {name} | " + " | ".join("✓" if c == "works" else "refused" for c in cells) + " |" for name, cells in matrix()]
