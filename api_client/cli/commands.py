@@ -332,7 +332,7 @@ def _follow(client: Client, job_id: str, quiet: bool = False) -> Job:
     final = client.status(job_id)
     if not quiet:
         if final.state == "succeeded":
-            from api_client.cli.render import num
+            from api_client.contract.figures import num
 
             console.print(f"succeeded: perplexity {num(final.ppl_baseline)} → {num(final.ppl_quantized)} "
                           f"(ratio {num(final.ppl_ratio, '.4f')}), artifact {final.artifact_uri}")
@@ -449,14 +449,15 @@ def requeue(job: str) -> None:
 def gc(older_than: str, yes: bool) -> None:
     """Remove artifact uploads that never got their manifest (cut short)."""
     from api_client.cli import render
+    from api_client.contract.figures import size
 
     client = _client()
     found = client.gc(parse_age(older_than), delete=yes)
     for a in found:
         click.echo(f"{'deleted' if yes else 'would delete'} {client.settings.storage_url.rstrip('/')}/{a.prefix} "
-                   f"({a.objects} objects, {render.size(a.bytes)}, last written {render.when(a.newest)})")
+                   f"({a.objects} objects, {size(a.bytes)}, last written {render.when(a.newest)})")
     total = sum(a.bytes for a in found)
-    click.echo(f"{len(found)} incomplete artifacts, {render.size(total)}" + ("" if yes or not found else "; pass --yes to delete them"))
+    click.echo(f"{len(found)} incomplete artifacts, {size(total)}" + ("" if yes or not found else "; pass --yes to delete them"))
 
 
 def parse_age(text: str) -> float:
@@ -497,7 +498,7 @@ def workers_(show_all: bool, as_json: bool) -> None:
 @click.argument("dest", type=click.Path(file_okay=False, path_type=Path))
 def download(job: str, dest: Path) -> None:
     """Download a job's artifact into DEST, checking every file's sha256."""
-    from api_client.cli.render import size
+    from api_client.contract.figures import size
 
     manifest = _client().download(job, dest, progress=lambda e: click.echo(f"  {e['path']} ({size(e['bytes'])}) ok", err=True))
     click.echo(f"{len(manifest['files'])} files verified in {dest}")
@@ -522,7 +523,7 @@ def publish(job: str, repo: str, private: bool, dry_run: bool, endpoint: str | N
     import huggingface_hub.hf_api  # noqa: F401 - sets its loggers' level when imported, so first
     from huggingface_hub.utils import disable_progress_bars
 
-    from api_client.cli.render import size
+    from api_client.contract.figures import size
 
     # huggingface_hub's warnings ("No files have been modified…") and
     # progress bars say what the lines below say; the bars stay on a terminal.
