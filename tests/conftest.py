@@ -17,6 +17,14 @@ import pytest
 # took 22 s of CPU with two threads under load, 11 s with one). Inherited by
 # every worker and job process the tests start.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No torch.compile in the tests: GPTQModel's torch kernel (the CPU worker's
+# packed path) compiles its dequantization with inductor, a C++ build per
+# shape and process, which doubled the CPU time of the packed loads
+# (tests/test_packing.py's lossless conversions: 36 CPU-s compiled, 16 eager)
+# and made it the largest share of the suite's compile work. The tests check
+# what the packed path computes, which compiling does not change; a CPU
+# worker outside the tests still compiles. Override with TORCHDYNAMO_DISABLE=0.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
 from tests.support import secrets, services
 from tests.support.models import build_tiny_llama
