@@ -18,7 +18,7 @@ from api_client.config import max_text_bytes
 from api_client.contract import sources
 from api_client.contract.corpus import builtin_text, decode_text, not_a_file, read_bounded, universal_newlines
 from api_client.errors import QFarmError, first_line
-from api_client.infra.storage import open_store
+from api_client.infra.storage import open_object
 
 # A token is rarely longer than this many characters; bounds what is tokenized.
 _CHARS_PER_TOKEN_MAX = 12
@@ -43,9 +43,7 @@ def read_input(source: str, what: str, limit: int | None = None) -> tuple[bytes,
     limit = max_text_bytes() if limit is None else limit
     if source.startswith("s3://"):
         loc = sources.parse_s3_url(source)
-        parent, _, name = loc.key.rpartition("/")
-        store = open_store(f"s3://{loc.bucket}/{parent}")
-        size = next((o.size for o in store.list(name) if o.key == name), None)
+        store, name, size = open_object(f"s3://{loc.bucket}/{loc.key}")
         if size is None:
             raise QFarmError(f"{what} {source} does not exist")
         if size > limit:

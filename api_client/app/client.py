@@ -25,7 +25,7 @@ from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_l
 from api_client.infra import lifecycle, liveness, queue
 from api_client.infra.db import Database, Job, JobEvent, JobState, groups, jobs, publications, roles, workers
 from api_client.infra.db.models import JobGroup, Publication, Worker
-from api_client.infra.storage import Store, open_store, sha256_file
+from api_client.infra.storage import Store, open_object, open_store, sha256_file
 from api_client.sizes import parse_size
 
 
@@ -494,9 +494,7 @@ def _read_s3_text(source: str, dest_dir: Path, purpose: str) -> Path:
 
     what = "calibration text" if purpose == "calib" else "evaluation text"
     loc = sources.parse_s3_url(source)
-    parent, _, name = loc.key.rpartition("/")
-    theirs = open_store(f"s3://{loc.bucket}/{parent}")
-    size = next((o.size for o in theirs.list(name) if o.key == name), None)
+    theirs, name, size = open_object(f"s3://{loc.bucket}/{loc.key}")
     if size is None:
         raise SpecError(f"{what} {source} does not exist (or these credentials cannot list it)")
     if size > max_text_bytes():

@@ -39,6 +39,16 @@ def open_store(url: str) -> Store:
     return _SCHEMES[scheme](url)
 
 
+def open_object(url: str) -> tuple[Store, str, int | None]:
+    """The store holding the object `url` names (`s3://bucket/key`), the
+    object's name in it, and its size: None where it does not exist or these
+    credentials cannot list it. The size comes first so that a caller can
+    refuse an object too large before reading a byte of it."""
+    parent, _, name = url.rstrip("/").rpartition("/")
+    store = open_store(parent)
+    return store, name, next((o.size for o in store.list(name) if o.key == name), None)
+
+
 # The modules of the package that are not stores.
 NOT_STORES = frozenset({"base"})
 
