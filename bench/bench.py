@@ -87,6 +87,27 @@ def start_worker(gpus: str, log: Path) -> subprocess.Popen:
     return proc
 
 
+def run_with_worker(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float, gpus: str, log: Path,
+                    json_out: str | None, table) -> list[dict]:
+    """Start a worker on `gpus`, run `specs` through it, stop it. After every
+    job the rows are written to `json_out`, so a run cut short still reports
+    what it did, and `table(rows)`'s last line is printed."""
+    import signal
+
+    worker = start_worker(gpus, log)
+
+    def progress(rows):
+        if json_out:
+            Path(json_out).write_text(json.dumps(rows, indent=2, default=str))
+        print(table(rows).splitlines()[-1], flush=True)
+
+    try:
+        return run_jobs(client, specs, timeout_s, progress)
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        worker.wait(60)
+
+
 def run_jobs(client: Client, specs: list[tuple[str, JobSpec]], timeout_s: float, on_row=lambda rows: None) -> list[dict]:
     from api_client.errors import QFarmError
 
@@ -240,24 +261,10 @@ def main() -> None:
         make_random_llama(Path(a.model), a.dtype)
         print(f"made a random 7B-shaped Llama ({a.dtype}) in {time.perf_counter() - t:.0f} s", flush=True)
 
-    import signal
-
     client, home = open_farm()
-    worker = start_worker(a.gpus, home / f"worker-{a.suite}.log")
     table = {"refmodel": table_refmodel, "big": table_big, "quickstart": table_quickstart}[a.suite]
     specs = {"refmodel": refmodel_specs, "big": big_specs, "quickstart": quickstart_specs}[a.suite]
-
-    def progress(rows):
-        # Written after every job, so a run cut short still reports what it did.
-        if a.json_out:
-            Path(a.json_out).write_text(json.dumps(rows, indent=2, default=str))
-        print(table(rows).splitlines()[-1], flush=True)
-
-    try:
-        rows = run_jobs(client, specs(a), a.timeout, progress)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+    rows = run_with_worker(client, specs(a), a.timeout, a.gpus, home / f"worker-{a.suite}.log", a.json_out, table)
     gpu = next((r["gpu_name"] for r in rows if r.get("gpu_name")), "?")
     print(f"\n## {a.suite} on {gpu}\n")
     print(table(rows))

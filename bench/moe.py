@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from api_client import JobSpec
 from api_client.contract.spec import CalibSpec, EvalSpec
-from bench.bench import open_farm, run_jobs, start_worker
+from bench.bench import open_farm, run_with_worker
 
 GiB = 2**30
 # Qwen3-30B-A3B's configuration (config.json of Qwen/Qwen3-30B-A3B) but
@@ -138,18 +137,7 @@ def main() -> None:
         print(f"made a random {a.shape}-shaped MoE of {a.layers} layers (bf16) in {time.perf_counter() - t:.0f} s",
               flush=True)
     client, home = open_farm()
-    worker = start_worker(a.gpus, home / "worker-moe.log")
-
-    def progress(rows: list[dict]) -> None:
-        if a.json_out:
-            Path(a.json_out).write_text(json.dumps(rows, indent=2, default=str))
-        print(table(rows).splitlines()[-1], flush=True)
-
-    try:
-        rows = run_jobs(client, specs(a), a.timeout, progress)
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        worker.wait(60)
+    rows = run_with_worker(client, specs(a), a.timeout, a.gpus, home / "worker-moe.log", a.json_out, table)
     config = json.loads((Path(a.model) / "config.json").read_text())
     gpu = next((r["gpu_name"] for r in rows if r.get("gpu_name")), "cpu")
     print(f"\n## MoE: {a.shape} shape, {config['num_hidden_layers']} layers, {config.get('num_local_experts', config.get('num_experts'))} experts, on {gpu}\n")
