@@ -166,6 +166,20 @@ def qfarm_env(monkeypatch, tmp_path, redis_url):
     return home
 
 
+@pytest.fixture
+def local_farm(qfarm_env):
+    """The settings and migrated SQLite database of qfarm_env, for tests
+    that run a job in this process (runner.execute) without a worker."""
+    from api_client.config import Settings
+    from api_client.infra.db import Database
+
+    settings = Settings.from_env()
+    db = Database(settings.database_url)
+    db.upgrade()
+    yield settings, db
+    db.dispose()
+
+
 # -- hooks -------------------------------------------------------------------------
 
 def pytest_terminal_summary(terminalreporter):

@@ -117,24 +117,12 @@ def test_compare_makes_a_member_and_a_row_per_gguf_format(env, redis_conn, tiny_
 
 # -- a real job ------------------------------------------------------------------
 
-@pytest.fixture
-def farm(qfarm_env):
-    from api_client.config import Settings
-    from api_client.infra.db import Database
-
-    settings = Settings.from_env()
-    db = Database(settings.database_url)
-    db.upgrade()
-    yield settings, db
-    db.dispose()
-
-
 def _two_d(reader) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in reader.tensors if len(t.shape) == 2}
 
 
 @pytest.mark.slow
-def test_a_gguf_job_writes_one_measured_file_per_format(farm, tmp_path):
+def test_a_gguf_job_writes_one_measured_file_per_format(local_farm, tmp_path):
     import numpy as np
     import torch
     from gguf import GGUFReader, LlamaFileType
@@ -147,7 +135,7 @@ def test_a_gguf_job_writes_one_measured_file_per_format(farm, tmp_path):
     from worker import gguf_runtime, runner, texts
     from worker.evaluators.perplexity import perplexity
 
-    settings, db = farm
+    settings, db = local_farm
     model_dir = build_tiny_llama(tmp_path / "llama256", hidden=256, layers=1, intermediate=512)
     spec = JobSpec(model=str(model_dir), method="gguf", format="q4_k_m,q8_0", calib=CalibSpec(samples=4, seqlen=128),
                    eval=EvalSpec(seqlen=128, windows=4, decode_tokens=4))

@@ -14,9 +14,8 @@ import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from api_client.app.client import job_row
-from api_client.config import Settings
 from api_client.contract.spec import CalibSpec, EvalSpec, JobSpec, resolve
-from api_client.infra.db import Database, jobs
+from api_client.infra.db import jobs
 from tests.support.models import BOUNDS, agreement, logits, windows
 from worker import runner
 
@@ -51,15 +50,6 @@ def greedy(model_dir: Path, n: int = 8) -> list[int]:
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
-@pytest.fixture
-def farm(qfarm_env):
-    settings = Settings.from_env()
-    db = Database(settings.database_url)
-    db.upgrade()
-    yield settings, db
-    db.dispose()
-
-
 def run_in_process(settings, db, spec: JobSpec, job_id: str):
     jobs.create(db, job_row(resolve(spec), job_id, "tester", "qfarm.test"))
     runner.execute(job_id, settings, worker="test@host")
@@ -76,8 +66,8 @@ def flatten(d, out=None):
 
 
 @pytest.mark.parametrize("method,fmt,params,expect", CASES, ids=[f"{c[0]}-{c[1] or 'default'}-{i}" for i, c in enumerate(CASES)])
-def test_method_runs_and_artifact_reloads(farm, tiny_model, reference, tmp_path, method, fmt, params, expect):
-    settings, db = farm
+def test_method_runs_and_artifact_reloads(local_farm, tiny_model, reference, tmp_path, method, fmt, params, expect):
+    settings, db = local_farm
     spec = JobSpec(model=str(tiny_model), method=method, format=fmt, params=params,
                    calib=CalibSpec(samples=8, seqlen=128) if method in ("gptq", "awq") else None,
                    eval=EvalSpec(seqlen=128, windows=4, decode_tokens=8))
@@ -131,9 +121,9 @@ def test_method_runs_and_artifact_reloads(farm, tiny_model, reference, tmp_path,
     assert not (settings.scratch_dir / "jobs" / job.id).exists()
 
 
-def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model, monkeypatch):
+def test_fp8_on_a_cpu_worker_fails_with_the_reason(local_farm, tiny_model, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # a CPU worker, on any machine
-    settings, db = farm
+    settings, db = local_farm
     job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(windows=1)), "fp8cpu000001")
     assert job.state == "failed"
     assert job.error == "fp8 needs an NVIDIA GPU of compute capability 8.9 or newer; this worker runs on the CPU"
@@ -142,14 +132,14 @@ def test_fp8_on_a_cpu_worker_fails_with_the_reason(farm, tiny_model, monkeypatch
 
 
 @pytest.mark.gpu
-def test_fp8_on_a_gpu_of_compute_capability_8_9(farm, tiny_model, reference):
+def test_fp8_on_a_gpu_of_compute_capability_8_9(local_farm, tiny_model, reference):
     """FP8 where it runs (Ada, Hopper): the job succeeds on the GPU and its
     artifact, reloaded on the CPU, predicts what the original predicts."""
     import torch
 
     if torch.cuda.get_device_capability(0) < (8, 9):
         pytest.skip(f"{torch.cuda.get_device_name(0)} has compute capability below 8.9")
-    settings, db = farm
+    settings, db = local_farm
     job = run_in_process(settings, db, JobSpec(model=str(tiny_model), method="fp8", eval=EvalSpec(seqlen=128, windows=4)),
                          "fp8gpu000001")
     assert job.state == "succeeded", job.error
@@ -159,10 +149,10 @@ def test_fp8_on_a_gpu_of_compute_capability_8_9(farm, tiny_model, reference):
     assert same >= BOUNDS[4][0] and error <= BOUNDS[4][1], (same, error)
 
 
-def test_a_cancelled_job_is_not_started(farm, tiny_model):
+def test_a_cancelled_job_is_not_started(local_farm, tiny_model):
     from api_client.infra.db import JobState
 
-    settings, db = farm
+    settings, db = local_farm
     jobs.create(db, job_row(resolve(JobSpec(model=str(tiny_model), method="rtn")), "cancelled001", "tester", "qfarm.test"))
     jobs.transition(db, "cancelled001", expect=[JobState.QUEUED], state=JobState.CANCELLED)
     runner.execute("cancelled001", settings, worker="test@host")
