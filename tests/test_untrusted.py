@@ -9,6 +9,7 @@ import tarfile
 
 import pytest
 
+from api_client.contract import inputs
 from api_client.contract.spec import EvalSpec, JobSpec, resolve
 from api_client.errors import QFarmError, SpecError
 from tests.test_tasks import write_task_dir
@@ -433,7 +434,6 @@ def _peak_rss() -> int:
 
 
 def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_being_read(tmp_path, monkeypatch):
-    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     # 2 GiB that take no disk (sparse): refused by its size, never read.
@@ -442,7 +442,7 @@ def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_bein
         f.truncate(2 * 2**30)
     before = _peak_rss()
     with pytest.raises(SpecError, match=r"huge.txt is 2048.0 MiB, more than the 256 MiB a text may be \(QFARM_MAX_TEXT_BYTES\)"):
-        CalibSpec(source=str(huge)).validate()
+        inputs.resolve_text(str(huge), "calibration")
     with pytest.raises(QFarmError, match="more than the 256 MiB a text may be"):
         texts.load_text(huge.as_uri(), "eval")
     assert _peak_rss() - before < 64 * 2**20
@@ -452,7 +452,7 @@ def test_a_text_past_the_cap_is_refused_at_submit_and_on_the_worker_without_bein
     text = tmp_path / "text.jsonl"
     text.write_text(json.dumps({"text": "word " * 300_000}) + "\n")
     with pytest.raises(SpecError, match=r"text.jsonl is 1.4 MiB, more than the 1 MiB"):
-        EvalSpec(source=str(text)).validate()
+        inputs.resolve_text(str(text), "evaluation")
     with pytest.raises(QFarmError, match=r"is 1.4 MiB, more than the 1 MiB"):
         texts.load_text(str(text), "calib")
 
@@ -473,7 +473,6 @@ def test_an_s3_text_past_the_cap_is_refused_before_it_is_downloaded(bucket, aws_
     (None, "is a device, not a regular file"),
 ], ids=["directory", "fifo", "dev-zero"])
 def test_a_directory_fifo_or_device_as_a_text_is_named_for_what_it_is(make, what, tmp_path):
-    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     path = tmp_path / "calib.txt"
@@ -482,7 +481,7 @@ def test_a_directory_fifo_or_device_as_a_text_is_named_for_what_it_is(make, what
     else:
         make(path)
     with pytest.raises(SpecError, match=f"calibration file {path} {what}"):
-        CalibSpec(source=str(path)).validate()
+        inputs.resolve_text(str(path), "calibration")
     with pytest.raises(QFarmError, match=f"calib file {path} {what}"):
         texts.load_text(str(path), "calib")
 
@@ -672,13 +671,12 @@ def test_s3_models_only_from_the_prefixes_the_farm_allows(monkeypatch):
 
 @pytest.mark.parametrize("name", ["..", "../scratch", "./x", "json", "pandas", "here"])
 def test_an_hf_dataset_name_that_is_no_hub_name_is_refused_at_submit_and_on_the_worker(name, tmp_path, monkeypatch):
-    from api_client.contract.spec import CalibSpec
     from worker import texts
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "here").mkdir()
     with pytest.raises(SpecError, match="dataset"):
-        CalibSpec(source=f"hf:{name}").validate()
+        inputs.resolve_text(f"hf:{name}", "calibration")
     with pytest.raises(QFarmError, match="dataset"):
         texts.load_text(f"hf:{name}", "calib")
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from api_client.app import artifacts, estimate
 from api_client.config import Settings
-from api_client.contract import catalog, routing, sources
-from api_client.contract.spec import JobSpec, ResolvedSpec, resolve
+from api_client.contract import catalog, inputs, routing, sources
+from api_client.contract.spec import CalibSpec, JobSpec, ResolvedSpec, resolve
 from api_client.errors import QFarmError, ServiceUnavailable, SpecError, first_line
 from api_client.infra import lifecycle, liveness, queue
 from api_client.infra.db import Database, Job, JobEvent, JobState, groups, jobs, publications, roles, workers
@@ -164,6 +164,12 @@ class Client:
         if len(set(methods)) != len(methods):
             raise SpecError(f"--methods names a method twice: {','.join(methods)}")
         limits = {"max_size_bytes": parse_size(max_size), "max_vram_bytes": parse_size(max_vram)}
+        # The members share the model, the texts and the task directory:
+        # found once, not once a member.
+        shared = dataclasses.replace(base.eval)
+        shared.validate()
+        found = inputs.resolve(model, (base.calib or CalibSpec()).source, shared.source, shared.tasks_dir,
+                               shared.tasks, base.allow_remote_code)
         resolved = []
         for entry in methods:
             name, _, fmt = entry.partition(":")
@@ -173,7 +179,7 @@ class Client:
                 calibrated = method.needs_calibration(method.parse_params(base.params, checked), checked)
                 member = dataclasses.replace(base, model=model, method=name, format=checked,
                                              calib=base.calib if calibrated else None, eval=dataclasses.replace(base.eval))
-                resolved.append(resolve(member))
+                resolved.append(resolve(member, found))
             except SpecError as exc:
                 raise SpecError(f"{entry}: {exc}") from None
         farm = self.farm()
@@ -246,33 +252,33 @@ class Client:
         own credentials would reach."""
         calib = dict(vars(r.calib)) if r.calib else None
         evals = dict(vars(r.eval))
-        texts = [(d, name) for d, name in ((calib, "calib"), (evals, "eval"))
-                 if d is not None and sources.text_source_kind(d["source"]) in ("local", "s3")]
-        local = [(d, "source", name) for d, name in texts]
-        if evals.get("tasks_dir") and "://" not in evals["tasks_dir"]:
-            local.append((evals, "tasks_dir", "tasks"))
-        if not local:
+        found = r.inputs
+        assert found is not None  # resolve() found them
+        texts = [(d, name, text) for d, name, text in ((calib, "calib", found.calib), (evals, "eval", found.eval))
+                 if d is not None and text is not None and text.travels]
+        if not texts and found.tasks_dir is None:
             return None, calib, evals
         with tempfile.TemporaryDirectory(prefix="qfarm-inputs-") as tmp:
-            for d, name in texts:
-                if d["source"].startswith("s3://"):
-                    d["source"] = str(_read_s3_text(d["source"], Path(tmp) / name, name))
+            files = [(d, "source", name, text.path or _read_s3_text(text.given, Path(tmp) / name, name))
+                     for d, name, text in texts]
+            if found.tasks_dir is not None:
+                files.append((evals, "tasks_dir", "tasks", found.tasks_dir))
             store = open_store(self.settings.storage_url)
             store.check()
-            for d, key, name in local:
-                d[key] = self._upload_input(store, owner, d[key], name)
+            for d, key, name, path in files:
+                d[key] = self._upload_input(store, owner, path, name)
         return store, calib, evals
 
     @staticmethod
-    def _upload_input(store: Store, owner: str, source: str, name: str) -> str:
-        path = Path(source).expanduser().resolve()  # checked and decoded by resolve()
+    def _upload_input(store: Store, owner: str, path: Path, name: str) -> str:
+        """A file, or a directory as a tar.gz, under inputs/<owner>/ (each checked by resolve())."""
         if path.is_dir():
             with tempfile.TemporaryDirectory() as tmp:
                 archive = Path(tmp) / "tasks.tar.gz"
                 with tarfile.open(archive, "w:gz") as tar:
                     # Links inside the directory travel as the files they name.
                     tar.add(path, arcname=".", filter=_dereferenced(path))
-                return Client._upload_input(store, owner, str(archive), name)
+                return Client._upload_input(store, owner, archive, name)
         suffix = ".tar.gz" if path.name.endswith(".tar.gz") else path.suffix.lower()
         key = f"inputs/{owner}/{name}{suffix}"
         store.put_file(path, key)
@@ -293,8 +299,8 @@ class Client:
         names = sorted({w.gpu_name or "cpu" for w in self.workers() if queue_name in (w.queues or [])}) or ["cpu", "NVIDIA H100"]
         calib = r.calib or None
         text_tokens = estimate.BUILTIN_EVAL_TOKENS
-        if sources.text_source_kind(r.eval.source) == "local":
-            text_tokens = int(Path(r.eval.source).expanduser().stat().st_size / estimate.CHARS_PER_TOKEN)
+        if r.inputs is not None and r.inputs.eval.kind == "local" and r.inputs.eval.text is not None:
+            text_tokens = int(len(r.inputs.eval.text) / estimate.CHARS_PER_TOKEN)
         return [estimate.estimate(r.method, r.format, r.param_count / 1e6, r.layers or 1, r.model_bytes / 1e9,
                                   calib.samples if calib else None, calib.seqlen if calib else None,
                                   r.eval.seqlen, r.eval.windows, text_tokens, r.context, name,
@@ -504,7 +510,7 @@ def _read_s3_text(source: str, dest_dir: Path, purpose: str) -> Path:
     dest = dest_dir / name
     theirs.get_file(name, dest)
     try:
-        return sources.check_local_text(str(dest), what.split()[0])
+        return inputs.read_local_text(str(dest), what.split()[0])[0]
     except SpecError as exc:
         raise SpecError(str(exc).replace(str(dest), source)) from None
 

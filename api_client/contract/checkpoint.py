@@ -204,12 +204,16 @@ def check_quantizable(info: CheckpointInfo, group_size: int | None) -> None:
         raise SpecError(f"{info.path}/config.json has no model_type: not a transformers checkpoint")
     if not info.shapes:
         return  # pytorch .bin checkpoints: shapes are only known once loaded
-    linears = info.quantizable_linears()
-    if not linears:
+    if not info.quantizable_linears():
         arch = ",".join(map(str, info.config.get("architectures") or [info.model_type]))
         raise SpecError(f"{arch} at {info.path} has no linear layers to quantize")
-    if group_size:
-        for name, (_out, in_features) in sorted(linears.items()):
+    check_group_size(info, group_size)
+
+
+def check_group_size(info: CheckpointInfo, group_size: int | None) -> None:
+    """A method's group size must divide every quantized layer's input features."""
+    if group_size and info.shapes:
+        for name, (_out, in_features) in sorted(info.quantizable_linears().items()):
             if in_features % group_size:
                 raise SpecError(
                     f"group size {group_size} does not divide the {in_features} input features of {name}; "

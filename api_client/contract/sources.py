@@ -1,8 +1,9 @@
-"""Where a model, a calibration text or an evaluation text comes from.
+"""How a model, calibration or evaluation source string is read.
 
 A source is written as a string on the command line and stored as that string;
-this module says what kind it is and checks, before anything is queued, what
-can be checked from the submitting machine.
+this module says what kind it is and what it names, for the client and the
+worker alike. What the submitting machine finds there (a checkpoint, a text
+file, the hub's answer) is api_client/contract/inputs.py's.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from api_client.config import input_prefixes
-from api_client.errors import QFarmError, SpecError, printable
+from api_client.errors import SpecError, printable
 from api_client.redaction import has_credentials, redact
 
 BUILTIN = "builtin"
@@ -53,7 +54,6 @@ def parse_s3_url(url: str) -> S3Url:
 
 
 MAX_SOURCE_CHARS = 1024
-TEXT_SUFFIXES = (".txt", ".jsonl", ".json", ".md")
 
 
 def check_source_text(source: str, what: str) -> None:
@@ -166,104 +166,3 @@ def hub_dataset_problem(name: str, base: Path | None = None) -> str | None:
     if exists:
         return f"{name} is a path here, which the datasets library would read instead of the hub"
     return None
-
-
-def check_hub_model(model: str) -> None:
-    """Refuse a hub id the hub says does not exist (a mistyped local path
-    looks like one). Where the hub cannot be reached from here (offline, or
-    HF_HUB_OFFLINE=1) an `org/name` id is accepted, as a worker may reach it;
-    a bare name is taken for the mistyped path it most likely is."""
-    import os
-    import urllib.error
-    import urllib.request
-
-    _check_not_a_mistyped_path(model)
-    if "/" not in model:
-        unconfirmed = SpecError(f"model {model} is no local directory, and the Hugging Face hub could not be reached "
-                                f"to confirm a model of that name: give a path (./{model}) or the hub's org/name")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        if "/" not in model:
-            raise unconfirmed
-        return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    request = urllib.request.Request(f"{endpoint}/api/models/{model}", method="HEAD")
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        urllib.request.urlopen(request, timeout=3).close()
-    except urllib.error.HTTPError as exc:
-        if exc.code in (401, 404):
-            private = "" if token else " (or it is private: set HF_TOKEN)"
-            raise SpecError(f"model {model} is no local directory, and the Hugging Face hub has no model {model}{private}") from None
-    except (OSError, ValueError):
-        if "/" not in model:
-            raise unconfirmed from None
-        return
-
-
-def hub_config(model: str) -> dict | None:
-    """The hub model's config.json, or None where the hub cannot be reached
-    from here (the worker reads it again when the job starts) or it has none."""
-    import json
-    import os
-    import urllib.error
-    import urllib.request
-
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in model:
-        return None
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    request = urllib.request.Request(f"{endpoint}/{model}/resolve/main/config.json")
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            config = json.loads(response.read(1 << 20))
-    except (OSError, ValueError):
-        return None
-    return config if isinstance(config, dict) else None
-
-
-def _check_not_a_mistyped_path(model: str) -> None:
-    """`shared/refmodl` where `shared/` is a directory here is a path with a
-    typo, not the hub's organization `shared`: refused, with the nearest name."""
-    import difflib
-
-    org, _, name = model.partition("/")
-    if not name or not Path(org).is_dir():
-        return
-    try:
-        near = difflib.get_close_matches(name, [p.name for p in Path(org).iterdir()], n=1)
-    except OSError:
-        near = []
-    hint = f"did you mean {org}/{near[0]}?" if near else f"give the path of the model's directory in {org}/"
-    raise SpecError(f"model {model} is no local directory, though {org}/ is one: {hint}")
-
-
-def check_local_text(source: str, what: str) -> Path:
-    """A local calibration or evaluation file: a regular file (a directory,
-    FIFO or device is named as what it is), not empty, no larger than
-    QFARM_MAX_TEXT_BYTES, decoded as a worker will decode it."""
-    from api_client.contract.corpus import decode_text, not_a_file, read_bounded
-
-    try:
-        path = Path(source).expanduser().resolve()
-    except (OSError, RuntimeError) as exc:
-        raise SpecError(f"{what} file {source} cannot be read: {getattr(exc, 'strerror', None) or exc}") from None
-    why = not_a_file(path)
-    if why:
-        raise SpecError(f"{what} file {source} {why}")
-    if path.suffix.lower() not in TEXT_SUFFIXES:
-        raise SpecError(f"{what} file {source} must be .txt, .md or .jsonl (one JSON object with a 'text' field per line)")
-    try:
-        raw = read_bounded(path, f"{what} file")
-    except QFarmError as exc:
-        raise SpecError(str(exc).replace(str(path), source, 1)) from None
-    if not raw:
-        raise SpecError(f"{what} file {source} is empty")
-    try:  # read as a worker will, so a malformed file fails here, naming the user's file
-        decode_text(raw, path.name)
-    except QFarmError as exc:
-        raise SpecError(f"{what} file {source}: {str(exc).removeprefix(path.name + ' ')}") from None
-    return path

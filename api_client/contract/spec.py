@@ -3,13 +3,13 @@ queued. The worker reads the same fields back from the job row."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from api_client.contract import catalog, lm_eval_tasks, sources
+from api_client.contract import catalog, checkpoint, inputs, lm_eval_tasks, sources
 from api_client.contract.catalog import architectures
-from api_client.contract.checkpoint import CheckpointInfo
+from api_client.contract.inputs import Inputs
 from api_client.errors import SpecError
 from api_client.sizes import parse_size
 
@@ -49,8 +49,7 @@ class CalibSpec:
     seqlen: int | None = None
 
     def validate(self) -> None:
-        if sources.text_source_kind(self.source) == "local":
-            sources.check_local_text(self.source, "calibration")
+        """The numbers; the source is api_client/contract/inputs.py's."""
         if self.samples is not None and not 1 <= self.samples <= 100_000:
             raise SpecError(f"--calib-samples must be between 1 and 100000, not {self.samples}")
         if self.seqlen is not None and not 16 <= self.seqlen <= 131_072:
@@ -80,8 +79,8 @@ class EvalSpec:
     baseline: str = "full"
 
     def validate(self) -> None:
-        if sources.text_source_kind(self.source) == "local":
-            sources.check_local_text(self.source, "evaluation")
+        """The numbers and the flags' combinations; the source and the task
+        directory are api_client/contract/inputs.py's."""
         if self.seqlen is not None and not 16 <= self.seqlen <= 131_072:
             raise SpecError(f"--eval-seqlen must be between 16 and 131072, not {self.seqlen}")
         if self.windows is not None and self.windows < 1:
@@ -126,7 +125,6 @@ class ResolvedSpec:
     """A JobSpec after validation: typed parameters, defaults filled in."""
 
     model: str
-    model_kind: str
     method: str
     format: str
     params: dict[str, Any]
@@ -137,64 +135,28 @@ class ResolvedSpec:
     allow_remote_code: bool = False
     priority: str = "normal"
     min_capability: tuple[int, int] | None = None
+    # What was found at the model and text sources, looked at once.
+    inputs: Inputs | None = None
     model_bytes: int | None = None
     # What the checkpoint's files say (local models only), for the estimate.
     param_count: int | None = None
     layers: int | None = None
     context: int | None = None
 
-
-def _check_texts_fit(info: CheckpointInfo, calib: CalibSpec | None, evals: EvalSpec) -> None:
-    """Windows no longer than the model's context, and texts long enough for
-    the windows asked for, counted with the model's own tokenizer where it
-    has a tokenizer.json (and the `tokenizers` library is installed)."""
-    context = info.context
-    for flag, seqlen in (("--calib-seqlen", calib.seqlen if calib else None), ("--eval-seqlen", evals.seqlen)):
-        if isinstance(context, int) and seqlen is not None and seqlen > context:
-            raise SpecError(f"{flag} {seqlen} is longer than the model's context of {context} tokens "
-                            f"(max_position_embeddings in config.json)")
-    tokenizer = next((f.target for f in info.files if f.name == "tokenizer.json"), None)
-    if tokenizer is None:
-        return
-    try:
-        from tokenizers import Tokenizer
-    except ImportError:
-        return
-    tok = Tokenizer.from_file(str(tokenizer))
-    if calib is not None and sources.text_source_kind(calib.source) in ("builtin", "local"):
-        # A count asked for must be there; the worker's default count takes
-        # what the text holds (and says so), but needs one window at least.
-        seqlen = calib.seqlen or GPU_DEFAULTS.calib_seqlen
-        have = _windows(tok, calib.source, "calib", seqlen, calib.samples)
-        if have == 0:
-            raise SpecError(f"calibration text {calib.source} is shorter than one window of {seqlen} tokens with this "
-                            f"model's tokenizer: give a longer text or shorter windows (--calib-seqlen)")
-        if calib.samples is not None and have < calib.samples:
-            raise SpecError(f"calibration text {calib.source} holds {have} windows of {seqlen} tokens with this "
-                            f"model's tokenizer, fewer than --calib-samples {calib.samples}: ask for {have} or fewer, "
-                            f"shorter windows (--calib-seqlen), or a longer text")
-    if (sources.text_source_kind(evals.source) in ("builtin", "local") and evals.seqlen is not None
-            and _windows(tok, evals.source, "eval", evals.seqlen, 1) < 1):
-        raise SpecError(f"evaluation text {evals.source} is shorter than one window of {evals.seqlen} tokens")
+    @property
+    def model_kind(self) -> str:
+        """'local', 'hub' or 's3'."""
+        assert self.inputs is not None
+        return self.inputs.model.kind
 
 
-def _windows(tok: Any, source: str, purpose: str, seqlen: int, want: int | None = None) -> int:
-    """Windows of `seqlen` tokens the text holds (counting at most `want`:
-    only as much text is tokenized as that many windows could need)."""
-    from api_client.contract import corpus
-
-    if source == sources.BUILTIN:
-        text = corpus.builtin_text(purpose)
-    else:
-        path = Path(source).expanduser()
-        text = corpus.decode_text(corpus.read_bounded(path, "text file"), path.name)
-    if want:
-        text = text[: want * seqlen * 12]  # no token is longer than 12 characters here
-    return len(tok.encode(text, add_special_tokens=False).ids) // seqlen
-
-
-def resolve(spec: JobSpec) -> ResolvedSpec:
-    """Validate everything that can be checked on the submitting machine."""
+def resolve(spec: JobSpec, found: Inputs | None = None) -> ResolvedSpec:
+    """Validate everything that can be checked on the submitting machine:
+    the options first (no file is read for a job refused by its flags),
+    then every input in one pass (api_client/contract/inputs.py), then the
+    model and texts against the method. `found`: inputs already resolved
+    for the same model, texts and task directory (a compare group's
+    members share them)."""
     method = catalog.get(spec.method)
     fmt = method.parse_format(spec.format)
     params = method.parse_params(spec.params, fmt)
@@ -207,8 +169,6 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
             raise SpecError(f"{which} takes no calibration data (--calib, --calib-samples, --calib-seqlen)")
         calib = None
     spec.eval.validate()
-    if spec.eval.tasks_dir is not None and spec.eval.tasks:
-        spec.eval.tasks_dir = str(lm_eval_tasks.check_tasks_dir(spec.eval.tasks_dir, spec.eval.tasks, spec.allow_remote_code))
     if spec.priority not in PRIORITY_NAMES:
         raise SpecError(f"--priority must be one of {'/'.join(PRIORITY_NAMES)}, not {spec.priority!r}")
     if spec.weights not in WEIGHTS_PLACEMENTS:
@@ -217,33 +177,26 @@ def resolve(spec: JobSpec) -> ResolvedSpec:
     if max_vram is not None and max_vram < 256 * 2**20:
         raise SpecError(f"--max-vram {spec.max_vram} is too small to run anything (at least 256MiB)")
 
-    kind = sources.model_source_kind(spec.model)
-    model = spec.model
-    model_bytes = params_count = layers = context = None
-    if kind == "local":
-        from api_client.contract import checkpoint
-
-        path = sources.local_model_path(spec.model)
-        info = checkpoint.inspect(path, spec.allow_remote_code)
-        checkpoint.check_quantizable(info, method.group_size(params))
-        checkpoint.check_tokenizer(info)
-        architectures.check(info.config, method.name, fmt)
+    if found is None:
+        found = inputs.resolve(spec.model, calib.source if calib else None, spec.eval.source, spec.eval.tasks_dir,
+                               spec.eval.tasks, spec.allow_remote_code)
+    elif calib is None:
+        found = dataclasses.replace(found, calib=None)
+    if found.tasks_dir is not None:
+        spec.eval.tasks_dir = str(found.tasks_dir)
+    info = found.model.checkpoint
+    if info is not None:
+        checkpoint.check_group_size(info, method.group_size(params))
+    if found.model.config is not None:
+        architectures.check(found.model.config, method.name, fmt)
+    if info is not None:
         method.check_model(info, params, fmt)
-        _check_texts_fit(info, calib, spec.eval)
-        model, model_bytes = str(path), info.weight_bytes
-        params_count = info.params or None
-        layers, context = info.layers, info.context
-    elif kind == "hub":
-        sources.check_hub_model(spec.model)
-        hub_config = sources.hub_config(spec.model)
-        if hub_config is not None:
-            architectures.check(hub_config, method.name, fmt)
-    elif kind == "s3":
-        sources.check_model_prefix(spec.model, on_worker=False)
+    inputs.check_windows(found, calib.seqlen if calib else None, calib.samples if calib else None, spec.eval.seqlen,
+                         GPU_DEFAULTS.calib_seqlen)
     return ResolvedSpec(
-        model=model, model_kind=kind, method=method.name, format=fmt, params=params.as_dict(),
+        model=found.model.ref, method=method.name, format=fmt, params=params.as_dict(),
         calib=calib, eval=spec.eval, max_vram_bytes=max_vram, weights=spec.weights,
         allow_remote_code=bool(spec.allow_remote_code), priority=spec.priority, min_capability=method.min_capability,
-        model_bytes=model_bytes, param_count=params_count, layers=layers, context=context,
+        inputs=found, model_bytes=info.weight_bytes if info else None, param_count=(info.params or None) if info else None,
+        layers=info.layers if info else None, context=info.context if info else None,
     )
-
