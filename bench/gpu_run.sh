@@ -29,10 +29,16 @@ export QFARM_HOME=${QFARM_HOME:-/tmp/qfarm} QFARM_BROKER_URL=${QFARM_BROKER_URL:
 # A suite starts on an empty queue and a fresh home: a call cut short leaves
 # its group's jobs queued, and on a warm machine the next call's worker ran
 # them first (2026-11-29: three minutes of a ten-minute call). The home's
-# database, with the cut call's figures, is kept aside, not deleted.
+# database, with the cut call's figures, and its logs are kept aside; its
+# artifacts are not (2026-11-29: three calls' artifacts beside a 20 GiB MoE
+# filled the lent machine's 64 GiB disk and failed the fourth call's job).
 if [ -z "${BENCH_KEEP_WORKERS:-}" ] && [ -z "${BENCH_KEEP_STATE:-}" ]; then
   python3 -c "import os, redis; redis.Redis.from_url(os.environ['QFARM_BROKER_URL']).flushdb()"
-  if [ -d "$QFARM_HOME" ]; then mv "$QFARM_HOME" "$QFARM_HOME.before-$(date +%s)"; fi
+  if [ -d "$QFARM_HOME" ]; then
+    aside="$QFARM_HOME.before-$(date +%s)"
+    mv "$QFARM_HOME" "$aside"
+    find "$aside" -mindepth 1 -maxdepth 1 ! -name '*.db' ! -name '*.log' -exec rm -rf {} +
+  fi
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, llmcompressor, gptqmodel, bitsandbytes; print('torch', torch.__version__, 'transformers', transformers.__version__, 'llmcompressor', llmcompressor.__version__, 'gptqmodel', gptqmodel.__version__, 'bnb', bitsandbytes.__version__)" 2>&1 | tail -1
