@@ -9,10 +9,6 @@
 # them. CI's budget is 12 minutes on two cores (README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# Python caches what it compiles: without that, every CLI call, worker and
-# job process of the run compiled torch's, transformers' and qfarm's modules
-# again (the install byte-compiles nothing: scripts/setup.sh says why).
-unset PYTHONDONTWRITEBYTECODE
 bash scripts/setup.sh
 bash scripts/services.sh
 .venv/bin/ruff check .
