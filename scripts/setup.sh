@@ -11,8 +11,5 @@ fi
 python -m pip install -q --upgrade pip
 # torch first, pinned to the build the stack was tested with; on a machine
 # with a CUDA driver pip's default torch wheel brings CUDA.
-# --no-compile: pip would byte-compile all ~22,000 modules of the stack, 95 s
-# of one core before anything runs (measured 2026-11-29: 4.2 ms a module);
-# Python compiles the few thousand a run imports, once, as it imports them.
-python -m pip install -q --no-compile "torch==${QFARM_TORCH_VERSION:-2.13.0}"
-python -m pip install -q --no-compile -e '.[worker,test,dev]'
+python -m pip install -q "torch==${QFARM_TORCH_VERSION:-2.13.0}"
+python -m pip install -q -e '.[worker,test,dev]'
