@@ -42,7 +42,7 @@ class TextInput:
     given: str
     kind: str  # "builtin", "local", "s3" or "hf"
     path: Path | None = None  # a local file, resolved
-    # The text as a worker decodes it, where it is read here (builtin, local).
+    # A local file's text as a worker decodes it (read once, here).
     text: str | None = None
 
     @property
@@ -163,12 +163,11 @@ def _check_not_a_mistyped_path(model: str) -> None:
 
 
 def resolve_text(source: str, what: str) -> TextInput:
-    """`what` is "calibration" or "evaluation". A builtin text is the
-    package's; a local file is read and decoded here; an s3:// text is read
-    at upload (it needs the store), an hf: dataset on the worker."""
+    """`what` is "calibration" or "evaluation". A local file is read and
+    decoded here; a builtin text is the package's (read only if it is
+    counted); an s3:// text is read at upload (it needs the store), an hf:
+    dataset on the worker."""
     kind = sources.text_source_kind(source)
-    if kind == "builtin":
-        return TextInput(source, kind, text=builtin_text("calib" if what == "calibration" else "eval"))
     if kind == "local":
         path, text = read_local_text(source, what)
         return TextInput(source, kind, path, text)
@@ -224,11 +223,11 @@ def check_windows(found: Inputs, calib_seqlen: int | None, calib_samples: int | 
         return
     tok = Tokenizer.from_file(str(tokenizer))
     calib = found.calib
-    if calib is not None and calib.text is not None:
+    if calib is not None and (calib_text := _readable(calib, "calib")) is not None:
         # A count asked for must be there; the worker's default count takes
         # what the text holds (and says so), but needs one window at least.
         seqlen = calib_seqlen or default_calib_seqlen
-        have = _windows(tok, calib.text, seqlen, calib_samples)
+        have = _windows(tok, calib_text, seqlen, calib_samples)
         if have == 0:
             raise SpecError(f"calibration text {calib.given} is shorter than one window of {seqlen} tokens with this "
                             f"model's tokenizer: give a longer text or shorter windows (--calib-seqlen)")
@@ -236,9 +235,14 @@ def check_windows(found: Inputs, calib_seqlen: int | None, calib_samples: int | 
             raise SpecError(f"calibration text {calib.given} holds {have} windows of {seqlen} tokens with this "
                             f"model's tokenizer, fewer than --calib-samples {calib_samples}: ask for {have} or fewer, "
                             f"shorter windows (--calib-seqlen), or a longer text")
-    text = found.eval.text
+    text = _readable(found.eval, "eval") if eval_seqlen is not None else None
     if text is not None and eval_seqlen is not None and _windows(tok, text, eval_seqlen, 1) < 1:
         raise SpecError(f"evaluation text {found.eval.given} is shorter than one window of {eval_seqlen} tokens")
+
+
+def _readable(source: TextInput, purpose: str) -> str | None:
+    """The text where it can be counted here: a local file's, or the builtin book."""
+    return builtin_text(purpose) if source.kind == "builtin" else source.text
 
 
 def _windows(tok: Any, text: str, seqlen: int, want: int | None = None) -> int:
