@@ -299,7 +299,7 @@ class Client:
         names = sorted({w.gpu_name or "cpu" for w in self.workers() if queue_name in (w.queues or [])}) or ["cpu", "NVIDIA H100"]
         calib = r.calib or None
         text_tokens = estimate.BUILTIN_EVAL_TOKENS
-        if r.inputs is not None and r.inputs.eval.kind == "local" and r.inputs.eval.text is not None:
+        if r.inputs is not None and r.inputs.eval.text is not None:  # a local file, read at resolve()
             text_tokens = int(len(r.inputs.eval.text) / estimate.CHARS_PER_TOKEN)
         return [estimate.estimate(r.method, r.format, r.param_count / 1e6, r.layers or 1, r.model_bytes / 1e9,
                                   calib.samples if calib else None, calib.seqlen if calib else None,

@@ -89,6 +89,19 @@ def resolve_model(model: str, allow_code: bool) -> ModelInput:
     return ModelInput(model, kind, model)
 
 
+def _hub_request(path: str, method: str = "GET") -> Any:
+    """A request to the hub (HF_ENDPOINT), with HF_TOKEN where one is set."""
+    import os
+    import urllib.request
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    request = urllib.request.Request(f"{endpoint}/{path}", method=method)
+    token = os.environ.get("HF_TOKEN")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    return request
+
+
 def _check_hub_model(model: str) -> None:
     """Refuse a hub id the hub says does not exist (a mistyped local path
     looks like one). Where the hub cannot be reached from here (offline, or
@@ -106,16 +119,11 @@ def _check_hub_model(model: str) -> None:
         if "/" not in model:
             raise unconfirmed
         return
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    request = urllib.request.Request(f"{endpoint}/api/models/{model}", method="HEAD")
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        urllib.request.urlopen(request, timeout=3).close()
+        urllib.request.urlopen(_hub_request(f"api/models/{model}", "HEAD"), timeout=3).close()
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 404):
-            private = "" if token else " (or it is private: set HF_TOKEN)"
+            private = "" if os.environ.get("HF_TOKEN") else " (or it is private: set HF_TOKEN)"
             raise SpecError(f"model {model} is no local directory, and the Hugging Face hub has no model {model}{private}") from None
     except (OSError, ValueError):
         if "/" not in model:
@@ -128,18 +136,12 @@ def _hub_config(model: str) -> dict | None:
     from here (the worker reads it again when the job starts) or it has none."""
     import json
     import os
-    import urllib.error
     import urllib.request
 
     if os.environ.get("HF_HUB_OFFLINE") == "1" or "/" not in model:
         return None
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-    request = urllib.request.Request(f"{endpoint}/{model}/resolve/main/config.json")
-    token = os.environ.get("HF_TOKEN")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(_hub_request(f"{model}/resolve/main/config.json"), timeout=5) as response:
             config = json.loads(response.read(1 << 20))
     except (OSError, ValueError):
         return None
@@ -235,8 +237,8 @@ def check_windows(found: Inputs, calib_seqlen: int | None, calib_samples: int | 
             raise SpecError(f"calibration text {calib.given} holds {have} windows of {seqlen} tokens with this "
                             f"model's tokenizer, fewer than --calib-samples {calib_samples}: ask for {have} or fewer, "
                             f"shorter windows (--calib-seqlen), or a longer text")
-    text = _readable(found.eval, "eval") if eval_seqlen is not None else None
-    if text is not None and eval_seqlen is not None and _windows(tok, text, eval_seqlen, 1) < 1:
+    if (eval_seqlen is not None and (text := _readable(found.eval, "eval")) is not None
+            and _windows(tok, text, eval_seqlen, 1) < 1):
         raise SpecError(f"evaluation text {found.eval.given} is shorter than one window of {eval_seqlen} tokens")
 
 
