@@ -211,6 +211,29 @@ ONE_PROCESS = {
 }
 
 
+ENGINES = ("llmcompressor.entrypoints.oneshot", "llmcompressor.modifiers.quantization", "gptqmodel", "auto_round",
+           "bitsandbytes", "lm_eval.evaluator")
+
+
+def pytest_collection_finish(session):
+    """What collection imported (torch, transformers, the engines, every test
+    module) goes into the collector's permanent generation, as a worker's
+    preload does for its job processes (worker/preload.py): the full
+    collections of the jobs run in this process (gpu.release_memory) then
+    walk the tests' own objects only. Each walked the whole process before,
+    0.65 s of CPU: 2.6 of the 4.3 s an nf4 job on the tiny model took."""
+    import gc
+    import importlib
+
+    for name in ENGINES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    gc.collect()
+    gc.freeze()
+
+
 def pytest_xdist_make_scheduler(config, log):
     if config.getvalue("dist") != "loadgroup":
         return None
