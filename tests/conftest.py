@@ -218,23 +218,19 @@ ENGINES = ("llmcompressor.entrypoints.oneshot", "llmcompressor.modifiers.quantiz
 
 def pytest_collection_finish(session):
     """What collection imported (torch, transformers, every test module) and
-    the engines go into the collector's permanent generation, as a worker's
-    preload does for its job processes (worker/preload.py): the full
-    collections of the jobs run in this process then walk the tests' own
-    objects only. Each walked the whole process before, 0.65 s of CPU: 2.6
-    of the 4.3 s an nf4 job on the tiny model took (gpu.release_memory), and
-    AutoRound collects 18 times in one GGUF export (test_architectures.py:
-    209 CPU-s before, 126 after)."""
-    import gc
+    the engines go out of the collector's reach, as a worker's preload does
+    for its job processes: the jobs run in this process then collect their
+    own objects only (test_architectures.py: 209 CPU-s before, 126 after)."""
     import importlib
+
+    from worker import preload
 
     for name in ENGINES:
         try:
             importlib.import_module(name)
         except ImportError:
             pass
-    gc.collect()
-    gc.freeze()
+    preload.freeze_imported()
 
 
 def pytest_xdist_make_scheduler(config, log):
