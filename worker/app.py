@@ -63,7 +63,8 @@ def _preload(**_kwargs) -> None:
     from worker import logs
 
     logs.quiet_loguru()  # llm-compressor configured it as it was imported
-    log.info("preloaded %d modules in %.1f s%s", len(done.loaded), done.seconds,
+    log.info("preloaded %d modules in %.1f s, %d objects frozen out of the collector%s", len(done.loaded), done.seconds,
+             done.frozen,
              f"; left to the jobs, as importing them initialises CUDA: {', '.join(done.skipped)}" if done.skipped else "")
 
 
