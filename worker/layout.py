@@ -38,6 +38,7 @@ import re
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Any
 
 # How checkpoints of architectures llm-compressor 0.14 has no 2-D load
 # mapping for name their per-expert layers (the mapping it takes through
@@ -141,8 +142,8 @@ def built(model_type: str | None) -> Iterator[None]:
 
         assert model_type is not None
         experts_cls, mapping = load_mapping(model_type)
-        replace.append((sys.modules[experts_cls.__module__], experts_cls.__name__,
-                        LinearExperts2D.get_linear_experts_cls(experts_cls)))
+        linear_cls: type[Any] = LinearExperts2D.get_linear_experts_cls(experts_cls)
+        replace.append((sys.modules[experts_cls.__module__], experts_cls.__name__, routed_only(linear_cls)))
     if not replace:
         yield
         return
@@ -157,6 +158,56 @@ def built(model_type: str | None) -> Iterator[None]:
     with _conversion_mapping(model_type, mapping), patch_attr(modeling_utils, "apply_patches", construction):
         # modeling_utils enters apply_patches() around `cls(config)` only.
         yield
+
+
+# One routed class per linearized class, as llm-compressor keeps one of those per architecture.
+_ROUTED: dict[Any, type[Any]] = {}
+
+
+def routed_only(linear_cls: type[Any]) -> type[Any]:
+    """`linear_cls` (llm-compressor's linearized experts) running only the
+    experts that tokens were routed to, as transformers' fused experts do.
+
+    Its forward runs every expert on every step, those no token was routed
+    to on an empty batch, so that calibration reaches each one. A loaded
+    model needs none of that: an empty batch adds nothing to the sum, and
+    transformers' FP8 kernel cannot take one (`CompressedTensorsFP8Linear`
+    reshapes its output to (0, -1): the FP8 serve load of a Qwen3-MoE
+    failed on an H200, bench/RESULTS.md §7). Each expert also found its
+    tokens with a `torch.where` of its own, a host synchronisation per
+    expert per layer; here one `bincount` per layer does it for all. The
+    sum is the library's, in the same order (experts ascending, each one's
+    tokens by top-k slot, then position). While llm-compressor calibrates
+    all experts, its own forward runs."""
+    from llmcompressor.modeling.moe.context import get_calibrate_all_experts_flag
+    from llmcompressor.modeling.moe.linear_experts import LinearExperts2D
+
+    if linear_cls.forward is not LinearExperts2D.forward:  # its own routing (Llama 4)
+        return linear_cls
+    if linear_cls in _ROUTED:
+        return _ROUTED[linear_cls]
+
+    def forward(self, hidden_states, top_k_index, top_k_weights):
+        if get_calibrate_all_experts_flag():
+            return linear_cls.forward(self, hidden_states, top_k_index, top_k_weights)
+        import torch
+
+        out = torch.zeros_like(hidden_states)
+        tokens = top_k_index.shape[0]
+        routed = top_k_index.t().reshape(-1)  # slot-major: (slot, token) pairs
+        order = torch.argsort(routed, stable=True)
+        token_of, slot_of = order % tokens, order // tokens
+        start = 0
+        for expert, count in enumerate(torch.bincount(routed, minlength=self.num_experts).tolist()):
+            if count:
+                token, slot = token_of[start:start + count], slot_of[start:start + count]
+                start += count
+                y = self[expert](hidden_states[token]) * top_k_weights[token, slot, None]
+                out.index_add_(0, token, y.to(out.dtype))
+        return out
+
+    _ROUTED[linear_cls] = type(linear_cls.__name__, (linear_cls,), {"forward": forward, "__doc__": routed_only.__doc__})
+    return _ROUTED[linear_cls]
 
 
 @contextmanager
