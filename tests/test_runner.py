@@ -75,3 +75,36 @@ def test_the_task_rejects_the_message_for_the_broker_to_redeliver(downgraded, mo
     assert rejected.value.requeue is True
     job, _ = _job_row(downgraded)
     assert job.state == "queued" and job.attempts == 0
+
+
+def test_a_full_disk_is_named_as_such_in_the_job_s_error(tmp_path):
+    """Real faults: a write to /dev/full (ENOSPC) and SQLite out of pages
+    (SQLITE_FULL, through SQLAlchemy, as a farm on one machine meets a full
+    disk first), also when a library wraps them; other errors keep their words."""
+    import sqlalchemy
+
+    from worker import runner
+    from worker.gpu import Device
+
+    cpu = Device("cpu", None, "cpu")
+    with pytest.raises(OSError) as written, open("/dev/full", "wb") as disk:
+        disk.write(b"weights")
+        disk.flush()
+    assert runner.failure_message(written.value, cpu, None).startswith(
+        "the worker's disk is full: OSError: [Errno 28] No space left on device")
+    try:
+        raise RuntimeError("saving the artifact failed") from written.value
+    except RuntimeError as wrapped:
+        assert runner.failure_message(wrapped, cpu, None).startswith("the worker's disk is full: OSError: [Errno 28]")
+
+    engine = sqlalchemy.create_engine(f"sqlite:///{tmp_path / 'qfarm.db'}")
+    with pytest.raises(sqlalchemy.exc.OperationalError) as recorded, engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE figures (metrics BLOB)")
+        conn.exec_driver_sql("PRAGMA max_page_count = 4")
+        conn.exec_driver_sql("INSERT INTO figures VALUES (zeroblob(100000))")
+    engine.dispose()
+    assert "sqlalche.me" in str(recorded.value)  # what the job said before
+    assert runner.failure_message(recorded.value, cpu, None) == (
+        "the worker's disk is full: OperationalError: database or disk is full")
+
+    assert runner.failure_message(ValueError("bad shape"), cpu, None) == "ValueError: bad shape"

@@ -5,6 +5,7 @@ leave nothing behind."""
 from __future__ import annotations
 
 import enum
+import errno
 import fcntl
 import logging
 import os
@@ -324,14 +325,7 @@ class Run:
             raise JobCancelled()
 
     def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, QFarmError):
-            error = str(exc)
-        else:
-            error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
-            if gpu.is_oom(exc):
-                cap = f" under --max-vram {self.job.max_vram_bytes / 2**30:.1f} GiB" if self.job.max_vram_bytes else ""
-                error = f"out of GPU memory{cap} ({self.device.name}): {error}"
-        error = redact(printable(" ".join(error.split())))[:2000]
+        error = redact(printable(" ".join(failure_message(exc, self.device, self.job.max_vram_bytes).split())))[:2000]
         tail = redact("".join(traceback.format_exception(exc)[-30:]))[-8000:]
         self.rec(jobs.transition, self.job.id, expect=RUNNING, expect_attempts=self.job.attempts, state=JobState.FAILED,
                  message=error, error=error, error_traceback=tail)
@@ -564,6 +558,39 @@ def _coverage(job: Job, ctx: JobContext, output_dir: Path, model_dir: Path) -> t
 
 def _calib(job: Job, device: gpu.Device) -> CalibSpec | None:
     return CalibSpec(**job.calib).resolved(defaults_for(device.is_cuda)) if job.calib else None
+
+
+def failure_message(exc: BaseException, device: gpu.Device, max_vram_bytes: int | None) -> str:
+    """A failed job's error: the library's words, led by what they mean on
+    a worker where that is known."""
+    if isinstance(exc, QFarmError):
+        return str(exc)
+    error = f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+    if gpu.is_oom(exc):
+        cap = f" under --max-vram {max_vram_bytes / 2**30:.1f} GiB" if max_vram_bytes else ""
+        return f"out of GPU memory{cap} ({device.name}): {error}"
+    if (full := _disk_full(exc)) is not None:
+        # Not SQLAlchemy's wrapping of it: that adds the statement, its
+        # parameters and a help link, and reads as a database fault.
+        return f"the worker's disk is full: {type(full).__name__}: {first_line(full)}"
+    return error
+
+
+def _disk_full(exc: BaseException | None) -> BaseException | None:
+    """The error in `exc`'s chain that says a disk is full: ENOSPC from a
+    write, or SQLite's SQLITE_FULL ("database or disk is full"), which a
+    farm on one machine meets first when the disk holding its database and
+    its artifacts fills (bench/RESULTS.md §7: the job said only that)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return exc
+        orig = getattr(exc, "orig", None)  # SQLAlchemy's DBAPIError holds the driver's
+        if "database or disk is full" in str(orig if orig is not None else exc):
+            return orig if orig is not None else exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _is_time_limit(exc: BaseException) -> bool:
