@@ -206,7 +206,8 @@ def routed_only(linear_cls: type[Any]) -> type[Any]:
                 out.index_add_(0, token, y.to(out.dtype))
         return out
 
-    _ROUTED[linear_cls] = type(linear_cls.__name__, (linear_cls,), {"forward": forward, "__doc__": routed_only.__doc__})
+    doc = "llm-compressor's linearized experts, running only those tokens were routed to (worker/layout.routed_only)."
+    _ROUTED[linear_cls] = type(linear_cls.__name__, (linear_cls,), {"forward": forward, "__doc__": doc})
     return _ROUTED[linear_cls]
 
 
