@@ -133,10 +133,12 @@ def test_a_new_attempt_shows_none_of_the_superseded_attempt_s_figures(migrated_d
     assert jobs.get(migrated_db, JOB_ID).ppl_ratio is None
 
 
-def test_a_superseded_job_process_stops_itself(migrated_db, settings):
+@pytest.mark.parametrize("max_attempts,then", [(3, "queued"), (1, "failed")], ids=["handed back", "given up"])
+def test_a_superseded_job_process_stops_itself(migrated_db, settings, max_attempts, then):
     """A real job process with its pulse: it says it advances while it
-    computes, and once the job was handed back (its worker judged lost
-    while this process was stopped) it stops itself."""
+    computes, and once its worker was judged lost (while this process was
+    stopped) it stops itself, whether the job was handed back or, at its
+    last attempt, failed as given up."""
     import os
     import signal
     import threading
@@ -144,6 +146,7 @@ def test_a_superseded_job_process_stops_itself(migrated_db, settings):
     from worker import job_process
     from worker.pulse import Pulse
 
+    settings = dataclasses.replace(settings, max_attempts=max_attempts)
     jobs.create(migrated_db, make_job(JOB_ID))
     jobs.transition(migrated_db, JOB_ID, expect=[JobState.QUEUED], state=JobState.RUNNING, attempts=1,
                     worker="w@h")
@@ -175,8 +178,44 @@ def test_a_superseded_job_process_stops_itself(migrated_db, settings):
     t.join()
     seen["ended"] = time.monotonic() - start
     assert "pulse" in seen, f"the pulse never said the job advances: {seen}"
+    assert jobs.get(migrated_db, JOB_ID).state == then
     # Stopped by its own pulse, well before the minute of work was done.
     assert ended.code == 9, (ended, seen)
+
+
+def test_a_job_process_that_ends_its_job_itself_is_not_stopped_by_its_pulse(migrated_db, settings):
+    """The runner tells the pulse before it records the job's end (here a
+    failure, as Run.fail does): the pulse's next look finds the job failed
+    as this attempt and must not take that for a reconciler's doing."""
+    import os
+    import signal
+
+    from worker import job_process
+    from worker.pulse import Pulse
+
+    jobs.create(migrated_db, make_job(JOB_ID))
+    jobs.transition(migrated_db, JOB_ID, expect=[JobState.QUEUED], state=JobState.RUNNING, attempts=1,
+                    worker="w@h")
+
+    def job() -> int:
+        from api_client.infra.db import Database
+
+        db = Database(settings.database_url, pooled=False)
+        with Pulse(settings.database_url, JOB_ID, attempt=1, interval_s=0.1) as pulse:
+            while jobs.get(db, JOB_ID).progress_at is None:
+                sum(range(10_000))
+            pulse.finishing()
+            jobs.transition(db, JOB_ID, expect=[JobState.RUNNING], expect_attempts=1, state=JobState.FAILED,
+                            message="failed here", error="failed here")
+            end = time.monotonic() + 1.5  # the rest of the run's wind-down: many of the pulse's intervals
+            while time.monotonic() < end:
+                sum(range(10_000))
+        db.dispose()
+        return 0
+
+    ended = job_process.run(job, {signal.SIGTERM: lambda *_: os._exit(9)})
+    assert ended.code == 0, ended
+    assert jobs.get(migrated_db, JOB_ID).state == "failed"
 
 
 def test_a_slow_reconcile_never_holds_up_the_heartbeat(migrated_db, settings, monkeypatch):

@@ -8,9 +8,11 @@ stale (api_client/infra/liveness.py), so a worker whose heartbeat starved under
 CPU load keeps the job its process is still working on.
 
 It also ends an attempt that was superseded: when its write finds the job
-cancelled, or running or queued as another attempt (the job was taken back
-while this process was stopped), it sends its own process SIGTERM, which the
-runner turns into leaving the job to the attempt that owns it.
+no longer running as this attempt (cancelled; taken back while this process
+was stopped, to be queued again, claimed by another attempt or failed as
+given up after its last attempt), it sends its own process SIGTERM, which
+the runner turns into leaving the job to whoever owns it now. Once the
+runner ends the job itself (`finishing`), a changed state is its own doing.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ class Pulse(threading.Thread):
         self.join(timeout=5)
         self._db.dispose()
 
+    def finishing(self) -> None:
+        """The runner ends the job from here on (succeeded, failed, handed
+        back): no more writes, and no state it sets is taken for another's."""
+        self._done.set()
+
     def run(self) -> None:
         while not self._done.wait(self.interval_s):
             try:
@@ -58,9 +65,9 @@ class Pulse(threading.Thread):
             self._last_cpu = cpu
             return
         job = jobs.get(self._db, self.job_id)
-        # Handed back (queued again) or claimed since as a later attempt.
-        superseded = job.state == JobState.QUEUED.value or (job.state == JobState.RUNNING.value and job.attempts != self.attempt)
-        if (superseded or job.state == JobState.CANCELLED.value) and not self._done.is_set():
+        ours = job.state == JobState.RUNNING.value and job.attempts == self.attempt
+        # Read after the state: the runner says `finishing` before it changes it.
+        if not ours and not self._done.is_set():
             log.warning("job %s is %s as attempt %d (this process ran attempt %d): stopping this process",
                         self.job_id, job.state, job.attempts, self.attempt)
             self._done.set()

@@ -149,14 +149,14 @@ def execute(job_id: str, settings: Settings, worker: str, farm: str | None = Non
         device = gpu.detect()
         scratch = settings.scratch_dir / "jobs"
         try:
-            with Pulse(settings.database_url, job_id, job.attempts, settings.heartbeat_interval_s), \
+            with Pulse(settings.database_url, job_id, job.attempts, settings.heartbeat_interval_s) as pulse, \
                     job_directory(scratch, job_id) as job_dir:
                 # Libraries write files relative to the working directory (GPTQModel
                 # its logs/): keep them inside the job's directory, which goes away.
                 cwd = os.getcwd()
                 os.chdir(job_dir)
                 try:
-                    Run(rec, settings, job, device, job_dir, own_farm).run()
+                    Run(rec, settings, job, device, job_dir, own_farm, pulse).run()
                 finally:
                     os.chdir(cwd)
         except (DatabaseGone, Interrupted):
@@ -297,9 +297,13 @@ def _locked(lock_path: Path) -> bool:
 
 
 class Run:
-    def __init__(self, rec: Recorder, settings: Settings, job: Job, device: gpu.Device, job_dir: Path, farm: str):
+    def __init__(self, rec: Recorder, settings: Settings, job: Job, device: gpu.Device, job_dir: Path, farm: str,
+                 pulse: Pulse):
         self.rec, self.settings, self.job, self.device, self.job_dir = rec, settings, job, device, job_dir
         self.farm = farm
+        # Told before this process ends the job itself, so that it does not
+        # take the new state for a reconciler's and stop the process.
+        self.pulse = pulse
         self.store = open_store(settings.storage_url)
         self.upload: artifacts.Upload | None = None
         self.current_stage: str | None = None
@@ -325,6 +329,7 @@ class Run:
             raise JobCancelled()
 
     def fail(self, exc: BaseException) -> None:
+        self.pulse.finishing()
         error = redact(printable(" ".join(failure_message(exc, self.device, self.job.max_vram_bytes).split())))[:2000]
         tail = redact("".join(traceback.format_exception(exc)[-30:]))[-8000:]
         self.rec(jobs.transition, self.job.id, expect=RUNNING, expect_attempts=self.job.attempts, state=JobState.FAILED,
@@ -373,6 +378,7 @@ class Run:
             return
         during = f" while {self.current_stage}" if self.current_stage else ""
         reason = f"the worker {self.job.worker} was stopped (SIGTERM){during}"
+        self.pulse.finishing()
         self.rec(lifecycle.hand_back, job, reason, self.settings, self.farm)
         log.warning("job %s: %s; handed back", self.job.id, reason)
 
@@ -460,6 +466,7 @@ class Run:
         metrics["wall_seconds"] = time.perf_counter() - wall_start
         # One digest of every file's: equal for two runs that wrote the same artifact.
         metrics["artifact_sha256"] = self.upload.checksum
+        self.pulse.finishing()
         # A False with the job succeeded: a commit whose acknowledgement was
         # lost with its connection.
         if not self.rec(jobs.transition, job.id, expect=RUNNING, expect_attempts=job.attempts, state=JobState.SUCCEEDED,
